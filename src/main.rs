@@ -1,1 +1,117 @@
-fn main() {}
+//! The `shoal` binary: daemon subcommands (`init`, `join`, `run`) start a
+//! node here; every other subcommand is a client of a node's control API.
+
+mod api_server;
+mod bootstrap;
+mod config;
+mod datadir;
+mod heartbeat;
+mod leader;
+mod liveness;
+mod node;
+mod ops;
+mod peer_server;
+mod raft_network;
+mod wire;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use shoal_cli::args::{Command, LogFormat};
+use shoal_cli::Cli;
+
+use crate::bootstrap::StartOptions;
+use crate::config::Timing;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        if cli.command.is_daemon() {
+            init_logging(&cli.log_level, cli.log_format)?;
+            run_daemon(cli).await.map(|()| ExitCode::SUCCESS)
+        } else {
+            shoal_cli::run(cli).await
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_daemon(cli: Cli) -> anyhow::Result<()> {
+    let data_dir = cli.data_dir.clone();
+    match cli.command {
+        Command::Init(a) => {
+            bootstrap::init(StartOptions {
+                data_dir,
+                listen: Some(a.listen.to_string()),
+                advertise: a.advertise_addr.map(|s| s.to_string()),
+                name: Some(a.name),
+                timing: Timing::with_heartbeat_timeout(a.heartbeat_timeout),
+            })
+            .await
+        }
+        Command::Join(a) => {
+            bootstrap::join(
+                StartOptions {
+                    data_dir,
+                    listen: Some(a.listen.to_string()),
+                    advertise: a.advertise_addr.map(|s| s.to_string()),
+                    name: Some(a.name),
+                    timing: Timing::with_heartbeat_timeout(a.heartbeat_timeout),
+                },
+                a.addr.to_string(),
+                a.token,
+            )
+            .await
+        }
+        Command::Run(a) => {
+            bootstrap::run(StartOptions {
+                data_dir,
+                listen: a.listen.map(|s| s.to_string()),
+                advertise: a.advertise_addr.map(|s| s.to_string()),
+                name: None,
+                timing: Timing::with_heartbeat_timeout(a.heartbeat_timeout),
+            })
+            .await
+        }
+        _ => unreachable!("client subcommands are handled by shoal_cli::run"),
+    }
+}
+
+fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    // openraft narrates every election at info; keep it to warnings unless
+    // the filter asks for it by name.
+    let full = if filter.contains("openraft") {
+        filter.to_string()
+    } else {
+        format!("{filter},openraft=warn")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&full).map_err(|e| {
+        anyhow::anyhow!("--log-level: {filter:?} is not a log filter ({e}); e.g. info, debug, shoal=debug,openraft=warn")
+    })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}

@@ -1,0 +1,471 @@
+//! Rendering of control-API answers for people: tables, text blocks, and the
+//! pretty JSON behind `--json`.
+//!
+//! Every function returns a `String` ending in a newline, so rendering is tested
+//! without a terminal and the caller decides where it goes.
+
+use std::fmt::Write as _;
+
+use comfy_table::{presets, ContentArrangement, Table};
+use serde::Serialize;
+
+use crate::api::{NodeView, StatusView, TokenView};
+
+/// Pretty JSON of any API value, with a trailing newline.
+pub fn json<T: Serialize>(value: &T) -> String {
+    let mut text = serde_json::to_string_pretty(value).expect("API types serialize to JSON");
+    text.push('\n');
+    text
+}
+
+/// `node ls`: one row per node, sorted by id.
+pub fn nodes_table(nodes: &[NodeView]) -> String {
+    let mut sorted: Vec<&NodeView> = nodes.iter().collect();
+    sorted.sort_by_key(|node| node.id);
+    let rows = sorted.iter().map(|node| {
+        vec![
+            node.id.to_string(),
+            node.name.clone(),
+            node.addr.clone(),
+            node.role.clone(),
+            node.status.clone(),
+            node.availability.clone(),
+            if node.leader { "*" } else { "" }.to_owned(),
+        ]
+    });
+    table(
+        &[
+            "ID",
+            "NAME",
+            "ADDRESS",
+            "ROLE",
+            "STATUS",
+            "AVAILABILITY",
+            "LEADER",
+        ],
+        rows,
+    )
+}
+
+/// `node inspect` without `--json`: one field a line.
+pub fn node_block(node: &NodeView) -> String {
+    let mut text = String::new();
+    let mut line = |key: &str, value: &str| {
+        writeln!(text, "{:<14}{value}", format!("{key}:")).expect("writing to a String");
+    };
+    line("ID", &node.id.to_string());
+    line("Name", &node.name);
+    line("Address", &node.addr);
+    let role = match (node.role.as_str(), node.leader, node.voter) {
+        (role, true, _) => format!("{role} (leader)"),
+        ("manager", false, false) => "manager (non-voter)".to_owned(),
+        (role, false, _) => role.to_owned(),
+    };
+    line("Role", &role);
+    let status = if node.status_message.is_empty() {
+        node.status.clone()
+    } else {
+        format!("{} ({})", node.status, node.status_message)
+    };
+    line("Status", &status);
+    line("Since", &format_unix_millis(node.status_changed_at_ms));
+    line("Availability", &node.availability);
+    line("CPUs", &format_cpus(node.nano_cpus));
+    line("Memory", &format_bytes(node.memory_bytes));
+    line("Version", &node.version);
+    line("Joined", &format_unix_millis(node.joined_at_ms));
+    if node.labels.is_empty() {
+        line("Labels", "none");
+    } else {
+        text.push_str("Labels:\n");
+        for (key, value) in &node.labels {
+            writeln!(text, "  {key}={value}").expect("writing to a String");
+        }
+    }
+    text
+}
+
+/// `status` without `--json`: Raft state, the quorum line and the members table.
+pub fn status_text(status: &StatusView) -> String {
+    let mut text = String::new();
+    let leader = match (status.leader_id, &status.leader_name) {
+        (Some(id), Some(name)) => format!("{id} ({name})"),
+        (Some(id), None) => id.to_string(),
+        (None, _) => "none (no leader elected)".to_owned(),
+    };
+    let quorum = &status.quorum;
+    let managers = if quorum.voters == 1 {
+        "manager"
+    } else {
+        "managers"
+    };
+    let lines = [
+        ("cluster", status.cluster_id.clone()),
+        ("answered by", status.node_id.to_string()),
+        ("leader", leader),
+        ("term", status.term.to_string()),
+        ("commit index", status.commit_index.to_string()),
+        ("applied index", status.applied_index.to_string()),
+        (
+            "quorum",
+            format!(
+                "{}, {} of {} {managers} ready, {} needed",
+                if quorum.healthy { "healthy" } else { "LOST" },
+                quorum.voters_ready,
+                quorum.voters,
+                quorum.needed
+            ),
+        ),
+    ];
+    for (key, value) in lines {
+        writeln!(text, "{key}: {value}").expect("writing to a String");
+    }
+    text.push('\n');
+
+    let mut members: Vec<_> = status.members.iter().collect();
+    members.sort_by_key(|member| member.id);
+    let optional = |value: Option<u64>| value.map_or_else(|| "-".to_owned(), |v| v.to_string());
+    let rows = members.iter().map(|member| {
+        vec![
+            member.id.to_string(),
+            member.name.clone(),
+            member.addr.clone(),
+            member.role.clone(),
+            if member.voter { "yes" } else { "no" }.to_owned(),
+            member.status.clone(),
+            optional(member.match_index),
+            optional(member.lag),
+        ]
+    });
+    text.push_str(&table(
+        &[
+            "ID", "NAME", "ADDRESS", "ROLE", "VOTER", "STATUS", "MATCH", "LAG",
+        ],
+        rows,
+    ));
+    text
+}
+
+/// `token show|rotate`: the token alone with `quiet`, else the command to run.
+pub fn token_text(token: &TokenView, quiet: bool) -> String {
+    if quiet {
+        return format!("{}\n", token.token);
+    }
+    format!(
+        "To add a {} to this cluster, run this on the new node:\n\n    {}\n",
+        token.role, token.join_command
+    )
+}
+
+/// A borderless, left-aligned table without trailing spaces, never wrapped to
+/// the terminal width (scripts read it too).
+fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
+    let mut table = Table::new();
+    table
+        .load_preset(presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .force_no_tty()
+        .set_header(header.to_vec());
+    for row in rows {
+        table.add_row(row);
+    }
+    for column in table.column_iter_mut() {
+        column.set_padding((0, 3));
+    }
+    let mut text = table.trim_fmt();
+    text.push('\n');
+    text
+}
+
+fn format_cpus(nano_cpus: u64) -> String {
+    let whole = nano_cpus / 1_000_000_000;
+    let hundredths = (nano_cpus % 1_000_000_000) / 10_000_000;
+    if hundredths == 0 {
+        whole.to_string()
+    } else {
+        format!("{whole}.{hundredths:02}")
+    }
+}
+
+fn format_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// UTC `YYYY-MM-DDTHH:MM:SS.mmmZ`; zero means "never".
+fn format_unix_millis(millis: u64) -> String {
+    if millis == 0 {
+        return "-".to_owned();
+    }
+    let days = millis / 86_400_000;
+    let of_day = millis % 86_400_000;
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        of_day / 3_600_000,
+        of_day / 60_000 % 60,
+        of_day / 1000 % 60,
+        of_day % 1000
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{MemberView, QuorumView};
+    use crate::client::tests::sample_node;
+
+    fn cells(line: &str) -> Vec<&str> {
+        line.split("   ")
+            .map(str::trim)
+            .filter(|cell| !cell.is_empty())
+            .collect()
+    }
+
+    #[test]
+    fn nodes_table_columns_and_rows() {
+        let mut down = sample_node(2, "worker-b");
+        down.role = "worker".into();
+        down.status = "down".into();
+        down.availability = "drain".into();
+        let text = nodes_table(&[down, sample_node(1, "mgr-a")]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(
+            cells(lines[0]),
+            [
+                "ID",
+                "NAME",
+                "ADDRESS",
+                "ROLE",
+                "STATUS",
+                "AVAILABILITY",
+                "LEADER"
+            ]
+        );
+        assert_eq!(
+            cells(lines[1]),
+            [
+                "1",
+                "mgr-a",
+                "127.0.0.1:4500",
+                "manager",
+                "ready",
+                "active",
+                "*"
+            ]
+        );
+        assert_eq!(
+            cells(lines[2]),
+            ["2", "worker-b", "127.0.0.2:4500", "worker", "down", "drain"]
+        );
+        assert!(text.lines().all(|line| line == line.trim_end()));
+        assert!(!lines[0].starts_with(' '), "{text}");
+        // Columns line up: every NAME cell starts where the header's does.
+        let name_at = lines[0].find("NAME").unwrap();
+        assert_eq!(lines[1].find("mgr-a"), Some(name_at));
+        assert_eq!(lines[2].find("worker-b"), Some(name_at));
+    }
+
+    #[test]
+    fn empty_nodes_table_keeps_its_header() {
+        let text = nodes_table(&[]);
+        assert_eq!(text.lines().count(), 1);
+        assert!(text.starts_with("ID"));
+    }
+
+    fn sample_status(healthy: bool) -> StatusView {
+        StatusView {
+            cluster_id: "c0ffee".into(),
+            node_id: 2,
+            leader_id: healthy.then_some(1),
+            leader_name: healthy.then(|| "mgr-a".into()),
+            term: 4,
+            commit_index: 120,
+            applied_index: 119,
+            members: vec![
+                MemberView {
+                    id: 3,
+                    name: "w3".into(),
+                    addr: "127.0.0.3:4500".into(),
+                    role: "worker".into(),
+                    voter: false,
+                    status: "ready".into(),
+                    match_index: None,
+                    lag: None,
+                },
+                MemberView {
+                    id: 1,
+                    name: "mgr-a".into(),
+                    addr: "127.0.0.1:4500".into(),
+                    role: "manager".into(),
+                    voter: true,
+                    status: "ready".into(),
+                    match_index: Some(120),
+                    lag: Some(0),
+                },
+            ],
+            quorum: QuorumView {
+                voters: 3,
+                voters_ready: if healthy { 3 } else { 1 },
+                needed: 2,
+                healthy,
+            },
+        }
+    }
+
+    #[test]
+    fn status_text_summary_and_members() {
+        let text = status_text(&sample_status(true));
+        for expected in [
+            "cluster: c0ffee\n",
+            "answered by: 2\n",
+            "leader: 1 (mgr-a)\n",
+            "term: 4\n",
+            "commit index: 120\n",
+            "applied index: 119\n",
+            "quorum: healthy, 3 of 3 managers ready, 2 needed\n",
+        ] {
+            assert!(text.contains(expected), "lacks {expected:?}:\n{text}");
+        }
+        let table: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("ID")).collect();
+        assert_eq!(
+            cells(table[0]),
+            ["ID", "NAME", "ADDRESS", "ROLE", "VOTER", "STATUS", "MATCH", "LAG"]
+        );
+        assert_eq!(
+            cells(table[1]),
+            [
+                "1",
+                "mgr-a",
+                "127.0.0.1:4500",
+                "manager",
+                "yes",
+                "ready",
+                "120",
+                "0"
+            ]
+        );
+        assert_eq!(
+            cells(table[2]),
+            [
+                "3",
+                "w3",
+                "127.0.0.3:4500",
+                "worker",
+                "no",
+                "ready",
+                "-",
+                "-"
+            ]
+        );
+    }
+
+    #[test]
+    fn status_text_without_leader() {
+        let text = status_text(&sample_status(false));
+        assert!(
+            text.contains("leader: none (no leader elected)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("quorum: LOST, 1 of 3 managers ready, 2 needed\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn node_block_fields() {
+        let mut node = sample_node(1, "mgr-a");
+        node.labels.insert("zone".into(), "eu".into());
+        node.status = "down".into();
+        node.status_message = "heartbeat missed for 2.1s".into();
+        let text = node_block(&node);
+        for expected in [
+            "ID:           1\n",
+            "Name:         mgr-a\n",
+            "Role:         manager (leader)\n",
+            "Status:       down (heartbeat missed for 2.1s)\n",
+            "CPUs:         2\n",
+            "Memory:       8.0 GiB\n",
+            "Joined:       2023-11-14T22:13:20.000Z\n",
+            "Labels:\n  zone=eu\n",
+        ] {
+            assert!(text.contains(expected), "lacks {expected:?}:\n{text}");
+        }
+    }
+
+    #[test]
+    fn token_text_forms() {
+        let token = TokenView {
+            role: "worker".into(),
+            token: "SHOAL-abc".into(),
+            join_command: "shoal join 127.0.0.1:4500 --token SHOAL-abc".into(),
+        };
+        assert_eq!(token_text(&token, true), "SHOAL-abc\n");
+        let text = token_text(&token, false);
+        assert!(text.starts_with("To add a worker to this cluster"));
+        assert!(text.contains("    shoal join 127.0.0.1:4500 --token SHOAL-abc\n"));
+    }
+
+    #[test]
+    fn json_is_pretty_and_ends_with_newline() {
+        let text = json(&vec![sample_node(1, "n1")]);
+        assert!(text.starts_with("[\n  {\n    \"id\": 1,"), "{text}");
+        assert!(text.ends_with("]\n"));
+    }
+
+    #[test]
+    fn units() {
+        let cases = [
+            (format_cpus(2_000_000_000), "2"),
+            (format_cpus(1_500_000_000), "1.50"),
+            (format_cpus(0), "0"),
+            (format_bytes(512), "512 B"),
+            (format_bytes(1536), "1.5 KiB"),
+            (format_bytes(8 << 30), "8.0 GiB"),
+            (format_unix_millis(0), "-"),
+            (format_unix_millis(1), "1970-01-01T00:00:00.001Z"),
+            (
+                format_unix_millis(951_782_400_000),
+                "2000-02-29T00:00:00.000Z",
+            ),
+            (
+                format_unix_millis(1_709_251_199_999),
+                "2024-02-29T23:59:59.999Z",
+            ),
+        ];
+        for (got, expected) in cases {
+            assert_eq!(got, expected);
+        }
+    }
+}

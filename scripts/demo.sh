@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Builds shoal and starts a local 3-manager cluster on 127.0.0.1-3:4500, then
+# shows `shoal node ls` and `shoal status`. `scripts/demo.sh stop` stops it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/shoal-target}"
+DEMO="${SHOAL_DEMO_DIR:-/tmp/shoal-demo}"
+PORT="${SHOAL_DEMO_PORT:-4500}"
+BIN="$CARGO_TARGET_DIR/debug/shoal"
+
+stop() {
+  for pidfile in "$DEMO"/*.pid; do
+    [ -f "$pidfile" ] || continue
+    kill "$(cat "$pidfile")" 2>/dev/null || true
+    rm -f "$pidfile"
+  done
+}
+
+if [ "${1:-}" = "stop" ]; then
+  stop
+  echo "stopped; data and logs are in $DEMO"
+  exit 0
+fi
+
+cargo build --quiet --bin shoal
+stop
+rm -rf "$DEMO"
+mkdir -p "$DEMO"
+
+start() { # name, then shoal arguments
+  local name=$1; shift
+  "$BIN" --data-dir "$DEMO/$name" "$@" >"$DEMO/$name.log" 2>&1 &
+  echo $! >"$DEMO/$name.pid"
+}
+
+wait_api() { # name
+  for _ in $(seq 1 100); do
+    "$BIN" --data-dir "$DEMO/$1" node ls >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "node $1 did not come up; its log:" >&2
+  cat "$DEMO/$1.log" >&2
+  exit 1
+}
+
+start node-a init --listen "127.0.0.1:$PORT" --name node-a
+wait_api node-a
+TOKEN=$("$BIN" --data-dir "$DEMO/node-a" token show manager -q)
+start node-b join "127.0.0.1:$PORT" --token "$TOKEN" --listen "127.0.0.2:$PORT" --name node-b
+wait_api node-b
+start node-c join "127.0.0.1:$PORT" --token "$TOKEN" --listen "127.0.0.3:$PORT" --name node-c
+wait_api node-c
+# Wait until all three managers vote.
+for _ in $(seq 1 100); do
+  [ "$("$BIN" --data-dir "$DEMO/node-a" status --json | grep -c '"voter": true')" = 3 ] && break
+  sleep 0.1
+done
+
+echo "\$ shoal node ls"
+"$BIN" --data-dir "$DEMO/node-b" node ls
+echo
+echo "\$ shoal status"
+"$BIN" --data-dir "$DEMO/node-c" status
+echo
+echo "cluster running; try: $BIN --data-dir $DEMO/node-a node ls"
+echo "stop it with: scripts/demo.sh stop"

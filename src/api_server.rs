@@ -1,0 +1,187 @@
+//! The control API: HTTP/JSON under /v1 on a Unix socket (mode 0600) in the
+//! data dir. Every request becomes a [`LeaderOp`] run on the leader; `status`
+//! falls back to this node's own view when no leader answers.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use shoal_cli::api::{ApiError, NodeUpdate};
+
+use crate::node::Node;
+use crate::ops::parse_role;
+use crate::wire::{LeaderOp, LeaderReply, OpError, OpErrorKind};
+
+/// Request bodies are small JSON documents.
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+pub async fn bind(path: &Path) -> Result<tokio::net::UnixListener> {
+    // The data dir lock is held, so a socket file here is a stale leftover.
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", path.display()))?;
+    Ok(listener)
+}
+
+pub async fn serve(node: Arc<Node>, listener: tokio::net::UnixListener) -> Result<()> {
+    axum::serve(listener, router(node)).await?;
+    Ok(())
+}
+
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/nodes/{node}", get(node_get).delete(node_rm))
+        .route("/v1/nodes/{node}/update", post(node_update))
+        .route("/v1/nodes/{node}/promote", post(node_promote))
+        .route("/v1/nodes/{node}/demote", post(node_demote))
+        .route("/v1/status", get(status))
+        .route("/v1/tokens/{role}", get(token_show))
+        .route("/v1/tokens/{role}/rotate", post(token_rotate))
+        .route("/v1/noop", post(noop))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(node)
+}
+
+type Api = Result<Response, ApiFailure>;
+
+pub struct ApiFailure(OpError);
+
+impl From<OpError> for ApiFailure {
+    fn from(e: OpError) -> Self {
+        ApiFailure(e)
+    }
+}
+
+impl IntoResponse for ApiFailure {
+    fn into_response(self) -> Response {
+        let status = match self.0.kind {
+            OpErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            OpErrorKind::NotFound => StatusCode::NOT_FOUND,
+            OpErrorKind::Conflict => StatusCode::CONFLICT,
+            OpErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            OpErrorKind::NotLeader | OpErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            OpErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let body = ApiError {
+            error: self.0.message.clone(),
+            retryable: self.0.is_retryable(),
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+async fn call(node: &Arc<Node>, op: LeaderOp) -> Api {
+    let reply = node.leader_call(op).await?;
+    Ok(match reply {
+        LeaderReply::Nodes(v) => Json(v).into_response(),
+        LeaderReply::Node(v) => Json(v).into_response(),
+        LeaderReply::Removed(v) => Json(v).into_response(),
+        LeaderReply::Status(v) => Json(v).into_response(),
+        LeaderReply::Token(v) => Json(v).into_response(),
+        LeaderReply::Joined(_) => {
+            return Err(OpError::internal("unexpected join reply").into());
+        }
+        LeaderReply::Done => Json(serde_json::json!({})).into_response(),
+    })
+}
+
+async fn nodes(State(node): State<Arc<Node>>) -> Api {
+    call(&node, LeaderOp::Nodes).await
+}
+
+async fn node_get(State(node): State<Arc<Node>>, UrlPath(name): UrlPath<String>) -> Api {
+    call(&node, LeaderOp::Node(name)).await
+}
+
+#[derive(Deserialize)]
+struct RemoveQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn node_rm(
+    State(node): State<Arc<Node>>,
+    UrlPath(name): UrlPath<String>,
+    query: Result<Query<RemoveQuery>, axum::extract::rejection::QueryRejection>,
+) -> Api {
+    let Query(q) = query.map_err(|e| {
+        OpError::bad_request(format!("force: {e}; allowed: force=true or force=false"))
+    })?;
+    call(
+        &node,
+        LeaderOp::RemoveNode {
+            node: name,
+            force: q.force,
+        },
+    )
+    .await
+}
+
+async fn node_update(
+    State(node): State<Arc<Node>>,
+    UrlPath(name): UrlPath<String>,
+    body: Result<Json<NodeUpdate>, axum::extract::rejection::JsonRejection>,
+) -> Api {
+    let Json(update) =
+        body.map_err(|e| OpError::bad_request(format!("request body: {}", e.body_text())))?;
+    call(&node, LeaderOp::UpdateNode(name, update)).await
+}
+
+async fn node_promote(State(node): State<Arc<Node>>, UrlPath(name): UrlPath<String>) -> Api {
+    call(&node, LeaderOp::Promote(name)).await
+}
+
+async fn node_demote(State(node): State<Arc<Node>>, UrlPath(name): UrlPath<String>) -> Api {
+    call(&node, LeaderOp::Demote(name)).await
+}
+
+async fn status(State(node): State<Arc<Node>>) -> Api {
+    let within = node.timing.status_timeout;
+    match node.leader_call_within(LeaderOp::Status, within).await {
+        Ok(LeaderReply::Status(v)) => Ok(Json(v).into_response()),
+        Ok(_) => Err(OpError::internal("unexpected status reply").into()),
+        // Without a leader, this node's own view still tells the operator
+        // what is wrong (no leader, which members it last knew).
+        Err(e) if e.is_retryable() => {
+            let mut view = crate::ops::status_view(&node);
+            view.quorum.healthy = false;
+            Ok(Json(view).into_response())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn token_show(State(node): State<Arc<Node>>, UrlPath(role): UrlPath<String>) -> Api {
+    let role = parse_role(&role)?;
+    call(&node, LeaderOp::Token(role)).await
+}
+
+async fn token_rotate(State(node): State<Arc<Node>>, UrlPath(role): UrlPath<String>) -> Api {
+    let role = parse_role(&role)?;
+    call(&node, LeaderOp::RotateToken(role)).await
+}
+
+async fn noop(State(node): State<Arc<Node>>) -> Api {
+    call(&node, LeaderOp::Noop).await
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiFailure {
+    ApiFailure(OpError::not_found(format!(
+        "no such API path: {uri} (paths are under /v1: nodes, status, tokens)"
+    )))
+}

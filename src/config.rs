@@ -1,0 +1,75 @@
+//! Timing and limits of a running node, in one place.
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+/// How fast the cluster reacts. The defaults favour fast failover on a LAN:
+/// a leader missing for 0.4–0.8 s is replaced.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    /// Raft leader heartbeat.
+    pub raft_heartbeat: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    /// How often every node tells the leader it is alive.
+    pub heartbeat_interval: Duration,
+    /// A node silent for this long is written `down`.
+    pub heartbeat_timeout: Duration,
+    /// How often the leader loop looks at liveness and membership.
+    pub leader_tick: Duration,
+    /// Dialing a peer.
+    pub connect_timeout: Duration,
+    /// A forwarded operation or a join, end to end.
+    pub request_timeout: Duration,
+    /// A single Raft write waiting to commit.
+    pub commit_timeout: Duration,
+    /// `status` asks the leader this long before answering from local state.
+    pub status_timeout: Duration,
+    /// Joining, end to end, as the joiner sees it.
+    pub join_timeout: Duration,
+}
+
+impl Timing {
+    pub fn with_heartbeat_timeout(heartbeat_timeout: Duration) -> Timing {
+        // Four heartbeats per timeout window: one lost datagram burst does not
+        // mark a node down.
+        let heartbeat_interval = (heartbeat_timeout / 4).max(Duration::from_millis(50));
+        Timing {
+            raft_heartbeat: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(400),
+            election_timeout_max: Duration::from_millis(800),
+            heartbeat_interval,
+            heartbeat_timeout,
+            leader_tick: Duration::from_millis(100),
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(10),
+            commit_timeout: Duration::from_secs(5),
+            status_timeout: Duration::from_secs(2),
+            join_timeout: Duration::from_secs(10),
+        }
+    }
+
+    pub fn raft_config(&self, cluster_name: &str) -> Result<openraft::Config> {
+        let config = openraft::Config {
+            cluster_name: cluster_name.to_string(),
+            heartbeat_interval: self.raft_heartbeat.as_millis() as u64,
+            election_timeout_min: self.election_timeout_min.as_millis() as u64,
+            election_timeout_max: self.election_timeout_max.as_millis() as u64,
+            install_snapshot_timeout: 10_000,
+            // Bounded batches on the wire: well below the frame limit.
+            max_payload_entries: 1024,
+            snapshot_max_chunk_size: 4 * 1024 * 1024,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5_000),
+            max_in_snapshot_log_to_keep: 1_000,
+            ..Default::default()
+        };
+        Ok(config.validate()?)
+    }
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing::with_heartbeat_timeout(Duration::from_secs(2))
+    }
+}

@@ -1,0 +1,268 @@
+//! The leader loop: on every tick, while this node leads, turn liveness and
+//! role changes into Raft proposals.
+//!
+//! Decisions are pure (`liveness::transitions`, [`membership_step`]); this
+//! module only reads the inputs, proposes, and applies membership changes one
+//! at a time (openraft allows one in flight).
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shoal_raft::{ClusterState, Command, NodeId, NodeStatus, RaftNode, Role};
+
+use crate::node::{now_ms, Node};
+
+/// One change of the Raft membership towards what the cluster state says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembershipStep {
+    /// Replicate to a new manager as a learner until it has caught up.
+    AddLearner { id: NodeId, addr: String },
+    /// Make caught-up learners voters.
+    Promote(BTreeSet<NodeId>),
+    /// Remove voters whose node was demoted or removed.
+    RemoveVoters(BTreeSet<NodeId>),
+    /// Stop replicating to learners that are no longer wanted.
+    RemoveLearners(BTreeSet<NodeId>),
+}
+
+/// The next membership change, if any: demotions and removals first (they
+/// never need the affected node to answer), then promotions. Only nodes that
+/// are `ready` are added, so a change never waits on a dead node.
+pub fn membership_step(
+    state: &ClusterState,
+    voters: &BTreeSet<NodeId>,
+    learners: &BTreeSet<NodeId>,
+) -> Option<MembershipStep> {
+    let wanted: BTreeSet<NodeId> = state
+        .nodes
+        .values()
+        .filter(|n| n.role == Role::Manager)
+        .map(|n| n.id)
+        .collect();
+    let remove: BTreeSet<NodeId> = voters.difference(&wanted).copied().collect();
+    // Never empty the voter set.
+    if !remove.is_empty() && remove.len() < voters.len() {
+        return Some(MembershipStep::RemoveVoters(remove));
+    }
+    let stale_learners: BTreeSet<NodeId> = learners.difference(&wanted).copied().collect();
+    if !stale_learners.is_empty() {
+        return Some(MembershipStep::RemoveLearners(stale_learners));
+    }
+    let promote: BTreeSet<NodeId> = wanted.intersection(learners).copied().collect();
+    if !promote.is_empty() {
+        return Some(MembershipStep::Promote(promote));
+    }
+    state
+        .nodes
+        .values()
+        .filter(|n| n.role == Role::Manager && n.status == NodeStatus::Ready)
+        .find(|n| !voters.contains(&n.id) && !learners.contains(&n.id))
+        .map(|n| MembershipStep::AddLearner {
+            id: n.id,
+            addr: n.addr.clone(),
+        })
+}
+
+pub async fn run(node: Arc<Node>) {
+    let membership_busy = Arc::new(AtomicBool::new(false));
+    let mut ticker = tokio::time::interval(node.timing.leader_tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let (leading, term) = {
+            let metrics = node.raft.metrics();
+            let m = metrics.borrow();
+            (
+                m.state == openraft::ServerState::Leader && m.current_leader == Some(node.id),
+                m.current_term,
+            )
+        };
+        if !leading {
+            node.liveness.lock().unwrap().stop_leading();
+            continue;
+        }
+        let now = Instant::now();
+        let transitions = {
+            let mut live = node.liveness.lock().unwrap();
+            live.observe_term(term, now);
+            live.record(node.id, now);
+            node.state
+                .read(|s| live.transitions(s.nodes.values(), now, node.timing.heartbeat_timeout))
+        };
+        if !transitions.is_empty() {
+            for (id, status, why) in &transitions {
+                tracing::info!(node = id, status = ?status, reason = %why, "node status change");
+            }
+            let cmd = Command::SetNodeStatus {
+                updates: transitions,
+                now_ms: now_ms(),
+            };
+            if let Err(e) = node.write(cmd).await {
+                tracing::warn!(error = %e, "cannot record node status changes");
+            }
+        }
+        if !membership_busy.load(Ordering::Acquire) {
+            let (voters, learners) = {
+                let metrics = node.raft.metrics();
+                let m = metrics.borrow();
+                let membership = m.membership_config.membership();
+                let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+                let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
+                (voters, learners)
+            };
+            // A joint (in-progress) config is left to finish first.
+            if let Some(step) = node.state.read(|s| membership_step(s, &voters, &learners)) {
+                membership_busy.store(true, Ordering::Release);
+                let node = node.clone();
+                let busy = membership_busy.clone();
+                tokio::spawn(async move {
+                    apply_step(&node, step).await;
+                    busy.store(false, Ordering::Release);
+                });
+            }
+        }
+    }
+}
+
+/// A learner that has not caught up within this long is tried again on a
+/// later tick.
+const LEARNER_CATCH_UP: Duration = Duration::from_secs(30);
+
+async fn apply_step(node: &Node, step: MembershipStep) {
+    tracing::info!(?step, "membership change");
+    let result = match step.clone() {
+        MembershipStep::AddLearner { id, addr } => {
+            let fut = node.raft.add_learner(id, RaftNode { addr }, true);
+            match tokio::time::timeout(LEARNER_CATCH_UP, fut).await {
+                Ok(r) => r.map(|_| ()).map_err(|e| e.to_string()),
+                Err(_) => Err(format!(
+                    "learner {id} did not catch up within {}s",
+                    LEARNER_CATCH_UP.as_secs()
+                )),
+            }
+        }
+        MembershipStep::Promote(ids) => node
+            .raft
+            .change_membership(openraft::ChangeMembers::AddVoterIds(ids), false)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        MembershipStep::RemoveVoters(ids) => node
+            .raft
+            .change_membership(openraft::ChangeMembers::RemoveVoters(ids), false)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        MembershipStep::RemoveLearners(ids) => node
+            .raft
+            .change_membership(openraft::ChangeMembers::RemoveNodes(ids), false)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+    };
+    if let Err(e) = result {
+        tracing::warn!(?step, error = %e, "membership change failed; will retry");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_raft::{Availability, NodeRecord, Resources};
+
+    fn state(nodes: &[(NodeId, Role, NodeStatus)]) -> ClusterState {
+        let mut s = ClusterState::default();
+        for (id, role, status) in nodes {
+            s.nodes.insert(
+                *id,
+                NodeRecord {
+                    id: *id,
+                    name: format!("n{id}"),
+                    addr: format!("127.0.0.{id}:4500"),
+                    role: *role,
+                    availability: Availability::Active,
+                    status: *status,
+                    status_message: String::new(),
+                    labels: Default::default(),
+                    resources: Resources {
+                        nano_cpus: 0,
+                        memory_bytes: 0,
+                    },
+                    version: String::new(),
+                    joined_at_ms: 0,
+                    status_changed_at_ms: 0,
+                    updated_at_ms: 0,
+                },
+            );
+        }
+        s
+    }
+
+    fn set(ids: &[NodeId]) -> BTreeSet<NodeId> {
+        ids.iter().copied().collect()
+    }
+
+    fn check(
+        nodes: &[(NodeId, Role, NodeStatus)],
+        voters: &[NodeId],
+        learners: &[NodeId],
+        expected: Option<MembershipStep>,
+    ) {
+        let got = membership_step(&state(nodes), &set(voters), &set(learners));
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn membership_steps() {
+        use MembershipStep::*;
+        use NodeStatus::*;
+        use Role::*;
+        // Already as wanted.
+        check(&[(1, Manager, Ready), (2, Worker, Ready)], &[1], &[], None);
+        // A ready new manager is added as a learner first...
+        check(
+            &[(1, Manager, Ready), (2, Manager, Ready)],
+            &[1],
+            &[],
+            Some(AddLearner {
+                id: 2,
+                addr: "127.0.0.2:4500".into(),
+            }),
+        );
+        // ...but not while it is down.
+        check(&[(1, Manager, Ready), (2, Manager, Down)], &[1], &[], None);
+        // A caught-up learner is promoted.
+        check(
+            &[(1, Manager, Ready), (2, Manager, Ready)],
+            &[1],
+            &[2],
+            Some(Promote(set(&[2]))),
+        );
+        // A demoted voter is removed, even when down.
+        check(
+            &[(1, Manager, Ready), (2, Worker, Down)],
+            &[1, 2],
+            &[],
+            Some(RemoveVoters(set(&[2]))),
+        );
+        // A removed node's voter entry goes too.
+        check(
+            &[(1, Manager, Ready)],
+            &[1, 9],
+            &[],
+            Some(RemoveVoters(set(&[9]))),
+        );
+        // The last voter is never removed.
+        check(&[(1, Worker, Ready)], &[1], &[], None);
+        // A learner no longer wanted is dropped.
+        check(
+            &[(1, Manager, Ready), (2, Worker, Ready)],
+            &[1],
+            &[2],
+            Some(RemoveLearners(set(&[2]))),
+        );
+    }
+}

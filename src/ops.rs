@@ -1,0 +1,519 @@
+//! Operations executed on the leader: linearizable reads of the replicated
+//! state, writes through Raft, and the join handshake's decisions.
+//!
+//! Every user-supplied field is validated here, at the edge, with an error
+//! that names the field and what is allowed; apply() then only guards the
+//! state's own invariants.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shoal_cli::api::{
+    MemberView, NodeUpdate, NodeView, QuorumView, RemovedView, StatusView, TokenView,
+};
+use shoal_net::pki::ClusterCa;
+use shoal_net::token::{self, JoinToken};
+use shoal_raft::{
+    Availability, ClusterState, Command, NewNode, NodeId, NodeRecord, NodeStatus, Response, Role,
+};
+
+use crate::node::{managers_of, now_ms, Node};
+use crate::wire::{JoinAccepted, JoinRequest, LeaderOp, LeaderReply, OpError, OpErrorKind};
+
+/// The Raft group keeps at most this many voters.
+pub const MAX_MANAGERS: usize = 7;
+
+/// How long promote/demote wait for the membership change to take effect.
+const MEMBERSHIP_WAIT: Duration = Duration::from_secs(30);
+
+pub async fn execute(node: &Arc<Node>, op: LeaderOp) -> Result<LeaderReply, OpError> {
+    match op {
+        LeaderOp::Nodes => {
+            node.linearizable().await?;
+            let leader = Some(node.id);
+            let voters = node.voters();
+            let views = node.state.read(|s| {
+                s.nodes
+                    .values()
+                    .map(|n| node_view(n, leader, &voters))
+                    .collect()
+            });
+            Ok(LeaderReply::Nodes(views))
+        }
+        LeaderOp::Node(name) => {
+            node.linearizable().await?;
+            Ok(LeaderReply::Node(view_of(node, &name)?))
+        }
+        LeaderOp::UpdateNode(name, update) => update_node(node, &name, update).await,
+        LeaderOp::Promote(name) => set_role(node, &name, Role::Manager).await,
+        LeaderOp::Demote(name) => set_role(node, &name, Role::Worker).await,
+        LeaderOp::RemoveNode { node: name, force } => remove_node(node, &name, force).await,
+        LeaderOp::Status => {
+            node.linearizable().await?;
+            Ok(LeaderReply::Status(status_view(node)))
+        }
+        LeaderOp::Token(role) => {
+            node.linearizable().await?;
+            Ok(LeaderReply::Token(token_view(node, role)?))
+        }
+        LeaderOp::RotateToken(role) => {
+            let (ca_key, generation) = node.state.read(|s| {
+                (
+                    s.ca.as_ref().map(|ca| ca.key_pem.clone()),
+                    s.tokens.get(&role).map(|t| t.generation),
+                )
+            });
+            let (Some(ca_key), Some(generation)) = (ca_key, generation) else {
+                return Err(OpError::internal("the cluster has no CA or tokens yet"));
+            };
+            let secret =
+                token::derive_secret(ca_key.as_bytes(), &token_label(role, generation + 1));
+            node.write(Command::RotateToken {
+                role,
+                secret_hash: token::hash_secret(&secret),
+                now_ms: now_ms(),
+            })
+            .await?;
+            Ok(LeaderReply::Token(token_view(node, role)?))
+        }
+        LeaderOp::Join(req) => join(node, req).await,
+        LeaderOp::Noop => {
+            node.write(Command::Noop { now_ms: now_ms() }).await?;
+            Ok(LeaderReply::Done)
+        }
+    }
+}
+
+fn view_of(node: &Node, name: &str) -> Result<NodeView, OpError> {
+    let voters = node.voters();
+    node.state.read(|s| {
+        let n = find(s, name)?;
+        Ok(node_view(n, Some(node.id), &voters))
+    })
+}
+
+fn find<'a>(state: &'a ClusterState, name: &str) -> Result<&'a NodeRecord, OpError> {
+    state.resolve(name).ok_or_else(|| {
+        OpError::not_found(format!(
+            "no node named or numbered {name:?} (see `shoal node ls`)"
+        ))
+    })
+}
+
+async fn update_node(
+    node: &Arc<Node>,
+    name: &str,
+    update: NodeUpdate,
+) -> Result<LeaderReply, OpError> {
+    update
+        .validate()
+        .map_err(|e| OpError::bad_request(e.to_string()))?;
+    let availability = update
+        .availability
+        .as_deref()
+        .map(parse_availability)
+        .transpose()?;
+    let id = node.state.read(|s| find(s, name).map(|n| n.id))?;
+    node.write(Command::UpdateNode {
+        id,
+        availability,
+        labels_add: update.labels_add,
+        labels_rm: update.labels_rm,
+        name: update.name,
+        now_ms: now_ms(),
+    })
+    .await?;
+    Ok(LeaderReply::Node(view_of(node, &id.to_string())?))
+}
+
+async fn set_role(node: &Arc<Node>, name: &str, role: Role) -> Result<LeaderReply, OpError> {
+    let (id, current, managers) = node
+        .state
+        .read(|s| find(s, name).map(|n| (n.id, n.role, managers_of(s).len())))?;
+    if current != role {
+        if role == Role::Manager && managers >= MAX_MANAGERS {
+            return Err(OpError::conflict(format!(
+                "the cluster already has {managers} managers, the most it keeps is {MAX_MANAGERS}"
+            )));
+        }
+        node.write(Command::SetNodeRole {
+            id,
+            role,
+            now_ms: now_ms(),
+        })
+        .await?;
+    }
+    // The leader loop carries the role change into the Raft membership;
+    // wait for it so the command returns when it is true.
+    let want_voter = role == Role::Manager;
+    let deadline = Instant::now() + MEMBERSHIP_WAIT;
+    let mut metrics = node.raft.metrics();
+    loop {
+        let is_voter = metrics
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == id);
+        if is_voter == want_voter {
+            break;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || tokio::time::timeout(left, metrics.changed()).await.is_err() {
+            return Err(OpError::unavailable(format!(
+                "node {id} is now a {} in the cluster state, but the Raft membership did not follow within {}s (is the node up and reachable?); it will when the node is reachable",
+                role_str(role),
+                MEMBERSHIP_WAIT.as_secs()
+            )));
+        }
+    }
+    Ok(LeaderReply::Node(view_of(node, &id.to_string())?))
+}
+
+async fn remove_node(node: &Arc<Node>, name: &str, force: bool) -> Result<LeaderReply, OpError> {
+    let record = node.state.read(|s| find(s, name).cloned())?;
+    if record.id == node.id {
+        return Err(OpError::conflict(format!(
+            "node {} is the leader: demote it first (`shoal node demote {}`) so another manager leads, then remove it",
+            record.id, record.id
+        )));
+    }
+    if record.status == NodeStatus::Ready && !force {
+        return Err(OpError::conflict(format!(
+            "node {} ({}) is ready: stop its daemon first, or use --force",
+            record.id, record.name
+        )));
+    }
+    if record.role == Role::Manager {
+        if !force {
+            return Err(OpError::conflict(format!(
+                "node {} ({}) is a manager: demote it first (`shoal node demote {}`), or use --force",
+                record.id, record.name, record.id
+            )));
+        }
+        set_role(node, &record.id.to_string(), Role::Worker).await?;
+    }
+    node.write(Command::RemoveNode {
+        id: record.id,
+        now_ms: now_ms(),
+    })
+    .await?;
+    node.peers.forget(record.id);
+    Ok(LeaderReply::Removed(RemovedView { id: record.id }))
+}
+
+async fn join(node: &Arc<Node>, req: JoinRequest) -> Result<LeaderReply, OpError> {
+    validate_name("name", &req.name)?;
+    validate_addr("addr", &req.addr)?;
+    let (role, ca, cluster_id, managers) = node.state.read(|s| {
+        let role = role_for_secret(s, &req.secret)?;
+        let ca =
+            s.ca.clone()
+                .ok_or_else(|| OpError::internal("the cluster has no CA yet"))?;
+        Ok::<_, OpError>((role, ca, s.cluster_id.clone(), managers_of(s)))
+    })?;
+    if role == Role::Manager && managers.len() >= MAX_MANAGERS {
+        return Err(OpError::conflict(format!(
+            "the cluster already has {} managers, the most it keeps is {MAX_MANAGERS}: join as a worker",
+            managers.len()
+        )));
+    }
+    let ca = ClusterCa::from_pem(&ca.cert_pem, &ca.key_pem)
+        .map_err(|e| OpError::internal(format!("cannot load the cluster CA: {e}")))?;
+    // Check the key before the node is registered, so a bad request leaves
+    // the cluster unchanged.
+    ca.issue_node_cert(0, &req.public_key_der)
+        .map_err(|e| OpError::bad_request(format!("public_key_der: {e}")))?;
+    let resp = node
+        .write(Command::RegisterNode {
+            node: NewNode {
+                name: req.name.clone(),
+                addr: req.addr.clone(),
+                role,
+                resources: req.resources,
+                version: req.version.clone(),
+            },
+            now_ms: now_ms(),
+        })
+        .await?;
+    let Response::NodeRegistered { id } = resp else {
+        return Err(OpError::internal(format!(
+            "registering the node returned {resp:?}"
+        )));
+    };
+    // Mark it heard from now, so it gets a full timeout to start.
+    node.liveness.lock().unwrap().record(id, Instant::now());
+    let cert_pem = ca
+        .issue_node_cert(id, &req.public_key_der)
+        .map_err(|e| OpError::internal(format!("cannot sign the node certificate: {e}")))?;
+    tracing::info!(node = id, name = %req.name, addr = %req.addr, role = role_str(role), "node joined");
+    Ok(LeaderReply::Joined(JoinAccepted {
+        node_id: id,
+        role,
+        cluster_id,
+        cert_pem,
+        ca_cert_pem: ca.cert_pem.clone(),
+        managers: node.state.read(managers_of),
+    }))
+}
+
+/// Which role a join secret grants, or a refusal that says whether the token
+/// is unknown or was rotated away.
+fn role_for_secret(state: &ClusterState, secret: &str) -> Result<Role, OpError> {
+    for (role, record) in &state.tokens {
+        if token::secret_matches(secret, &record.secret_hash) {
+            return Ok(*role);
+        }
+    }
+    if let Some(ca) = &state.ca {
+        for (role, record) in &state.tokens {
+            let rotated = (1..record.generation).any(|g| {
+                token::derive_secret(ca.key_pem.as_bytes(), &token_label(*role, g)) == secret
+            });
+            if rotated {
+                return Err(OpError::new(
+                    OpErrorKind::Forbidden,
+                    format!(
+                        "the {} join token was rotated and no longer works: get the current one with `shoal token show {}`",
+                        role_str(*role),
+                        role_str(*role)
+                    ),
+                ));
+            }
+        }
+    }
+    Err(OpError::new(
+        OpErrorKind::Forbidden,
+        "the token's secret is not valid for this cluster: check the token (`shoal token show manager|worker` on a manager)",
+    ))
+}
+
+pub fn token_label(role: Role, generation: u64) -> String {
+    format!("join-token/{}/{generation}", role_str(role))
+}
+
+fn token_view(node: &Node, role: Role) -> Result<TokenView, OpError> {
+    let (ca, generation) = node
+        .state
+        .read(|s| (s.ca.clone(), s.tokens.get(&role).map(|t| t.generation)));
+    let (Some(ca), Some(generation)) = (ca, generation) else {
+        return Err(OpError::internal("the cluster has no CA or tokens yet"));
+    };
+    let fingerprint = shoal_net::pki::fingerprint_of_pem(&ca.cert_pem)
+        .map_err(|e| OpError::internal(format!("cannot read the cluster CA: {e}")))?;
+    let secret = token::derive_secret(ca.key_pem.as_bytes(), &token_label(role, generation));
+    let token = JoinToken {
+        fingerprint,
+        secret,
+    }
+    .to_string();
+    let join_command = format!(
+        "shoal join {} --token {token} --data-dir /var/lib/shoal --listen <this-host>:4500",
+        node.advertise
+    );
+    Ok(TokenView {
+        role: role_str(role).to_string(),
+        token,
+        join_command,
+    })
+}
+
+pub fn status_view(node: &Node) -> StatusView {
+    let metrics = node.raft.metrics().borrow().clone();
+    let voters: BTreeSet<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+    let last_log = metrics.last_log_index.unwrap_or(0);
+    let matched = |id: NodeId| -> Option<u64> {
+        if id == node.id && metrics.current_leader == Some(node.id) {
+            return Some(last_log);
+        }
+        metrics
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&id).cloned())
+            .map(|log_id| log_id.map(|l| l.index).unwrap_or(0))
+    };
+    // The commit index is the highest index a quorum of voters holds.
+    let mut voter_matches: Vec<u64> = voters.iter().map(|v| matched(*v).unwrap_or(0)).collect();
+    voter_matches.sort_unstable_by(|a, b| b.cmp(a));
+    let needed = voters.len() / 2 + 1;
+    let commit_index = if metrics.current_leader == Some(node.id) {
+        voter_matches.get(needed - 1).copied().unwrap_or(0)
+    } else {
+        metrics.last_applied.map(|l| l.index).unwrap_or(0)
+    };
+    node.state.read(|s| {
+        let members: Vec<MemberView> = s
+            .nodes
+            .values()
+            .map(|n| {
+                let m = matched(n.id);
+                MemberView {
+                    id: n.id,
+                    name: n.name.clone(),
+                    addr: n.addr.clone(),
+                    role: role_str(n.role).to_string(),
+                    voter: voters.contains(&n.id),
+                    status: status_str(n.status).to_string(),
+                    match_index: m,
+                    lag: m.map(|m| last_log.saturating_sub(m)),
+                }
+            })
+            .collect();
+        let voters_ready = s
+            .nodes
+            .values()
+            .filter(|n| voters.contains(&n.id) && n.status == NodeStatus::Ready)
+            .count();
+        StatusView {
+            cluster_id: s.cluster_id.clone(),
+            node_id: node.id,
+            leader_id: metrics.current_leader,
+            leader_name: metrics
+                .current_leader
+                .and_then(|l| s.nodes.get(&l).map(|n| n.name.clone())),
+            term: metrics.current_term,
+            commit_index,
+            applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
+            members,
+            quorum: QuorumView {
+                voters: voters.len(),
+                voters_ready,
+                needed,
+                healthy: metrics.current_leader.is_some() && voters_ready >= needed,
+            },
+        }
+    })
+}
+
+pub fn node_view(n: &NodeRecord, leader: Option<NodeId>, voters: &BTreeSet<NodeId>) -> NodeView {
+    NodeView {
+        id: n.id,
+        name: n.name.clone(),
+        addr: n.addr.clone(),
+        role: role_str(n.role).to_string(),
+        status: status_str(n.status).to_string(),
+        availability: availability_str(n.availability).to_string(),
+        leader: leader == Some(n.id),
+        voter: voters.contains(&n.id),
+        labels: n.labels.clone(),
+        nano_cpus: n.resources.nano_cpus,
+        memory_bytes: n.resources.memory_bytes,
+        version: n.version.clone(),
+        status_message: n.status_message.clone(),
+        joined_at_ms: n.joined_at_ms,
+        status_changed_at_ms: n.status_changed_at_ms,
+    }
+}
+
+pub fn role_str(role: Role) -> &'static str {
+    match role {
+        Role::Manager => "manager",
+        Role::Worker => "worker",
+    }
+}
+
+pub fn status_str(status: NodeStatus) -> &'static str {
+    match status {
+        NodeStatus::Ready => "ready",
+        NodeStatus::Down => "down",
+    }
+}
+
+fn availability_str(a: Availability) -> &'static str {
+    match a {
+        Availability::Active => "active",
+        Availability::Pause => "pause",
+        Availability::Drain => "drain",
+    }
+}
+
+pub fn parse_role(s: &str) -> Result<Role, OpError> {
+    match s {
+        "manager" => Ok(Role::Manager),
+        "worker" => Ok(Role::Worker),
+        other => Err(OpError::bad_request(format!(
+            "role: {other:?} is not a role; allowed: manager, worker"
+        ))),
+    }
+}
+
+fn parse_availability(s: &str) -> Result<Availability, OpError> {
+    match s {
+        "active" => Ok(Availability::Active),
+        "pause" => Ok(Availability::Pause),
+        "drain" => Ok(Availability::Drain),
+        other => Err(OpError::bad_request(format!(
+            "availability: {other:?} is not allowed; allowed: active, pause, drain"
+        ))),
+    }
+}
+
+/// Node names follow the CLI's rules ([`shoal_cli::api::validate_node_name`]),
+/// so both edges refuse the same input with the same words.
+pub fn validate_name(field: &str, name: &str) -> Result<(), OpError> {
+    shoal_cli::api::validate_node_name(name)
+        .map_err(|e| OpError::bad_request(format!("{field}: {e}")))
+}
+
+fn validate_addr(field: &str, addr: &str) -> Result<(), OpError> {
+    let ok = match addr.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0),
+        None => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(OpError::bad_request(format!(
+            "{field}: {addr:?} is not an address; allowed: HOST:PORT with a port from 1 to 65535"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_addresses_are_validated_with_the_field_named() {
+        let cases: &[(Result<(), OpError>, Option<&str>)] = &[
+            (validate_name("name", "node-a"), None),
+            (validate_name("name", "a.b_c-1"), None),
+            (
+                validate_name("name", ""),
+                Some("name: node name must not be empty"),
+            ),
+            (validate_name("--name", "a b"), Some("--name: ")),
+            (validate_addr("addr", "127.0.0.1:4500"), None),
+            (validate_addr("addr", "node-b:4500"), None),
+            (validate_addr("addr", "[::1]:4500"), None),
+            (
+                validate_addr("addr", "127.0.0.1"),
+                Some("addr: \"127.0.0.1\" is not an address"),
+            ),
+            (validate_addr("addr", "h:0"), Some("port from 1 to 65535")),
+        ];
+        for (i, (result, expected)) in cases.iter().enumerate() {
+            match (result, expected) {
+                (Ok(()), None) => {}
+                (Err(e), Some(fragment)) => {
+                    assert_eq!(e.kind, OpErrorKind::BadRequest);
+                    assert!(e.message.contains(fragment), "case {i}: {}", e.message)
+                }
+                _ => panic!("case {i}: got {result:?}, expected {expected:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn availability_and_role_parse_or_name_the_allowed_values() {
+        assert_eq!(parse_availability("drain").unwrap(), Availability::Drain);
+        let e = parse_availability("off").unwrap_err();
+        assert!(e.message.contains("allowed: active, pause, drain"));
+        assert_eq!(parse_role("worker").unwrap(), Role::Worker);
+        assert!(parse_role("boss")
+            .unwrap_err()
+            .message
+            .contains("manager, worker"));
+    }
+}

@@ -1,0 +1,188 @@
+//! The node-to-node protocol spoken on `shoal/1` connections and on the join
+//! handshake (`shoal-join/1`).
+//!
+//! These are wire types: they are versioned by the ALPN protocol name, so a
+//! change that is not backwards compatible needs a new protocol name in
+//! `shoal_net`. Every request travels on its own QUIC bidirectional stream as
+//! one frame, and gets exactly one frame back.
+
+use serde::{Deserialize, Serialize};
+use shoal_cli::api::{NodeUpdate, NodeView, RemovedView, StatusView, TokenView};
+use shoal_raft::{NodeId, Resources, Role, TypeConfig};
+
+use openraft::error::InstallSnapshotError;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+
+/// A request from one cluster member to another over mutual TLS.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerRequest {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// "I am alive": sent by every node to the leader.
+    Heartbeat(Heartbeat),
+    /// An operation that only the leader may execute, forwarded by the node
+    /// that received it from a client.
+    Leader(LeaderOp),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerResponse {
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RemoteError>),
+    Vote(Result<VoteResponse<NodeId>, RemoteError>),
+    InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RemoteError>),
+    Heartbeat(Result<HeartbeatReply, OpError>),
+    Leader(Result<LeaderReply, OpError>),
+}
+
+/// Why a Raft RPC failed on the receiving side.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum RemoteError {
+    /// The receiver's Raft is shutting down or has failed.
+    Fatal(String),
+    /// The snapshot chunk did not continue the snapshot being received.
+    SnapshotMismatch(openraft::error::SnapshotMismatch),
+    /// The caller's certificate does not name the node the RPC claims to be from.
+    WrongSender(String),
+}
+
+impl RemoteError {
+    pub fn install_snapshot(err: InstallSnapshotError) -> Self {
+        match err {
+            InstallSnapshotError::SnapshotMismatch(m) => RemoteError::SnapshotMismatch(m),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub node_id: NodeId,
+    /// The sender's software version, so the leader can report mixed versions.
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    pub leader_id: NodeId,
+    /// Current managers (id, advertised address), so workers can find the
+    /// next leader after a failover.
+    pub managers: Vec<(NodeId, String)>,
+}
+
+/// Operations executed by the leader. Reads are linearizable: the leader
+/// confirms its leadership with a quorum before answering.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum LeaderOp {
+    Nodes,
+    Node(String),
+    UpdateNode(String, NodeUpdate),
+    Promote(String),
+    Demote(String),
+    RemoveNode {
+        node: String,
+        force: bool,
+    },
+    Status,
+    Token(Role),
+    RotateToken(Role),
+    Join(JoinRequest),
+    /// Commit an empty command; used by benchmarks to measure the write path.
+    Noop,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum LeaderReply {
+    Nodes(Vec<NodeView>),
+    Node(NodeView),
+    Removed(RemovedView),
+    Status(StatusView),
+    Token(TokenView),
+    Joined(JoinAccepted),
+    Done,
+}
+
+/// The first and only message a joiner sends, after it has checked the
+/// server's CA against the token's fingerprint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub secret: String,
+    pub name: String,
+    /// The joiner's advertised `host:port`.
+    pub addr: String,
+    /// SubjectPublicKeyInfo (DER) of the joiner's own key; its private key
+    /// never leaves the joiner.
+    pub public_key_der: Vec<u8>,
+    pub resources: Resources,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinAccepted {
+    pub node_id: NodeId,
+    pub role: Role,
+    pub cluster_id: String,
+    pub cert_pem: String,
+    pub ca_cert_pem: String,
+    pub managers: Vec<(NodeId, String)>,
+}
+
+/// An operation's failure, as the user sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OpError {
+    pub kind: OpErrorKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpErrorKind {
+    /// Input was invalid; the message names the field and what is allowed.
+    BadRequest,
+    NotFound,
+    /// The request conflicts with the cluster's current state.
+    Conflict,
+    /// Refused for lack of authorisation (e.g. a wrong join token).
+    Forbidden,
+    /// This node is not the leader; `message` names the leader if known.
+    NotLeader,
+    /// No leader or no quorum right now; worth retrying.
+    Unavailable,
+    Internal,
+}
+
+impl OpError {
+    pub fn new(kind: OpErrorKind, message: impl Into<String>) -> Self {
+        OpError {
+            kind,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(OpErrorKind::BadRequest, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(OpErrorKind::NotFound, message)
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(OpErrorKind::Conflict, message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(OpErrorKind::Unavailable, message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(OpErrorKind::Internal, message)
+    }
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.kind, OpErrorKind::NotLeader | OpErrorKind::Unavailable)
+    }
+}
+
+impl std::fmt::Display for OpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for OpError {}

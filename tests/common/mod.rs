@@ -1,0 +1,244 @@
+//! Test harness: real `shoal` processes on loopback addresses, each with its
+//! own temporary data dir, killed with SIGKILL when the test ends.
+
+#![allow(dead_code)]
+
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_shoal");
+
+/// A UDP port free on 127.0.0.1, .2 and .3 (each node binds its own address).
+pub fn free_port() -> u16 {
+    for _ in 0..100 {
+        let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = probe.local_addr().unwrap().port();
+        let others_free = (2..=9).all(|i| UdpSocket::bind(format!("127.0.0.{i}:{port}")).is_ok());
+        if others_free {
+            return port;
+        }
+    }
+    panic!("no free UDP port on 127.0.0.1-9");
+}
+
+/// One shoal daemon under test.
+pub struct Daemon {
+    pub name: String,
+    pub ip: String,
+    pub port: u16,
+    pub dir: PathBuf,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.ip, self.port)
+    }
+
+    /// Runs a client command against this daemon's socket.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(args)
+            .output()
+            .expect("run shoal client")
+    }
+
+    /// A client command that must succeed; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "`shoal {}` on {} failed: {}{}",
+            args.join(" "),
+            self.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn json(&self, args: &[&str]) -> Result<Value, String> {
+        let mut full = args.to_vec();
+        full.push("--json");
+        let out = self.cli(&full);
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("bad JSON: {e}"))
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => c.try_wait().unwrap().is_none(),
+            None => false,
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `shoal run` from the existing data dir.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "{} is still running", self.name);
+        self.child = Some(spawn_daemon(&self.log, &self.dir, &["run"]));
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn_daemon(log: &Path, dir: &Path, args: &[&str]) -> Child {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(BIN)
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("--log-level")
+        .arg("info")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file)
+        .spawn()
+        .expect("spawn shoal daemon")
+}
+
+/// A set of daemons sharing one temporary directory.
+pub struct Cluster {
+    pub root: tempfile::TempDir,
+    pub port: u16,
+    pub nodes: Vec<Daemon>,
+}
+
+impl Cluster {
+    pub fn new() -> Cluster {
+        Cluster {
+            root: tempfile::tempdir().unwrap(),
+            port: free_port(),
+            nodes: Vec::new(),
+        }
+    }
+
+    fn daemon(&self, name: &str, ip: &str) -> Daemon {
+        let dir = self.root.path().join(name);
+        Daemon {
+            name: name.to_string(),
+            ip: ip.to_string(),
+            port: self.port,
+            log: self.root.path().join(format!("{name}.log")),
+            dir,
+            child: None,
+        }
+    }
+
+    /// `shoal init` on `ip`; waits until its API answers.
+    pub fn init(&mut self, name: &str, ip: &str) -> usize {
+        let mut d = self.daemon(name, ip);
+        d.child = Some(spawn_daemon(
+            &d.log,
+            &d.dir,
+            &["init", "--listen", &d.addr(), "--name", name],
+        ));
+        self.nodes.push(d);
+        let i = self.nodes.len() - 1;
+        wait_for(Duration::from_secs(20), || {
+            self.nodes[i].json(&["node", "ls"]).ok()
+        })
+        .unwrap_or_else(|| panic!("init did not come up: {}", self.nodes[i].log_text()));
+        i
+    }
+
+    pub fn token(&self, role: &str) -> String {
+        self.nodes[0]
+            .ok(&["token", "show", role, "-q"])
+            .trim()
+            .to_string()
+    }
+
+    /// `shoal join` through node 0 with the given role's token; waits until
+    /// node 0 lists the new node as ready.
+    pub fn join(&mut self, name: &str, ip: &str, role: &str) -> usize {
+        let token = self.token(role);
+        let via = self.nodes[0].addr();
+        let mut d = self.daemon(name, ip);
+        d.child = Some(spawn_daemon(
+            &d.log,
+            &d.dir,
+            &[
+                "join",
+                &via,
+                "--token",
+                &token,
+                "--listen",
+                &d.addr(),
+                "--name",
+                name,
+            ],
+        ));
+        self.nodes.push(d);
+        let i = self.nodes.len() - 1;
+        let name = name.to_string();
+        wait_for(Duration::from_secs(30), || {
+            let nodes = self.nodes[i].json(&["node", "ls"]).ok()?;
+            let me = nodes
+                .as_array()?
+                .iter()
+                .find(|n| n["name"] == name.as_str())?;
+            let voter_ok = role != "manager" || me["voter"] == true;
+            (me["status"] == "ready" && voter_ok).then_some(())
+        })
+        .unwrap_or_else(|| panic!("{name} did not join: {}", self.nodes[i].log_text()));
+        i
+    }
+
+    /// Index of the node that is leader according to a live node.
+    pub fn leader(&self) -> Option<usize> {
+        for d in &self.nodes {
+            let Ok(st) = d.json(&["status"]) else {
+                continue;
+            };
+            let Some(id) = st["leader_id"].as_u64() else {
+                continue;
+            };
+            let members = st["members"].as_array()?;
+            let name = members.iter().find(|m| m["id"] == id)?["name"].as_str()?;
+            return self.nodes.iter().position(|n| n.name == name);
+        }
+        None
+    }
+}
+
+/// Polls `f` until it returns Some or the deadline passes.
+pub fn wait_for<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
