@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use shoal_cli::api::{ApiError, NodeUpdate};
+use shoal_cli::api::{routes, ApiError, BenchCommitRequest, NodeUpdate};
 
 use crate::node::Node;
 use crate::ops::parse_role;
@@ -51,7 +51,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/tokens/{role}", get(token_show))
         .route("/v1/tokens/{role}/rotate", post(token_rotate))
-        .route("/v1/noop", post(noop))
+        .route(routes::DEV_NOOP, post(noop))
+        .route(routes::DEV_BENCH_COMMIT, post(bench_commit))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(node)
@@ -96,6 +97,7 @@ async fn call(node: &Arc<Node>, op: LeaderOp) -> Api {
         LeaderReply::Joined(_) => {
             return Err(OpError::internal("unexpected join reply").into());
         }
+        LeaderReply::Bench(v) => Json(v).into_response(),
         LeaderReply::Done => Json(serde_json::json!({})).into_response(),
     })
 }
@@ -178,6 +180,25 @@ async fn token_rotate(State(node): State<Arc<Node>>, UrlPath(role): UrlPath<Stri
 
 async fn noop(State(node): State<Arc<Node>>) -> Api {
     call(&node, LeaderOp::Noop).await
+}
+
+/// How long a benchmark run may take end to end.
+const BENCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+async fn bench_commit(
+    State(node): State<Arc<Node>>,
+    body: Result<Json<BenchCommitRequest>, axum::extract::rejection::JsonRejection>,
+) -> Api {
+    let Json(req) =
+        body.map_err(|e| OpError::bad_request(format!("request body: {}", e.body_text())))?;
+    let op = LeaderOp::BenchCommit {
+        writers: req.writers,
+        count: req.count,
+    };
+    match node.leader_call_within(op, BENCH_TIMEOUT).await? {
+        LeaderReply::Bench(v) => Ok(Json(v).into_response()),
+        _ => Err(OpError::internal("unexpected bench reply").into()),
+    }
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiFailure {

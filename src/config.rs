@@ -5,7 +5,13 @@ use std::time::Duration;
 use anyhow::Result;
 
 /// How fast the cluster reacts. The defaults favour fast failover on a LAN:
-/// a leader missing for 0.4–0.8 s is replaced.
+/// a leader silent for 250–500 ms is replaced.
+///
+/// openraft 0.9 sets the leader lease to the maximum election timeout: a
+/// follower that heard from the leader within that time refuses to vote, so
+/// the first candidate is usually refused and wins on its second timeout.
+/// Failover therefore takes about two election timeouts, and the timeouts
+/// are kept short to bring that under a second.
 #[derive(Debug, Clone)]
 pub struct Timing {
     /// Raft leader heartbeat.
@@ -36,9 +42,9 @@ impl Timing {
         // mark a node down.
         let heartbeat_interval = (heartbeat_timeout / 4).max(Duration::from_millis(50));
         Timing {
-            raft_heartbeat: Duration::from_millis(100),
-            election_timeout_min: Duration::from_millis(400),
-            election_timeout_max: Duration::from_millis(800),
+            raft_heartbeat: Duration::from_millis(50),
+            election_timeout_min: Duration::from_millis(250),
+            election_timeout_max: Duration::from_millis(500),
             heartbeat_interval,
             heartbeat_timeout,
             leader_tick: Duration::from_millis(100),

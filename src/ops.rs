@@ -82,7 +82,65 @@ pub async fn execute(node: &Arc<Node>, op: LeaderOp) -> Result<LeaderReply, OpEr
             node.write(Command::Noop { now_ms: now_ms() }).await?;
             Ok(LeaderReply::Done)
         }
+        LeaderOp::BenchCommit { writers, count } => bench_commit(node, writers, count).await,
     }
+}
+
+/// `writers` tasks share `count` commits of `Noop`, each waiting for its
+/// commit before the next: the latency is the full client write path
+/// (propose, replicate to a quorum, fsync, apply).
+async fn bench_commit(node: &Arc<Node>, writers: u32, count: u32) -> Result<LeaderReply, OpError> {
+    use shoal_cli::api::{BenchReport, MAX_BENCH_COUNT, MAX_BENCH_WRITERS};
+    if !(1..=MAX_BENCH_WRITERS).contains(&writers) {
+        return Err(OpError::bad_request(format!(
+            "writers: {writers} is out of range; allowed: 1 to {MAX_BENCH_WRITERS}"
+        )));
+    }
+    if !(1..=MAX_BENCH_COUNT).contains(&count) {
+        return Err(OpError::bad_request(format!(
+            "count: {count} is out of range; allowed: 1 to {MAX_BENCH_COUNT}"
+        )));
+    }
+    let remaining = Arc::new(std::sync::atomic::AtomicU32::new(count));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..writers {
+        let node = node.clone();
+        let remaining = remaining.clone();
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let claimed = remaining.fetch_update(
+                    std::sync::atomic::Ordering::AcqRel,
+                    std::sync::atomic::Ordering::Acquire,
+                    |n| n.checked_sub(1),
+                );
+                if claimed.is_err() {
+                    return Ok::<_, OpError>(latencies);
+                }
+                let t = Instant::now();
+                node.write(Command::Noop { now_ms: now_ms() }).await?;
+                latencies.push(t.elapsed().as_micros() as u64);
+            }
+        });
+    }
+    let mut all = Vec::with_capacity(count as usize);
+    while let Some(joined) = tasks.join_next().await {
+        let latencies = joined.map_err(|e| OpError::internal(format!("bench task: {e}")))??;
+        all.extend(latencies);
+    }
+    let elapsed = started.elapsed();
+    all.sort_unstable();
+    let pick = |q: f64| all[((all.len() as f64 - 1.0) * q).round() as usize];
+    Ok(LeaderReply::Bench(BenchReport {
+        writers,
+        count,
+        elapsed_ms: elapsed.as_secs_f64() * 1000.0,
+        commits_per_sec: count as f64 / elapsed.as_secs_f64(),
+        p50_us: pick(0.50),
+        p99_us: pick(0.99),
+        max_us: *all.last().unwrap_or(&0),
+    }))
 }
 
 fn view_of(node: &Node, name: &str) -> Result<NodeView, OpError> {

@@ -7,7 +7,7 @@
 //! one frame, and gets exactly one frame back.
 
 use serde::{Deserialize, Serialize};
-use shoal_cli::api::{NodeUpdate, NodeView, RemovedView, StatusView, TokenView};
+use shoal_cli::api::{BenchReport, NodeUpdate, NodeView, RemovedView, StatusView, TokenView};
 use shoal_raft::{NodeId, Resources, Role, TypeConfig};
 
 use openraft::error::InstallSnapshotError;
@@ -91,6 +91,9 @@ pub enum LeaderOp {
     Join(JoinRequest),
     /// Commit an empty command; used by benchmarks to measure the write path.
     Noop,
+    /// Commit `count` empty commands from `writers` concurrent in-process
+    /// Raft clients on the leader, and report latencies.
+    BenchCommit { writers: u32, count: u32 },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -101,6 +104,7 @@ pub enum LeaderReply {
     Status(StatusView),
     Token(TokenView),
     Joined(JoinAccepted),
+    Bench(BenchReport),
     Done,
 }
 

@@ -17,6 +17,8 @@
 //! GET    /v1/status                        -> StatusView
 //! GET    /v1/tokens/{role}                 -> TokenView      (role = manager|worker)
 //! POST   /v1/tokens/{role}/rotate          -> TokenView
+//! POST   /v1/dev/noop                      -> {}             (commits an empty entry)
+//! POST   /v1/dev/bench-commit              body BenchCommitRequest -> BenchReport
 //! any non-2xx status                       -> ApiError
 //! ```
 
@@ -34,6 +36,9 @@ pub mod routes {
     pub const STATUS: &str = "/v1/status";
     pub const TOKEN: &str = "/v1/tokens/{role}";
     pub const TOKEN_ROTATE: &str = "/v1/tokens/{role}/rotate";
+    /// Development endpoints: benchmarks of the write path.
+    pub const DEV_NOOP: &str = "/v1/dev/noop";
+    pub const DEV_BENCH_COMMIT: &str = "/v1/dev/bench-commit";
 }
 
 /// Concrete request paths (with percent-encoded segments) for the routes in [`routes`].
@@ -179,6 +184,30 @@ pub struct TokenView {
     pub role: String,
     pub token: String,
     pub join_command: String,
+}
+
+/// Asks the leader to commit `count` empty entries from `writers`
+/// concurrent in-process Raft clients, and to report the latencies.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct BenchCommitRequest {
+    pub writers: u32,
+    pub count: u32,
+}
+
+/// Limits of [`BenchCommitRequest`].
+pub const MAX_BENCH_WRITERS: u32 = 1024;
+pub const MAX_BENCH_COUNT: u32 = 1_000_000;
+
+/// Commit latencies and throughput measured on the leader.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct BenchReport {
+    pub writers: u32,
+    pub count: u32,
+    pub elapsed_ms: f64,
+    pub commits_per_sec: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
 }
 
 /// The answer to `DELETE /v1/nodes/{node}`.

@@ -14,7 +14,10 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 
-use crate::api::{self, paths, NodeUpdate, NodeView, RemovedView, StatusView, TokenView};
+use crate::api::{
+    self, paths, routes, BenchCommitRequest, BenchReport, NodeUpdate, NodeView, RemovedView,
+    StatusView, TokenView,
+};
 use crate::args::{socket_url, MAX_SOCKET_PATH_LEN};
 
 /// How long one request may take, connect to last byte, unless told otherwise.
@@ -157,6 +160,24 @@ impl ApiClient {
     /// `role` is `"manager"` or `"worker"`.
     pub async fn rotate_token(&self, role: &str) -> Result<TokenView, ClientError> {
         self.call(Method::POST, paths::token_rotate(role), None)
+            .await
+    }
+
+    /// Commits one empty entry through the leader (write-path benchmarks).
+    pub async fn noop(&self) -> Result<(), ClientError> {
+        let _: serde_json::Value = self
+            .call(Method::POST, routes::DEV_NOOP.to_owned(), None)
+            .await?;
+        Ok(())
+    }
+
+    /// Runs the in-process commit benchmark on the leader.
+    pub async fn bench_commit(
+        &self,
+        request: &BenchCommitRequest,
+    ) -> Result<BenchReport, ClientError> {
+        let body = serde_json::to_vec(request).expect("BenchCommitRequest serializes to JSON");
+        self.call(Method::POST, routes::DEV_BENCH_COMMIT.to_owned(), Some(body))
             .await
     }
 
