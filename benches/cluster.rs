@@ -106,7 +106,10 @@ fn main() {
     let mut report = serde_json::Map::new();
 
     // --- commit latency and throughput ---------------------------------
-    println!("\n{:<44} {:>10} {:>9} {:>9} {:>9}", "commit path", "commits/s", "p50 ms", "p99 ms", "max ms");
+    println!(
+        "\n{:<44} {:>10} {:>9} {:>9} {:>9}",
+        "commit path", "commits/s", "p50 ms", "p99 ms", "max ms"
+    );
     let single = (writes / 10).max(100);
     let rows: Vec<(&str, u32, usize)> = vec![
         ("raft client, 1 writer", 1, single),
@@ -155,17 +158,35 @@ fn main() {
 
     // --- idle: spurious elections and footprint ------------------------
     let (_, term_before) = leader_term(&c).expect("leader before idle");
-    let before: Vec<(f64, u64)> = c.nodes.iter().map(|d| cpu_and_rss(d.child.as_ref().unwrap().id())).collect();
+    let before: Vec<(f64, u64)> = c
+        .nodes
+        .iter()
+        .map(|d| cpu_and_rss(d.child.as_ref().unwrap().id()))
+        .collect();
     std::thread::sleep(Duration::from_secs(idle_secs));
-    let after: Vec<(f64, u64)> = c.nodes.iter().map(|d| cpu_and_rss(d.child.as_ref().unwrap().id())).collect();
+    let after: Vec<(f64, u64)> = c
+        .nodes
+        .iter()
+        .map(|d| cpu_and_rss(d.child.as_ref().unwrap().id()))
+        .collect();
     let (_, term_after) = leader_term(&c).expect("leader after idle");
-    println!("\nidle {idle_secs} s: term {term_before} -> {term_after} ({} elections)", term_after - term_before);
+    println!(
+        "\nidle {idle_secs} s: term {term_before} -> {term_after} ({} elections)",
+        term_after - term_before
+    );
     let mut idle = Vec::new();
     for (i, d) in c.nodes.iter().enumerate() {
         let cpu_pct = (after[i].0 - before[i].0) / idle_secs as f64 * 100.0;
         let rss_mb = after[i].1 as f64 / 1024.0 / 1024.0;
-        let role = if Some(i) == c.leader() { "leader" } else { "follower" };
-        println!("  {} ({role}): RSS {rss_mb:.1} MB, CPU {cpu_pct:.2}%", d.name);
+        let role = if Some(i) == c.leader() {
+            "leader"
+        } else {
+            "follower"
+        };
+        println!(
+            "  {} ({role}): RSS {rss_mb:.1} MB, CPU {cpu_pct:.2}%",
+            d.name
+        );
         idle.push(json!({"node": d.name, "role": role, "rss_mb": rss_mb, "cpu_pct": cpu_pct}));
     }
     report.insert("idle_secs".into(), json!(idle_secs));
@@ -197,20 +218,32 @@ fn main() {
             }
         });
         failovers.push(took);
-        println!("failover {:>2}: killed {}, write accepted after {:.0} ms", round + 1, c.nodes[old].name, ms(took));
+        println!(
+            "failover {:>2}: killed {}, write accepted after {:.0} ms",
+            round + 1,
+            c.nodes[old].name,
+            ms(took)
+        );
         c.nodes[old].restart();
         // Wait until the restarted node is a caught-up voter and all agree.
         wait_for(Duration::from_secs(60), || {
             let st = c.nodes[old].json(&["status"]).ok()?;
             let healthy = st["quorum"]["healthy"] == true && st["quorum"]["voters_ready"] == 3;
-            let lagging = st["members"].as_array()?.iter().any(|m| m["lag"].as_u64().unwrap_or(0) > 5);
+            let lagging = st["members"]
+                .as_array()?
+                .iter()
+                .any(|m| m["lag"].as_u64().unwrap_or(0) > 5);
             (healthy && !lagging).then_some(())
         })
         .expect("cluster healthy again after restart");
     }
     if !failovers.is_empty() {
         failovers.sort();
-        let (p50, p99, max) = (percentile(&failovers, 0.5), percentile(&failovers, 0.99), *failovers.last().unwrap());
+        let (p50, p99, max) = (
+            percentile(&failovers, 0.5),
+            percentile(&failovers, 0.99),
+            *failovers.last().unwrap(),
+        );
         println!(
             "\nfailover over {rounds} rounds (SIGKILL leader -> write accepted): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
             ms(p50),

@@ -93,7 +93,10 @@ pub enum LeaderOp {
     Noop,
     /// Commit `count` empty commands from `writers` concurrent in-process
     /// Raft clients on the leader, and report latencies.
-    BenchCommit { writers: u32, count: u32 },
+    BenchCommit {
+        writers: u32,
+        count: u32,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
