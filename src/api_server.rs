@@ -13,7 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use shoal_cli::api::{routes, ApiError, BenchCommitRequest, NodeUpdate};
+use shoal_cli::api::{
+    routes, ApiError, BenchCommitRequest, NodeUpdate, ScaleRequest, ServiceSpecDoc,
+};
 
 use crate::node::Node;
 use crate::ops::parse_role;
@@ -51,6 +53,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/tokens/{role}", get(token_show))
         .route("/v1/tokens/{role}/rotate", post(token_rotate))
+        .route(routes::SERVICES, get(services_ls).post(deploy))
+        .route(routes::SERVICE, get(service_get).delete(service_rm))
+        .route(routes::SERVICE_TASKS, get(service_tasks))
+        .route(routes::SERVICE_SCALE, post(service_scale))
         .route(routes::DEV_NOOP, post(noop))
         .route(routes::DEV_BENCH_COMMIT, post(bench_commit))
         .fallback(not_found)
@@ -98,6 +104,12 @@ async fn call(node: &Arc<Node>, op: LeaderOp) -> Api {
             return Err(OpError::internal("unexpected join reply").into());
         }
         LeaderReply::Bench(v) => Json(v).into_response(),
+        LeaderReply::Deployed(v) => Json(v).into_response(),
+        LeaderReply::Services(v) => Json(v).into_response(),
+        LeaderReply::Service(v) => Json(v).into_response(),
+        LeaderReply::ServiceInspect(v) => Json(v).into_response(),
+        LeaderReply::Tasks(v) => Json(v).into_response(),
+        LeaderReply::ServiceRemoved(v) => Json(v).into_response(),
         LeaderReply::Done => Json(serde_json::json!({})).into_response(),
     })
 }
@@ -180,6 +192,42 @@ async fn token_rotate(State(node): State<Arc<Node>>, UrlPath(role): UrlPath<Stri
 
 async fn noop(State(node): State<Arc<Node>>) -> Api {
     call(&node, LeaderOp::Noop).await
+}
+
+type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+
+fn body<T>(body: JsonBody<T>) -> Result<T, OpError> {
+    body.map(|Json(v)| v)
+        .map_err(|e| OpError::bad_request(format!("request body: {}", e.body_text())))
+}
+
+async fn deploy(State(node): State<Arc<Node>>, doc: JsonBody<ServiceSpecDoc>) -> Api {
+    call(&node, LeaderOp::Deploy(body(doc)?)).await
+}
+
+async fn services_ls(State(node): State<Arc<Node>>) -> Api {
+    call(&node, LeaderOp::Services).await
+}
+
+async fn service_get(State(node): State<Arc<Node>>, UrlPath(name): UrlPath<String>) -> Api {
+    call(&node, LeaderOp::Service(name)).await
+}
+
+async fn service_tasks(State(node): State<Arc<Node>>, UrlPath(name): UrlPath<String>) -> Api {
+    call(&node, LeaderOp::Tasks(name)).await
+}
+
+async fn service_scale(
+    State(node): State<Arc<Node>>,
+    UrlPath(name): UrlPath<String>,
+    req: JsonBody<ScaleRequest>,
+) -> Api {
+    let replicas = body(req)?.replicas;
+    call(&node, LeaderOp::Scale { name, replicas }).await
+}
+
+async fn service_rm(State(node): State<Arc<Node>>, UrlPath(name): UrlPath<String>) -> Api {
+    call(&node, LeaderOp::RemoveService(name)).await
 }
 
 /// How long a benchmark run may take end to end.

@@ -282,6 +282,7 @@ async fn start(
     tokio::spawn(crate::peer_server::run(node.clone()));
     tokio::spawn(crate::leader::run(node.clone()));
     tokio::spawn(crate::heartbeat::run(node.clone()));
+    tokio::spawn(run_agent(node.clone()));
     let listener = crate::api_server::bind(&socket).await?;
     let api_node = node.clone();
     tokio::spawn(async move {
@@ -298,6 +299,37 @@ async fn start(
         "node started"
     );
     Ok(node)
+}
+
+/// Connects to the local Docker engine (retrying until it answers) and runs
+/// the agent loop on it.
+async fn run_agent(node: Arc<Node>) {
+    // A test seam: an in-memory engine holding the listed images, for fast
+    // tests of the control plane without Docker.
+    if let Ok(images) = std::env::var("SHOAL_FAKE_RUNTIME") {
+        let fake = crate::agent::fake::FakeRuntime::new();
+        for image in images.split(',').filter(|i| !i.is_empty()) {
+            fake.add_image(image);
+        }
+        tracing::warn!("SHOAL_FAKE_RUNTIME is set: tasks run in an in-memory fake engine");
+        crate::agent::driver::run(node, Arc::new(fake)).await;
+        return;
+    }
+    let mut warned = false;
+    let runtime = loop {
+        match crate::agent::DockerRuntime::connect().await {
+            Ok(rt) => break rt,
+            Err(e) => {
+                if !warned {
+                    tracing::error!(error = %e, "the Docker engine is unreachable: this node runs no tasks until it answers");
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    };
+    tracing::info!(api = %runtime.api_version(), "connected to the Docker engine");
+    crate::agent::driver::run(node, Arc::new(runtime)).await;
 }
 
 async fn serve_until_signal(node: Arc<Node>) -> Result<()> {

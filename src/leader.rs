@@ -69,8 +69,16 @@ pub async fn run(node: Arc<Node>) {
     let membership_busy = Arc::new(AtomicBool::new(false));
     let mut ticker = tokio::time::interval(node.timing.leader_tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut applied = node.state.subscribe();
     loop {
-        ticker.tick().await;
+        // On a tick, and as soon as something was applied (a deploy, a task
+        // report): a short pause lets a burst land in one pass.
+        tokio::select! {
+            _ = ticker.tick() => {}
+            Ok(()) = applied.changed() => {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
         let (leading, term) = {
             let metrics = node.raft.metrics();
             let m = metrics.borrow();
@@ -103,6 +111,7 @@ pub async fn run(node: Arc<Node>) {
                 tracing::warn!(error = %e, "cannot record node status changes");
             }
         }
+        orchestrate(&node).await;
         if !membership_busy.load(Ordering::Acquire) {
             let (voters, learners) = {
                 let metrics = node.raft.metrics();
@@ -112,7 +121,6 @@ pub async fn run(node: Arc<Node>) {
                 let learners: BTreeSet<NodeId> = membership.learner_ids().collect();
                 (voters, learners)
             };
-            // A joint (in-progress) config is left to finish first.
             if let Some(step) = node.state.read(|s| membership_step(s, &voters, &learners)) {
                 membership_busy.store(true, Ordering::Release);
                 let node = node.clone();
@@ -122,6 +130,35 @@ pub async fn run(node: Arc<Node>) {
                     busy.store(false, Ordering::Release);
                 });
             }
+        }
+    }
+}
+
+/// Which tasks must exist (orchestrator), then where pending ones run
+/// (scheduler): each a pure function of the state, each committed as one
+/// batched proposal.
+async fn orchestrate(node: &Node) {
+    let changes = node.state.read(|s| shoal_raft::reconcile(s, now_ms()));
+    if !changes.is_empty() {
+        tracing::debug!(count = changes.len(), "orchestrator changes");
+        let cmd = Command::ApplyTaskChanges {
+            changes,
+            now_ms: now_ms(),
+        };
+        if let Err(e) = node.write(cmd).await {
+            tracing::warn!(error = %e, "cannot commit orchestrator changes");
+            return;
+        }
+    }
+    let placements = node.state.read(shoal_raft::schedule);
+    if !placements.is_empty() {
+        tracing::debug!(count = placements.len(), "scheduler decisions");
+        let cmd = Command::ApplyTaskChanges {
+            changes: placements,
+            now_ms: now_ms(),
+        };
+        if let Err(e) = node.write(cmd).await {
+            tracing::warn!(error = %e, "cannot commit scheduler decisions");
         }
     }
 }

@@ -1,10 +1,12 @@
 //! The `shoal` binary: daemon subcommands (`init`, `join`, `run`) start a
 //! node here; every other subcommand is a client of a node's control API.
 
+mod agent;
 mod api_server;
 mod bootstrap;
 mod config;
 mod datadir;
+mod dispatcher;
 mod heartbeat;
 mod leader;
 mod liveness;
@@ -12,6 +14,7 @@ mod node;
 mod ops;
 mod peer_server;
 mod raft_network;
+mod services;
 mod wire;
 
 use std::process::ExitCode;
@@ -24,7 +27,10 @@ use crate::bootstrap::StartOptions;
 use crate::config::Timing;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -48,6 +54,23 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Bad command lines get one line naming what was wrong (clap's own text),
+/// not a page of usage; help and version print as usual.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+        _ => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("error: invalid command line");
+            eprintln!("{first} (see --help)");
+            ExitCode::from(2)
         }
     }
 }

@@ -271,6 +271,7 @@ fn variant_name(resp: &PeerResponse) -> &'static str {
         PeerResponse::InstallSnapshot(_) => "InstallSnapshot",
         PeerResponse::Heartbeat(_) => "Heartbeat",
         PeerResponse::Leader(_) => "Leader",
+        PeerResponse::ReportTasks(_) => "ReportTasks",
     }
 }
 

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shoal_cli::api::{
-    MemberView, NodeUpdate, NodeView, QuorumView, RemovedView, StatusView, TokenView,
+    DeployView, MemberView, NodeUpdate, NodeView, QuorumView, RemovedServiceView, RemovedView,
+    ServiceInspectView, StatusView, TokenView,
 };
 use shoal_net::pki::ClusterCa;
 use shoal_net::token::{self, JoinToken};
@@ -19,6 +20,7 @@ use shoal_raft::{
 };
 
 use crate::node::{managers_of, now_ms, Node};
+use crate::services;
 use crate::wire::{JoinAccepted, JoinRequest, LeaderOp, LeaderReply, OpError, OpErrorKind};
 
 /// The Raft group keeps at most this many voters.
@@ -83,7 +85,157 @@ pub async fn execute(node: &Arc<Node>, op: LeaderOp) -> Result<LeaderReply, OpEr
             Ok(LeaderReply::Done)
         }
         LeaderOp::BenchCommit { writers, count } => bench_commit(node, writers, count).await,
+        LeaderOp::Deploy(doc) => deploy(node, doc).await,
+        LeaderOp::Services => {
+            node.linearizable().await?;
+            Ok(LeaderReply::Services(node.state.read(|s| {
+                s.services
+                    .values()
+                    .map(|svc| services::service_view(s, svc))
+                    .collect()
+            })))
+        }
+        LeaderOp::Service(name) => {
+            node.linearizable().await?;
+            node.state.read(|s| {
+                let svc = find_service(s, &name)?;
+                Ok(LeaderReply::ServiceInspect(ServiceInspectView {
+                    spec: services::doc_from_spec(&svc.spec),
+                    version: svc.version,
+                    created_at_ms: svc.created_at_ms,
+                    updated_at_ms: svc.updated_at_ms,
+                    replicas_running: services::running_count(s, &name),
+                    replicas_desired: services::desired_count(s, svc),
+                }))
+            })
+        }
+        LeaderOp::Tasks(name) => {
+            node.linearizable().await?;
+            node.state.read(|s| {
+                let tasks = services::task_views(s, &name);
+                // A removed service's tasks stay listed until they are gone.
+                if tasks.is_empty() {
+                    find_service(s, &name)?;
+                }
+                Ok(LeaderReply::Tasks(tasks))
+            })
+        }
+        LeaderOp::Scale { name, replicas } => {
+            if replicas > shoal_cli::api::MAX_REPLICAS {
+                return Err(OpError::bad_request(format!(
+                    "replicas: {replicas} is too many; allowed: 0 to {}",
+                    shoal_cli::api::MAX_REPLICAS
+                )));
+            }
+            node.state.read(|s| {
+                let svc = find_service(s, &name)?;
+                if svc.spec.is_global() {
+                    return Err(OpError::bad_request(format!(
+                        "service {name} is global (one task per node) and cannot be scaled"
+                    )));
+                }
+                Ok(())
+            })?;
+            node.write(Command::ScaleService {
+                name: name.clone(),
+                replicas,
+                now_ms: now_ms(),
+            })
+            .await?;
+            Ok(LeaderReply::Service(node.state.read(|s| {
+                let svc = s.services.get(&name).expect("scaled service exists");
+                services::service_view(s, svc)
+            })))
+        }
+        LeaderOp::RemoveService(name) => {
+            node.state.read(|s| find_service(s, &name).map(|_| ()))?;
+            node.write(Command::RemoveService {
+                name: name.clone(),
+                now_ms: now_ms(),
+            })
+            .await?;
+            Ok(LeaderReply::ServiceRemoved(RemovedServiceView { name }))
+        }
     }
+}
+
+fn find_service<'a>(
+    state: &'a ClusterState,
+    name: &str,
+) -> Result<&'a shoal_raft::Service, OpError> {
+    state.services.get(name).ok_or_else(|| {
+        OpError::not_found(format!(
+            "no service named {name:?} (see `shoal service ls`)"
+        ))
+    })
+}
+
+async fn deploy(
+    node: &Arc<Node>,
+    doc: shoal_cli::api::ServiceSpecDoc,
+) -> Result<LeaderReply, OpError> {
+    let spec = services::spec_from_doc(&doc)?;
+    let existing = node.state.read(|s| {
+        services::check_fits_somewhere(s, &spec)?;
+        Ok::<_, OpError>(s.services.get(&spec.name).map(|svc| svc.spec.clone()))
+    })?;
+    let name = spec.name.clone();
+    let (created, changed) = match existing {
+        None => {
+            node.write(Command::CreateService {
+                spec,
+                now_ms: now_ms(),
+            })
+            .await?;
+            (true, true)
+        }
+        Some(old) if old == spec => (false, false),
+        Some(_) => {
+            node.write(Command::UpdateService {
+                spec,
+                now_ms: now_ms(),
+            })
+            .await?;
+            (false, true)
+        }
+    };
+    let service = node.state.read(|s| {
+        let svc = find_service(s, &name)?;
+        Ok::<_, OpError>(services::service_view(s, svc))
+    })?;
+    Ok(LeaderReply::Deployed(DeployView {
+        service,
+        created,
+        changed,
+    }))
+}
+
+/// An agent's batch of task state changes, committed as one command. Only
+/// tasks assigned to the reporting node are touched (apply() checks).
+pub async fn report_tasks(
+    node: &Arc<Node>,
+    peer: NodeId,
+    report: crate::wire::TaskReport,
+) -> Result<(), OpError> {
+    if report.node_id != peer {
+        return Err(OpError::new(
+            OpErrorKind::Forbidden,
+            format!(
+                "a report for node {} arrived from node {peer}",
+                report.node_id
+            ),
+        ));
+    }
+    if !node.is_leader() {
+        return Err(OpError::new(OpErrorKind::NotLeader, "not the leader"));
+    }
+    node.write(Command::ReportTaskStatus {
+        node_id: peer,
+        updates: report.updates,
+        now_ms: now_ms(),
+    })
+    .await?;
+    Ok(())
 }
 
 /// `writers` tasks share `count` commits of `Noop`, each waiting for its

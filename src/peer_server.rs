@@ -50,6 +50,13 @@ async fn serve_member(node: Arc<Node>, peer: NodeId, conn: shoal_net::Connection
                     return;
                 }
             };
+            if let PeerRequest::WatchTasks { node_id } = req {
+                // A long-lived stream: the leader pushes this node's tasks.
+                if node_id == peer && node.is_leader() {
+                    crate::dispatcher::serve_watch(node, peer, send).await;
+                }
+                return;
+            }
             let resp = handle(&node, peer, req).await;
             if let Err(e) = transport::write_response(send, &resp).await {
                 tracing::debug!(peer, error = %e, "cannot answer peer");
@@ -99,6 +106,12 @@ async fn handle(node: &Arc<Node>, peer: NodeId, req: PeerRequest) -> PeerRespons
             }
             PeerResponse::Leader(crate::ops::execute(node, op).await)
         }
+        PeerRequest::ReportTasks(report) => {
+            PeerResponse::ReportTasks(crate::ops::report_tasks(node, peer, report).await)
+        }
+        PeerRequest::WatchTasks { .. } => PeerResponse::ReportTasks(Err(OpError::internal(
+            "a task stream is served on its own stream",
+        ))),
     }
 }
 

@@ -7,8 +7,11 @@
 //! one frame, and gets exactly one frame back.
 
 use serde::{Deserialize, Serialize};
-use shoal_cli::api::{BenchReport, NodeUpdate, NodeView, RemovedView, StatusView, TokenView};
-use shoal_raft::{NodeId, Resources, Role, TypeConfig};
+use shoal_cli::api::{
+    BenchReport, DeployView, NodeUpdate, NodeView, RemovedServiceView, RemovedView,
+    ServiceInspectView, ServiceSpecDoc, ServiceView, StatusView, TaskView, TokenView,
+};
+use shoal_raft::{NodeId, Resources, Role, Task, TaskId, TaskStatusUpdate, TypeConfig};
 
 use openraft::error::InstallSnapshotError;
 use openraft::raft::{
@@ -16,7 +19,11 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 
+// Wire messages live for one call and are moved straight into the codec;
+// boxing their large variants would buy nothing.
+
 /// A request from one cluster member to another over mutual TLS.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Serialize, Deserialize)]
 pub enum PeerRequest {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
@@ -27,8 +34,37 @@ pub enum PeerRequest {
     /// An operation that only the leader may execute, forwarded by the node
     /// that received it from a client.
     Leader(LeaderOp),
+    /// Opens the stream of this node's tasks: the leader answers with one
+    /// [`TaskFeed::Full`] frame, then [`TaskFeed::Changes`] frames, on the
+    /// same stream, for as long as it leads.
+    WatchTasks {
+        node_id: NodeId,
+    },
+    /// An agent's batch of task state changes.
+    ReportTasks(TaskReport),
 }
 
+/// Frames of the task stream from the leader to an agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum TaskFeed {
+    /// Every task this node should know about (sent first).
+    Full { tasks: Vec<Task> },
+    /// Tasks added or changed, and tasks this node no longer has.
+    Changes {
+        upserts: Vec<Task>,
+        removed: Vec<TaskId>,
+    },
+    /// Nothing changed; keeps the stream's liveness visible.
+    Idle,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskReport {
+    pub node_id: NodeId,
+    pub updates: Vec<TaskStatusUpdate>,
+}
+
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Serialize, Deserialize)]
 pub enum PeerResponse {
     AppendEntries(Result<AppendEntriesResponse<NodeId>, RemoteError>),
@@ -36,6 +72,7 @@ pub enum PeerResponse {
     InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RemoteError>),
     Heartbeat(Result<HeartbeatReply, OpError>),
     Leader(Result<LeaderReply, OpError>),
+    ReportTasks(Result<(), OpError>),
 }
 
 /// Why a Raft RPC failed on the receiving side.
@@ -74,6 +111,7 @@ pub struct HeartbeatReply {
 
 /// Operations executed by the leader. Reads are linearizable: the leader
 /// confirms its leadership with a quorum before answering.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum LeaderOp {
     Nodes,
@@ -91,6 +129,16 @@ pub enum LeaderOp {
     Join(JoinRequest),
     /// Commit an empty command; used by benchmarks to measure the write path.
     Noop,
+    /// Create the service, or replace its spec if it exists.
+    Deploy(ServiceSpecDoc),
+    Services,
+    Service(String),
+    Tasks(String),
+    Scale {
+        name: String,
+        replicas: u64,
+    },
+    RemoveService(String),
     /// Commit `count` empty commands from `writers` concurrent in-process
     /// Raft clients on the leader, and report latencies.
     BenchCommit {
@@ -99,6 +147,7 @@ pub enum LeaderOp {
     },
 }
 
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum LeaderReply {
     Nodes(Vec<NodeView>),
@@ -108,6 +157,12 @@ pub enum LeaderReply {
     Token(TokenView),
     Joined(JoinAccepted),
     Bench(BenchReport),
+    Deployed(DeployView),
+    Services(Vec<ServiceView>),
+    Service(ServiceView),
+    ServiceInspect(ServiceInspectView),
+    Tasks(Vec<TaskView>),
+    ServiceRemoved(RemovedServiceView),
     Done,
 }
 

@@ -19,6 +19,12 @@
 //! POST   /v1/tokens/{role}/rotate          -> TokenView
 //! POST   /v1/dev/noop                      -> {}             (commits an empty entry)
 //! POST   /v1/dev/bench-commit              body BenchCommitRequest -> BenchReport
+//! POST   /v1/services                      body ServiceSpecDoc -> DeployView (create or update)
+//! GET    /v1/services                      -> Vec<ServiceView>
+//! GET    /v1/services/{name}               -> ServiceInspectView
+//! GET    /v1/services/{name}/tasks         -> Vec<TaskView>
+//! POST   /v1/services/{name}/scale         body ScaleRequest -> ServiceView
+//! DELETE /v1/services/{name}               -> RemovedServiceView
 //! any non-2xx status                       -> ApiError
 //! ```
 
@@ -39,6 +45,10 @@ pub mod routes {
     /// Development endpoints: benchmarks of the write path.
     pub const DEV_NOOP: &str = "/v1/dev/noop";
     pub const DEV_BENCH_COMMIT: &str = "/v1/dev/bench-commit";
+    pub const SERVICES: &str = "/v1/services";
+    pub const SERVICE: &str = "/v1/services/{name}";
+    pub const SERVICE_TASKS: &str = "/v1/services/{name}/tasks";
+    pub const SERVICE_SCALE: &str = "/v1/services/{name}/scale";
 }
 
 /// Concrete request paths (with percent-encoded segments) for the routes in [`routes`].
@@ -79,6 +89,22 @@ pub mod paths {
 
     pub fn token_rotate(role: &str) -> String {
         format!("{}/rotate", token_path(role))
+    }
+
+    pub fn services() -> String {
+        routes::SERVICES.to_owned()
+    }
+
+    pub fn service(name: &str) -> String {
+        format!("{}/{}", routes::SERVICES, percent_encode_segment(name))
+    }
+
+    pub fn service_tasks(name: &str) -> String {
+        format!("{}/tasks", service(name))
+    }
+
+    pub fn service_scale(name: &str) -> String {
+        format!("{}/scale", service(name))
     }
 
     fn node_path(node: &str) -> String {
@@ -216,6 +242,194 @@ pub struct RemovedView {
     pub id: u64,
 }
 
+/// Service modes, restart conditions, pull policies and port protocols as they
+/// appear on the wire and in spec files.
+pub const SERVICE_MODES: [&str; 2] = ["replicated", "global"];
+pub const RESTART_CONDITIONS: [&str; 3] = ["any", "on-failure", "none"];
+pub const PULL_POLICIES: [&str; 3] = ["missing", "always", "never"];
+pub const PROTOCOLS: [&str; 2] = ["tcp", "udp"];
+/// Task states in lifecycle order; the last five are terminal.
+pub const TASK_STATES: [&str; 11] = [
+    "new",
+    "pending",
+    "assigned",
+    "preparing",
+    "starting",
+    "running",
+    "complete",
+    "failed",
+    "shutdown",
+    "rejected",
+    "orphaned",
+];
+
+/// What `None` in a [`ServiceSpecDoc`] means (Docker Swarm's defaults).
+pub mod defaults {
+    pub const MODE: &str = "replicated";
+    pub const REPLICAS: u64 = 1;
+    pub const PROTOCOL: &str = "tcp";
+    pub const RESTART_CONDITION: &str = "any";
+    pub const RESTART_DELAY: &str = "5s";
+    pub const STOP_GRACE_PERIOD: &str = "10s";
+    pub const PULL: &str = "missing";
+}
+
+/// Most replicas a service may ask for.
+pub const MAX_REPLICAS: u64 = 100_000;
+/// Longest service name (a DNS label).
+pub const MAX_SERVICE_NAME_LEN: usize = 63;
+/// Longest image reference.
+pub const MAX_IMAGE_LEN: usize = 1024;
+/// Most entries in any list or map of a spec (command, env, ports, ...).
+pub const MAX_SPEC_LIST_LEN: usize = 1024;
+/// Longest environment variable name or label key in a spec.
+pub const MAX_SPEC_KEY_LEN: usize = 256;
+/// Most placement constraints on one service.
+pub const MAX_CONSTRAINTS: usize = 64;
+
+/// A service as a user writes it: the body of `POST /v1/services` and the format
+/// of `shoal deploy -f spec.json|spec.yaml`.
+///
+/// Every field but `name` and `image` may be left out; `None` means the default
+/// in [`defaults`]. `name` and `image` default to empty only so that a spec file
+/// may leave them to the command line; an empty one is rejected by
+/// [`ServiceSpecDoc::validate`]. Unknown fields are errors naming the field.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceSpecDoc {
+    pub name: String,
+    pub image: String,
+    /// Replaces the image's entrypoint; empty keeps it.
+    pub command: Vec<String>,
+    /// Replaces the image's command (its arguments); empty keeps it.
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    /// `"replicated"` or `"global"`.
+    pub mode: Option<String>,
+    /// Replicated services only.
+    pub replicas: Option<u64>,
+    pub ports: Vec<PortDoc>,
+    /// CPU limit, e.g. 0.5.
+    pub cpus: Option<f64>,
+    /// Memory limit, e.g. `"256m"` (see [`crate::units::parse_memory`]).
+    pub memory: Option<String>,
+    pub reserve_cpus: Option<f64>,
+    pub reserve_memory: Option<String>,
+    /// ANDed, e.g. `"node.labels.zone==eu"`.
+    pub constraints: Vec<String>,
+    /// Most tasks of this service on one node; replicated services only.
+    pub max_per_node: Option<u64>,
+    /// `"any"`, `"on-failure"` or `"none"`.
+    pub restart_condition: Option<String>,
+    /// A duration, e.g. `"5s"` (see [`crate::units::parse_duration`]).
+    pub restart_delay: Option<String>,
+    pub restart_max_attempts: Option<u64>,
+    pub restart_window: Option<String>,
+    pub stop_grace_period: Option<String>,
+    /// e.g. `"SIGTERM"`, `"TERM"` or `"15"`.
+    pub stop_signal: Option<String>,
+    /// `"missing"`, `"always"` or `"never"`.
+    pub pull: Option<String>,
+}
+
+/// A port published on the node that runs the task: `-p 8080:80/tcp`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PortDoc {
+    pub published: u16,
+    pub target: u16,
+    /// `"tcp"` or `"udp"`; `None` means tcp.
+    #[serde(default)]
+    pub protocol: Option<String>,
+}
+
+impl std::fmt::Display for PortDoc {
+    /// `8080:80/tcp`, the form `service ls` shows.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let protocol = self.protocol.as_deref().unwrap_or(defaults::PROTOCOL);
+        write!(f, "{}:{}/{protocol}", self.published, self.target)
+    }
+}
+
+/// The answer to `POST /v1/services`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct DeployView {
+    pub service: ServiceView,
+    /// The service did not exist before.
+    pub created: bool,
+    /// The spec differs from the one stored (always true when created).
+    pub changed: bool,
+}
+
+/// One service in `service ls`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ServiceView {
+    pub name: String,
+    /// `"replicated"` or `"global"`.
+    pub mode: String,
+    /// For global services: the number of nodes that should run a task.
+    pub replicas_desired: u64,
+    pub replicas_running: u64,
+    pub image: String,
+    /// `"8080:80/tcp"`.
+    pub ports: Vec<String>,
+    /// Bumped whenever the task template changes (not on scaling).
+    pub version: u64,
+    pub updated_at_ms: u64,
+}
+
+/// One task: one slot of a service placed (or to be placed) on one node.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct TaskView {
+    pub id: String,
+    pub service: String,
+    /// 1-based for replicated services; 0 for global ones.
+    pub slot: u64,
+    pub node_id: Option<u64>,
+    pub node_name: Option<String>,
+    /// `"running"` or `"shutdown"`.
+    pub desired_state: String,
+    /// One of [`TASK_STATES`].
+    pub state: String,
+    /// Why the task is where it is, e.g. why it is still pending.
+    pub message: String,
+    pub error: String,
+    pub exit_code: Option<i64>,
+    pub container_id: Option<String>,
+    pub restart_count: u64,
+    /// The service version the task was made from.
+    pub spec_version: u64,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    pub state_changed_at_ms: u64,
+}
+
+/// The answer to `GET /v1/services/{name}`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ServiceInspectView {
+    /// Normalised: every default filled in.
+    pub spec: ServiceSpecDoc,
+    pub version: u64,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    pub replicas_running: u64,
+    pub replicas_desired: u64,
+}
+
+/// The body of `POST /v1/services/{name}/scale`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleRequest {
+    pub replicas: u64,
+}
+
+/// The answer to `DELETE /v1/services/{name}`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RemovedServiceView {
+    pub name: String,
+}
+
 /// The body of every non-2xx response.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct ApiError {
@@ -281,6 +495,18 @@ pub enum InvalidInput {
     Availability { value: String },
     #[error("role {value:?} is unknown; use manager or worker")]
     Role { value: String },
+    #[error("service name {name:?} is not allowed; use 1-{MAX_SERVICE_NAME_LEN} characters of a-z, 0-9, '-' and '_', starting with a letter or digit")]
+    ServiceName { name: String },
+    /// A field of a service spec; `field` is its name in the spec file.
+    #[error("invalid {field}: {reason}")]
+    SpecField { field: String, reason: String },
+}
+
+fn spec_field(field: impl Into<String>, reason: impl Into<String>) -> InvalidInput {
+    InvalidInput::SpecField {
+        field: field.into(),
+        reason: reason.into(),
+    }
 }
 
 /// Node names: 1–63 of `[A-Za-z0-9._-]`, starting with a letter or digit, not all
@@ -393,6 +619,326 @@ impl NodeUpdate {
         Ok(())
     }
 }
+
+/// Service names: 1–63 of `[a-z0-9_-]`, starting with a letter or digit (they
+/// become part of container names and of `web.2`-style task names).
+pub fn validate_service_name(name: &str) -> Result<(), InvalidInput> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_SERVICE_NAME_LEN
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidInput::ServiceName {
+            name: name.to_owned(),
+        })
+    }
+}
+
+const CONSTRAINT_FORMS: &str =
+    "expected KEY==VALUE or KEY!=VALUE with KEY one of node.id, node.name, node.role, node.labels.LABEL, e.g. node.labels.zone==eu";
+
+/// Placement constraints: `node.id|node.name|node.role|node.labels.KEY` then
+/// `==` or `!=` then a non-empty value.
+pub fn validate_constraint(input: &str) -> Result<(), String> {
+    let Some((key, value)) = input.split_once("==").or_else(|| input.split_once("!=")) else {
+        return Err(format!(
+            "constraint {input:?} has no operator; {CONSTRAINT_FORMS}"
+        ));
+    };
+    let (key, value) = (key.trim(), value.trim());
+    let key_ok = match key {
+        "node.id" | "node.name" | "node.role" => true,
+        other => other
+            .strip_prefix("node.labels.")
+            .is_some_and(valid_spec_key),
+    };
+    if !key_ok {
+        return Err(format!(
+            "constraint {input:?} has key {key:?}; {CONSTRAINT_FORMS}"
+        ));
+    }
+    if value.is_empty() || value.chars().any(char::is_control) {
+        return Err(format!(
+            "constraint {input:?} has no value; {CONSTRAINT_FORMS}"
+        ));
+    }
+    if key == "node.role" && !ROLES.contains(&value) {
+        return Err(format!(
+            "constraint {input:?}: node.role is manager or worker"
+        ));
+    }
+    if key == "node.id" && value.parse::<u64>().is_err() {
+        return Err(format!(
+            "constraint {input:?}: node.id takes a node id number, e.g. node.id==3"
+        ));
+    }
+    Ok(())
+}
+
+const SIGNALS: [&str; 31] = [
+    "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2",
+    "PIPE", "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG",
+    "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO", "PWR", "SYS",
+];
+
+/// Stop signals: a name with or without `SIG` (`SIGTERM`, `TERM`) or a number 1–64.
+pub fn validate_signal(signal: &str) -> Result<(), String> {
+    let ok = match signal.parse::<u8>() {
+        Ok(number) => (1..=64).contains(&number),
+        Err(_) => SIGNALS.contains(&signal.strip_prefix("SIG").unwrap_or(signal)),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{signal:?} is not a signal; give a name like SIGTERM or TERM, or a number from 1 to 64"
+        ))
+    }
+}
+
+/// Environment variable names and service label keys: 1–256 characters without
+/// whitespace, control characters or '='.
+pub fn valid_spec_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= MAX_SPEC_KEY_LEN
+        && !key
+            .chars()
+            .any(|c| c == '=' || c.is_whitespace() || c.is_control())
+}
+
+/// Checks `value` against the allowed lowercase wire names of `field`.
+fn check_choice(field: &str, value: &Option<String>, allowed: &[&str]) -> Result<(), InvalidInput> {
+    match value {
+        Some(value) if !allowed.contains(&value.as_str()) => Err(spec_field(
+            field,
+            format!("{value:?} is not allowed; use {}", allowed.join(", ")),
+        )),
+        _ => Ok(()),
+    }
+}
+
+impl ServiceSpecDoc {
+    /// Checks every field's syntax and the rules that need no cluster state, with
+    /// errors naming the spec field and what is allowed. The daemon checks the rest
+    /// (e.g. that a reservation fits some node).
+    pub fn validate(&self) -> Result<(), InvalidInput> {
+        if self.name.is_empty() {
+            return Err(spec_field(
+                "name",
+                "a service name is required, e.g. web (give NAME or `name:` in the spec file)",
+            ));
+        }
+        validate_service_name(&self.name)?;
+        if self.image.is_empty() {
+            return Err(spec_field(
+                "image",
+                "an image is required, e.g. nginx:1.27 (give --image or `image:` in the spec file)",
+            ));
+        }
+        if self.image.len() > MAX_IMAGE_LEN
+            || self
+                .image
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(spec_field(
+                "image",
+                format!(
+                    "{:?} is not an image reference: at most {MAX_IMAGE_LEN} characters without whitespace",
+                    self.image
+                ),
+            ));
+        }
+        for (field, list) in [
+            ("command", &self.command),
+            ("args", &self.args),
+            ("constraints", &self.constraints),
+        ] {
+            if list.len() > MAX_SPEC_LIST_LEN {
+                return Err(spec_field(
+                    field,
+                    format!("at most {MAX_SPEC_LIST_LEN} entries"),
+                ));
+            }
+            if list.iter().any(|item| item.contains('\0')) {
+                return Err(spec_field(field, "entries must not contain NUL characters"));
+            }
+        }
+        for (field, map) in [("env", &self.env), ("labels", &self.labels)] {
+            if map.len() > MAX_SPEC_LIST_LEN {
+                return Err(spec_field(
+                    field,
+                    format!("at most {MAX_SPEC_LIST_LEN} entries"),
+                ));
+            }
+            for (key, value) in map {
+                if !valid_spec_key(key) {
+                    return Err(spec_field(
+                        format!("{field} key {key:?}"),
+                        format!(
+                            "a key is 1-{MAX_SPEC_KEY_LEN} characters without whitespace or '='"
+                        ),
+                    ));
+                }
+                if value.contains('\0') {
+                    return Err(spec_field(
+                        format!("{field}[{key:?}]"),
+                        "a value must not contain NUL characters",
+                    ));
+                }
+            }
+        }
+        check_choice("mode", &self.mode, &SERVICE_MODES)?;
+        let global = self.mode.as_deref() == Some("global");
+        if global && self.replicas.is_some() {
+            return Err(spec_field(
+                "replicas",
+                "a global service runs one task on every eligible node; leave replicas out or use mode replicated",
+            ));
+        }
+        if global && self.max_per_node.is_some() {
+            return Err(spec_field(
+                "max_per_node",
+                "only replicated services take a per-node maximum; a global service runs one task per node",
+            ));
+        }
+        if let Some(replicas) = self.replicas {
+            if replicas > MAX_REPLICAS {
+                return Err(spec_field(
+                    "replicas",
+                    format!("{replicas} is too many; allowed 0 to {MAX_REPLICAS}"),
+                ));
+            }
+        }
+        if self.ports.len() > MAX_SPEC_LIST_LEN {
+            return Err(spec_field(
+                "ports",
+                format!("at most {MAX_SPEC_LIST_LEN} ports"),
+            ));
+        }
+        let mut published = std::collections::BTreeSet::new();
+        for (i, port) in self.ports.iter().enumerate() {
+            for (name, value) in [("published", port.published), ("target", port.target)] {
+                if value == 0 {
+                    return Err(spec_field(
+                        format!("ports[{i}].{name}"),
+                        "a port is a number from 1 to 65535",
+                    ));
+                }
+            }
+            check_choice(&format!("ports[{i}].protocol"), &port.protocol, &PROTOCOLS)?;
+            let protocol = port.protocol.as_deref().unwrap_or(defaults::PROTOCOL);
+            if !published.insert((port.published, protocol)) {
+                return Err(spec_field(
+                    format!("ports[{i}].published"),
+                    format!(
+                        "port {}/{protocol} is published twice; each published port and protocol may appear once",
+                        port.published
+                    ),
+                ));
+            }
+        }
+        let cpus = |field: &str, value: Option<f64>| -> Result<Option<u64>, InvalidInput> {
+            value
+                .map(|cpus| {
+                    crate::units::nano_cpus(cpus).map_err(|reason| spec_field(field, reason))
+                })
+                .transpose()
+        };
+        let memory = |field: &str, value: &Option<String>| -> Result<Option<u64>, InvalidInput> {
+            value
+                .as_deref()
+                .map(|size| {
+                    crate::units::parse_memory(size).map_err(|reason| spec_field(field, reason))
+                })
+                .transpose()
+        };
+        let limit_cpus = cpus("cpus", self.cpus)?;
+        let reserve_cpus = cpus("reserve_cpus", self.reserve_cpus)?;
+        let limit_memory = memory("memory", &self.memory)?;
+        let reserve_memory = memory("reserve_memory", &self.reserve_memory)?;
+        if let Some(bytes) = limit_memory {
+            if bytes < MIN_MEMORY_LIMIT_BYTES {
+                return Err(spec_field(
+                    "memory",
+                    "a memory limit is at least 6m (Docker refuses less)",
+                ));
+            }
+        }
+        if let (Some(limit), Some(reserve)) = (limit_cpus, reserve_cpus) {
+            if reserve > limit {
+                return Err(spec_field(
+                    "reserve_cpus",
+                    "the CPU reservation must not exceed the CPU limit (cpus)",
+                ));
+            }
+        }
+        if let (Some(limit), Some(reserve)) = (limit_memory, reserve_memory) {
+            if reserve > limit {
+                return Err(spec_field(
+                    "reserve_memory",
+                    "the memory reservation must not exceed the memory limit (memory)",
+                ));
+            }
+        }
+        if self.constraints.len() > MAX_CONSTRAINTS {
+            return Err(spec_field(
+                "constraints",
+                format!("at most {MAX_CONSTRAINTS} constraints"),
+            ));
+        }
+        for constraint in &self.constraints {
+            validate_constraint(constraint).map_err(|reason| spec_field("constraints", reason))?;
+        }
+        check_choice(
+            "restart_condition",
+            &self.restart_condition,
+            &RESTART_CONDITIONS,
+        )?;
+        for (field, value) in [
+            ("restart_delay", &self.restart_delay),
+            ("restart_window", &self.restart_window),
+            ("stop_grace_period", &self.stop_grace_period),
+        ] {
+            if let Some(text) = value {
+                crate::units::parse_duration(text).map_err(|reason| spec_field(field, reason))?;
+            }
+        }
+        if let Some(signal) = &self.stop_signal {
+            validate_signal(signal).map_err(|reason| spec_field("stop_signal", reason))?;
+        }
+        check_choice("pull", &self.pull, &PULL_POLICIES)?;
+        Ok(())
+    }
+
+    /// The same spec with every `None` replaced by its default, as
+    /// `service inspect` shows it. Replicas stay `None` for global services.
+    pub fn with_defaults(&self) -> ServiceSpecDoc {
+        let mut spec = self.clone();
+        let or = |value: &mut Option<String>, default: &str| {
+            value.get_or_insert_with(|| default.to_owned());
+        };
+        or(&mut spec.mode, defaults::MODE);
+        if spec.mode.as_deref() != Some("global") {
+            spec.replicas.get_or_insert(defaults::REPLICAS);
+        }
+        for port in &mut spec.ports {
+            or(&mut port.protocol, defaults::PROTOCOL);
+        }
+        or(&mut spec.restart_condition, defaults::RESTART_CONDITION);
+        or(&mut spec.restart_delay, defaults::RESTART_DELAY);
+        or(&mut spec.stop_grace_period, defaults::STOP_GRACE_PERIOD);
+        or(&mut spec.pull, defaults::PULL);
+        spec
+    }
+}
+
+/// Docker refuses memory limits below 6 MiB.
+pub const MIN_MEMORY_LIMIT_BYTES: u64 = 6 << 20;
 
 /// Percent-encodes everything outside RFC 3986 "unreserved" so a node name can
 /// never add a path segment or a query.
@@ -547,6 +1093,11 @@ mod tests {
             (paths::status(), "/v1/status"),
             (paths::token("worker"), "/v1/tokens/worker"),
             (paths::token_rotate("manager"), "/v1/tokens/manager/rotate"),
+            (paths::services(), "/v1/services"),
+            (paths::service("web"), "/v1/services/web"),
+            (paths::service("a/b"), "/v1/services/a%2Fb"),
+            (paths::service_tasks("web"), "/v1/services/web/tasks"),
+            (paths::service_scale("web"), "/v1/services/web/scale"),
         ];
         for (got, expected) in cases {
             assert_eq!(got, expected);
@@ -604,6 +1155,226 @@ mod tests {
             Some("use active, pause or drain"),
             "paused",
         );
+    }
+
+    #[test]
+    fn service_view_json_shape() {
+        let view = ServiceView {
+            name: "web".into(),
+            mode: "replicated".into(),
+            replicas_desired: 3,
+            replicas_running: 2,
+            image: "nginx:1.27".into(),
+            ports: vec!["8080:80/tcp".into()],
+            version: 4,
+            updated_at_ms: 5,
+        };
+        assert_eq!(
+            serde_json::to_value(&view).unwrap(),
+            json!({
+                "name": "web", "mode": "replicated", "replicas_desired": 3,
+                "replicas_running": 2, "image": "nginx:1.27", "ports": ["8080:80/tcp"],
+                "version": 4, "updated_at_ms": 5
+            })
+        );
+    }
+
+    #[test]
+    fn task_view_json_shape() {
+        let task = TaskView {
+            id: "0123456789abcdef".into(),
+            service: "web".into(),
+            slot: 2,
+            node_id: Some(3),
+            node_name: Some("node-c".into()),
+            desired_state: "running".into(),
+            state: "rejected".into(),
+            message: "preparing".into(),
+            error: "image \"nope:1\" not found".into(),
+            exit_code: None,
+            container_id: None,
+            restart_count: 1,
+            spec_version: 1,
+            created_at_ms: 10,
+            updated_at_ms: 11,
+            state_changed_at_ms: 12,
+        };
+        let value = serde_json::to_value(&task).unwrap();
+        assert_eq!(
+            value,
+            json!({
+                "id": "0123456789abcdef", "service": "web", "slot": 2, "node_id": 3,
+                "node_name": "node-c", "desired_state": "running", "state": "rejected",
+                "message": "preparing", "error": "image \"nope:1\" not found",
+                "exit_code": null, "container_id": null, "restart_count": 1,
+                "spec_version": 1, "created_at_ms": 10, "updated_at_ms": 11,
+                "state_changed_at_ms": 12
+            })
+        );
+        assert_eq!(serde_json::from_value::<TaskView>(value).unwrap(), task);
+    }
+
+    #[test]
+    fn spec_doc_is_strict_and_sparse() {
+        let spec: ServiceSpecDoc = serde_json::from_str(
+            r#"{"name":"web","image":"x","ports":[{"published":80,"target":8080}]}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.ports[0].protocol, None);
+        assert_eq!(spec.ports[0].to_string(), "80:8080/tcp");
+        let error = serde_json::from_str::<ServiceSpecDoc>(r#"{"name":"web","replics":2}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("unknown field `replics`"), "{error}");
+        let error = serde_json::from_str::<ScaleRequest>(r#"{"replicas":2,"x":1}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("unknown field `x`"), "{error}");
+
+        let filled = spec.with_defaults();
+        assert_eq!(filled.mode.as_deref(), Some("replicated"));
+        assert_eq!(filled.replicas, Some(1));
+        assert_eq!(filled.ports[0].protocol.as_deref(), Some("tcp"));
+        assert_eq!(filled.restart_condition.as_deref(), Some("any"));
+        assert_eq!(filled.restart_delay.as_deref(), Some("5s"));
+        assert_eq!(filled.stop_grace_period.as_deref(), Some("10s"));
+        assert_eq!(filled.pull.as_deref(), Some("missing"));
+        let global = ServiceSpecDoc {
+            mode: Some("global".into()),
+            ..spec
+        };
+        assert_eq!(global.with_defaults().replicas, None);
+    }
+
+    #[test]
+    fn spec_doc_validation() {
+        let base = || ServiceSpecDoc {
+            name: "web".into(),
+            image: "nginx:1.27".into(),
+            ..ServiceSpecDoc::default()
+        };
+        fn port(published: u16, target: u16, protocol: Option<&str>) -> PortDoc {
+            PortDoc {
+                published,
+                target,
+                protocol: protocol.map(str::to_owned),
+            }
+        }
+        type Edit = Box<dyn Fn(&mut ServiceSpecDoc)>;
+        let cases: Vec<(Edit, Option<&str>)> = vec![
+            (Box::new(|_| {}), None),
+            (
+                Box::new(|s| s.name.clear()),
+                Some("invalid name: a service name is required"),
+            ),
+            (
+                Box::new(|s| s.name = "Web".into()),
+                Some("service name \"Web\" is not allowed"),
+            ),
+            (
+                Box::new(|s| s.image.clear()),
+                Some("invalid image: an image is required"),
+            ),
+            (Box::new(|s| s.image = "a b".into()), Some("invalid image")),
+            (
+                Box::new(|s| s.mode = Some("both".into())),
+                Some("invalid mode: \"both\" is not allowed; use replicated, global"),
+            ),
+            (
+                Box::new(|s| {
+                    s.mode = Some("global".into());
+                    s.replicas = Some(2);
+                }),
+                Some("invalid replicas: a global service"),
+            ),
+            (
+                Box::new(|s| s.replicas = Some(MAX_REPLICAS + 1)),
+                Some("too many"),
+            ),
+            (
+                Box::new(|s| s.ports = vec![port(0, 80, None)]),
+                Some("invalid ports[0].published"),
+            ),
+            (
+                Box::new(|s| s.ports = vec![port(80, 80, Some("sctp"))]),
+                Some("invalid ports[0].protocol"),
+            ),
+            (
+                Box::new(|s| s.ports = vec![port(80, 80, None), port(80, 81, Some("tcp"))]),
+                Some("port 80/tcp is published twice"),
+            ),
+            (
+                Box::new(|s| s.ports = vec![port(80, 80, None), port(80, 80, Some("udp"))]),
+                None,
+            ),
+            (Box::new(|s| s.cpus = Some(-1.0)), Some("invalid cpus")),
+            (
+                Box::new(|s| s.memory = Some("12q".into())),
+                Some("invalid memory: size \"12q\" has unit \"q\""),
+            ),
+            (
+                Box::new(|s| s.memory = Some("1m".into())),
+                Some("at least 6m"),
+            ),
+            (
+                Box::new(|s| {
+                    s.memory = Some("64m".into());
+                    s.reserve_memory = Some("1g".into());
+                }),
+                Some("invalid reserve_memory"),
+            ),
+            (
+                Box::new(|s| {
+                    s.cpus = Some(0.5);
+                    s.reserve_cpus = Some(1.0);
+                }),
+                Some("invalid reserve_cpus"),
+            ),
+            (
+                Box::new(|s| s.constraints = vec!["zone==eu".into()]),
+                Some("invalid constraints"),
+            ),
+            (
+                Box::new(|s| s.constraints = vec!["node.id==abc".into()]),
+                Some("node.id takes a node id number"),
+            ),
+            (
+                Box::new(|s| s.constraints = vec!["node.labels.zone != eu".into()]),
+                None,
+            ),
+            (
+                Box::new(|s| s.restart_condition = Some("always".into())),
+                Some("use any, on-failure, none"),
+            ),
+            (
+                Box::new(|s| s.restart_delay = Some("5".into())),
+                Some("invalid restart_delay"),
+            ),
+            (
+                Box::new(|s| s.stop_grace_period = Some("1d".into())),
+                Some("invalid stop_grace_period"),
+            ),
+            (
+                Box::new(|s| s.stop_signal = Some("99".into())),
+                Some("invalid stop_signal"),
+            ),
+            (Box::new(|s| s.stop_signal = Some("TERM".into())), None),
+            (
+                Box::new(|s| s.pull = Some("sometimes".into())),
+                Some("use missing, always, never"),
+            ),
+            (
+                Box::new(|s| {
+                    s.env.insert("A B".into(), "1".into());
+                }),
+                Some("invalid env key \"A B\""),
+            ),
+        ];
+        for (edit, expected) in cases {
+            let mut spec = base();
+            edit(&mut spec);
+            check(spec.validate(), expected, &format!("{spec:?}"));
+        }
     }
 
     fn check(got: Result<(), InvalidInput>, expected: Option<&str>, input: &str) {

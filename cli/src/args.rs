@@ -10,6 +10,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use clap::builder::PossibleValuesParser;
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 use crate::api;
@@ -114,6 +115,11 @@ pub enum Command {
     /// Show or rotate join tokens
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Create or update a service, then wait until its tasks run
+    Deploy(Box<DeployArgs>),
+    /// List, inspect, scale and remove services
+    #[command(subcommand)]
+    Service(ServiceCommand),
 }
 
 impl Command {
@@ -328,41 +334,373 @@ impl TokenRole {
     }
 }
 
-const DURATION_FORMS: &str = "a whole number followed by ms, s, m or h, e.g. 500ms, 2s, 1m, 1h";
+pub use crate::units::parse_duration;
 
-/// Parses `500ms`, `2s`, `1m` or `1h` (a whole number and one unit).
-pub fn parse_duration(input: &str) -> Result<Duration, String> {
-    let digits_end = input
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(input.len());
-    let (digits, unit) = input.split_at(digits_end);
-    if digits.is_empty() {
+/// How long `deploy`, `service scale` and `service rm` wait unless `--timeout` says otherwise.
+pub const DEFAULT_WAIT_TIMEOUT: &str = "120s";
+/// The longest `--timeout` accepted.
+pub const MAX_WAIT_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// `shoal deploy`: a service from flags, from a spec file, or from a file with
+/// flags overriding it.
+#[derive(Args, Debug, Clone, PartialEq)]
+#[command(after_help = "Examples:
+  shoal deploy web --image nginx:1.27 --replicas 3 -p 8080:80 --memory 256m --cpus 0.5
+  shoal deploy -f web.yaml --replicas 5
+  shoal deploy job --image busybox:latest --restart-condition none -- sh -c 'echo hi'")]
+pub struct DeployArgs {
+    /// Service name [required unless given in --file]
+    #[arg(value_name = "NAME", value_parser = parse_service_name, required_unless_present = "file")]
+    pub name: Option<String>,
+
+    /// Read the spec from a JSON (.json) or YAML (.yaml, .yml) file; flags override it
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+
+    /// Image to run, e.g. nginx:1.27 [required unless given in --file]
+    #[arg(long, value_name = "IMAGE", value_parser = parse_image, required_unless_present = "file")]
+    pub image: Option<String>,
+
+    /// Number of tasks of a replicated service [default: 1]
+    #[arg(long, value_name = "N", value_parser = parse_replicas)]
+    pub replicas: Option<u64>,
+
+    /// replicated: --replicas tasks; global: one task on every eligible node [default: replicated]
+    #[arg(long, value_name = "MODE", value_parser = PossibleValuesParser::new(api::SERVICE_MODES))]
+    pub mode: Option<String>,
+
+    /// Publish a port on the node running the task (repeatable)
+    #[arg(short = 'p', long = "publish", value_name = "PUBLISHED:TARGET[/tcp|udp]", value_parser = crate::units::parse_port)]
+    pub publish: Vec<api::PortDoc>,
+
+    /// Set an environment variable (repeatable)
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+
+    /// Set a service label (repeatable)
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_service_label)]
+    pub label: Vec<(String, String)>,
+
+    /// CPU limit per task, e.g. 0.5
+    #[arg(long, value_name = "CPUS", value_parser = parse_cpus_flag)]
+    pub cpus: Option<f64>,
+
+    /// Memory limit per task, e.g. 256m or 1g
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory_flag)]
+    pub memory: Option<String>,
+
+    /// CPUs a node must have free to take a task
+    #[arg(long, value_name = "CPUS", value_parser = parse_cpus_flag)]
+    pub reserve_cpus: Option<f64>,
+
+    /// Memory a node must have free to take a task
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory_flag)]
+    pub reserve_memory: Option<String>,
+
+    /// Placement constraint, e.g. node.labels.zone==eu (repeatable, all must hold)
+    #[arg(long = "constraint", value_name = "EXPR", value_parser = parse_constraint)]
+    pub constraint: Vec<String>,
+
+    /// Most tasks of this service on one node
+    #[arg(long, value_name = "N", value_parser = parse_count)]
+    pub max_per_node: Option<u64>,
+
+    /// When to replace a task whose container exited [default: any]
+    #[arg(long, value_name = "CONDITION", value_parser = PossibleValuesParser::new(api::RESTART_CONDITIONS))]
+    pub restart_condition: Option<String>,
+
+    /// Wait between restart attempts, e.g. 5s [default: 5s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_flag)]
+    pub restart_delay: Option<String>,
+
+    /// Give up restarting after this many attempts [default: unlimited]
+    #[arg(long, value_name = "N", value_parser = parse_count)]
+    pub restart_max_attempts: Option<u64>,
+
+    /// Window over which restart attempts are counted, e.g. 1m [default: unbounded]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_flag)]
+    pub restart_window: Option<String>,
+
+    /// Time a container gets to stop before it is killed [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_flag)]
+    pub stop_grace_period: Option<String>,
+
+    /// Signal that asks a container to stop, e.g. SIGTERM [default: the image's]
+    #[arg(long, value_name = "SIGNAL", value_parser = parse_signal)]
+    pub stop_signal: Option<String>,
+
+    /// When to pull the image [default: missing]
+    #[arg(long, value_name = "POLICY", value_parser = PossibleValuesParser::new(api::PULL_POLICIES))]
+    pub pull: Option<String>,
+
+    /// Replace the image's entrypoint (split on whitespace)
+    #[arg(long, value_name = "CMD", value_parser = parse_entrypoint)]
+    pub entrypoint: Option<String>,
+
+    /// Arguments after `--` replace the image's command
+    #[arg(last = true, value_name = "ARGS")]
+    pub args: Vec<String>,
+
+    /// Return once the cluster accepted the spec instead of waiting for the tasks
+    #[arg(short, long)]
+    pub detach: bool,
+
+    /// How long to wait for the service to converge
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_WAIT_TIMEOUT, value_parser = parse_wait_timeout)]
+    pub timeout: Duration,
+
+    /// Print the API's JSON answer (progress goes to standard error)
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl DeployArgs {
+    /// The spec to send: `base` (from `--file`, or empty) with every flag given on
+    /// the command line laid over it. Lists given as flags replace the file's;
+    /// `-e` and `--label` add to (or override entries of) the file's maps.
+    pub fn to_spec(
+        &self,
+        base: Option<api::ServiceSpecDoc>,
+    ) -> Result<api::ServiceSpecDoc, String> {
+        if self.replicas.is_some() && self.mode.as_deref() == Some("global") {
+            return Err("--replicas cannot be combined with --mode global: a global service runs one task on every eligible node".into());
+        }
+        let mut spec = base.unwrap_or_default();
+        fn set<T: Clone>(target: &mut Option<T>, flag: &Option<T>) {
+            if let Some(value) = flag {
+                *target = Some(value.clone());
+            }
+        }
+        if let Some(name) = &self.name {
+            spec.name = name.clone();
+        }
+        if let Some(image) = &self.image {
+            spec.image = image.clone();
+        }
+        set(&mut spec.mode, &self.mode);
+        set(&mut spec.replicas, &self.replicas);
+        if !self.publish.is_empty() {
+            spec.ports = self.publish.clone();
+        }
+        spec.env.extend(self.env.iter().cloned());
+        spec.labels.extend(self.label.iter().cloned());
+        set(&mut spec.cpus, &self.cpus);
+        set(&mut spec.memory, &self.memory);
+        set(&mut spec.reserve_cpus, &self.reserve_cpus);
+        set(&mut spec.reserve_memory, &self.reserve_memory);
+        if !self.constraint.is_empty() {
+            spec.constraints = self.constraint.clone();
+        }
+        set(&mut spec.max_per_node, &self.max_per_node);
+        set(&mut spec.restart_condition, &self.restart_condition);
+        set(&mut spec.restart_delay, &self.restart_delay);
+        set(&mut spec.restart_max_attempts, &self.restart_max_attempts);
+        set(&mut spec.restart_window, &self.restart_window);
+        set(&mut spec.stop_grace_period, &self.stop_grace_period);
+        set(&mut spec.stop_signal, &self.stop_signal);
+        set(&mut spec.pull, &self.pull);
+        if let Some(entrypoint) = &self.entrypoint {
+            spec.command = entrypoint.split_whitespace().map(str::to_owned).collect();
+        }
+        if !self.args.is_empty() {
+            spec.args = self.args.clone();
+        }
+        Ok(spec)
+    }
+}
+
+#[derive(Subcommand, Debug, Clone, PartialEq)]
+pub enum ServiceCommand {
+    /// List services
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Print the API's JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a service's tasks, newest first in each slot
+    Ps {
+        #[arg(value_name = "SERVICE", value_parser = parse_service_name)]
+        service: String,
+        /// Print the API's JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a service's spec (defaults filled in) and state as JSON
+    Inspect {
+        #[arg(value_name = "SERVICE", value_parser = parse_service_name)]
+        service: String,
+        /// Print the API's JSON answer as it is
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change the number of replicas of one or more services
+    Scale(ScaleArgs),
+    /// Remove services and wait until their containers are gone
+    #[command(visible_alias = "remove")]
+    Rm(ServiceRmArgs),
+}
+
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct ScaleArgs {
+    /// SERVICE=REPLICAS, e.g. web=5
+    #[arg(value_name = "SERVICE=REPLICAS", required = true, value_parser = parse_scale_target)]
+    pub targets: Vec<(String, u64)>,
+
+    /// Return once the cluster accepted the change instead of waiting for the tasks
+    #[arg(short, long)]
+    pub detach: bool,
+
+    /// How long to wait for the services to converge
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_WAIT_TIMEOUT, value_parser = parse_wait_timeout)]
+    pub timeout: Duration,
+}
+
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct ServiceRmArgs {
+    #[arg(value_name = "SERVICE", required = true, value_parser = parse_service_name)]
+    pub services: Vec<String>,
+
+    /// Return once the cluster accepted the removal instead of waiting for the containers
+    #[arg(short, long)]
+    pub detach: bool,
+
+    /// How long to wait for the containers to be gone
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_WAIT_TIMEOUT, value_parser = parse_wait_timeout)]
+    pub timeout: Duration,
+}
+
+fn parse_service_name(input: &str) -> Result<String, String> {
+    api::validate_service_name(input)
+        .map(|()| input.to_owned())
+        .map_err(|error| error.to_string())
+}
+
+fn parse_image(input: &str) -> Result<String, String> {
+    if input.is_empty() {
+        return Err("the image is empty; give a reference such as nginx:1.27".into());
+    }
+    if input.len() > api::MAX_IMAGE_LEN
+        || input.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
         return Err(format!(
-            "duration {input:?} does not start with a number; expected {DURATION_FORMS}"
+            "{input:?} is not an image reference; use at most {} characters without whitespace, e.g. nginx:1.27",
+            api::MAX_IMAGE_LEN
         ));
     }
-    let too_large = || format!("duration {input:?} is too large; expected {DURATION_FORMS}");
-    let count: u64 = digits.parse().map_err(|_| too_large())?;
-    let seconds_per = match unit {
-        "ms" => return Ok(Duration::from_millis(count)),
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "" => {
-            return Err(format!(
-                "duration {input:?} has no unit; expected {DURATION_FORMS}"
-            ))
-        }
-        other => {
-            return Err(format!(
-                "duration {input:?} has unit {other:?}; expected {DURATION_FORMS}"
-            ))
-        }
+    Ok(input.to_owned())
+}
+
+fn parse_replicas(input: &str) -> Result<u64, String> {
+    let expected = format!(
+        "expected a whole number of replicas from 0 to {}",
+        api::MAX_REPLICAS
+    );
+    match input.parse::<u64>() {
+        Ok(replicas) if replicas <= api::MAX_REPLICAS => Ok(replicas),
+        Ok(_) => Err(format!("{input} is too many; {expected}")),
+        Err(_) => Err(format!("{input:?} is not a number; {expected}")),
+    }
+}
+
+fn parse_count(input: &str) -> Result<u64, String> {
+    input
+        .parse()
+        .map_err(|_| format!("{input:?} is not a number; expected a whole number such as 3"))
+}
+
+/// Parses `KEY=VALUE` for `-e`; the value may be empty or contain '='.
+pub fn parse_env(input: &str) -> Result<(String, String), String> {
+    let Some((key, value)) = input.split_once('=') else {
+        return Err(format!(
+            "{input:?} has no '='; expected KEY=VALUE, e.g. MODE=production"
+        ));
     };
-    count
-        .checked_mul(seconds_per)
-        .map(Duration::from_secs)
-        .ok_or_else(too_large)
+    if !api::valid_spec_key(key) {
+        return Err(format!(
+            "variable name {key:?} is not allowed; use 1-{} characters without whitespace or '='",
+            api::MAX_SPEC_KEY_LEN
+        ));
+    }
+    if value.contains('\0') {
+        return Err(format!("value of {key:?} contains a NUL character"));
+    }
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+/// Parses `KEY=VALUE` for a service's `--label`.
+pub fn parse_service_label(input: &str) -> Result<(String, String), String> {
+    let Some((key, value)) = input.split_once('=') else {
+        return Err(format!(
+            "label {input:?} has no '='; expected KEY=VALUE, e.g. tier=frontend"
+        ));
+    };
+    if !api::valid_spec_key(key) {
+        return Err(format!(
+            "label key {key:?} is not allowed; use 1-{} characters without whitespace or '='",
+            api::MAX_SPEC_KEY_LEN
+        ));
+    }
+    if key.starts_with("shoal.") {
+        return Err(format!(
+            "label key {key:?} starts with \"shoal.\", which is reserved for shoal itself"
+        ));
+    }
+    if value.contains('\0') {
+        return Err(format!("value of label {key:?} contains a NUL character"));
+    }
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+fn parse_cpus_flag(input: &str) -> Result<f64, String> {
+    crate::units::parse_cpus(input)?;
+    input
+        .trim()
+        .parse()
+        .map_err(|_| format!("{input:?} is not a number"))
+}
+
+fn parse_memory_flag(input: &str) -> Result<String, String> {
+    crate::units::parse_memory(input).map(|_| input.to_owned())
+}
+
+fn parse_duration_flag(input: &str) -> Result<String, String> {
+    parse_duration(input).map(|_| input.to_owned())
+}
+
+fn parse_constraint(input: &str) -> Result<String, String> {
+    api::validate_constraint(input).map(|()| input.to_owned())
+}
+
+fn parse_signal(input: &str) -> Result<String, String> {
+    api::validate_signal(input).map(|()| input.to_owned())
+}
+
+fn parse_entrypoint(input: &str) -> Result<String, String> {
+    if input.split_whitespace().next().is_none() {
+        return Err("the entrypoint is empty; give a command such as /bin/sh".into());
+    }
+    Ok(input.to_owned())
+}
+
+/// Parses `SERVICE=REPLICAS` for `service scale`.
+pub fn parse_scale_target(input: &str) -> Result<(String, u64), String> {
+    let Some((name, replicas)) = input.split_once('=') else {
+        return Err(format!(
+            "{input:?} has no '='; expected SERVICE=REPLICAS, e.g. web=3"
+        ));
+    };
+    api::validate_service_name(name).map_err(|error| error.to_string())?;
+    let replicas = parse_replicas(replicas).map_err(|error| format!("{input}: {error}"))?;
+    Ok((name.to_owned(), replicas))
+}
+
+fn parse_wait_timeout(input: &str) -> Result<Duration, String> {
+    let timeout = parse_duration(input)?;
+    if timeout.is_zero() || timeout > MAX_WAIT_TIMEOUT {
+        return Err(format!("timeout {input} is out of range; use 1ms to 24h"));
+    }
+    Ok(timeout)
 }
 
 fn parse_heartbeat_timeout(input: &str) -> Result<Duration, String> {
@@ -619,36 +957,6 @@ mod tests {
     }
 
     #[test]
-    fn durations() {
-        let cases: &[(&str, Result<Duration, &str>)] = &[
-            ("500ms", Ok(Duration::from_millis(500))),
-            ("0ms", Ok(Duration::ZERO)),
-            ("2s", Ok(Duration::from_secs(2))),
-            ("1m", Ok(Duration::from_secs(60))),
-            ("1h", Ok(Duration::from_secs(3600))),
-            ("", Err("does not start with a number")),
-            ("s", Err("does not start with a number")),
-            ("-1s", Err("does not start with a number")),
-            ("1.5s", Err("has unit \".5s\"")),
-            ("2", Err("has no unit")),
-            ("2 s", Err("has unit \" s\"")),
-            ("2S", Err("has unit \"S\"")),
-            ("3d", Err("500ms, 2s, 1m, 1h")),
-            ("99999999999999999999s", Err("too large")),
-            ("18446744073709551615h", Err("too large")),
-        ];
-        for (input, expected) in cases {
-            match (parse_duration(input), expected) {
-                (Ok(got), Ok(want)) => assert_eq!(got, *want, "{input:?}"),
-                (Err(error), Err(fragment)) => {
-                    assert!(error.contains(fragment), "{input:?}: {error}")
-                }
-                (got, want) => panic!("{input:?}: got {got:?}, expected {want:?}"),
-            }
-        }
-    }
-
-    #[test]
     fn node_subcommands() {
         check_ok("node ls", |cli| {
             cli.command == Command::Node(NodeCommand::Ls { json: false })
@@ -755,6 +1063,249 @@ mod tests {
         });
         check_err("token show admin", "possible values: manager, worker");
         check_err("token show", "<ROLE>");
+    }
+
+    fn deploy_args(line: &str) -> DeployArgs {
+        match parse(line) {
+            Ok(Cli {
+                command: Command::Deploy(args),
+                ..
+            }) => *args,
+            other => panic!("{line:?} parsed to {other:?}"),
+        }
+    }
+
+    #[test]
+    fn deploy_flags_build_the_spec() {
+        let args = deploy_args(
+            "deploy web --image nginx:1.27 --replicas 3 -p 8080:80 -p 5353:53/udp -e A=1 -e B=x=y \
+             --label tier=front --cpus 0.5 --memory 256m --reserve-cpus 0.25 --reserve-memory 64m \
+             --constraint node.labels.zone==eu --constraint node.role!=manager --max-per-node 2 \
+             --restart-condition on-failure --restart-delay 1s --restart-max-attempts 3 \
+             --restart-window 1m --stop-grace-period 2s --stop-signal SIGINT --pull never \
+             --entrypoint /bin/sh --detach --timeout 30s -- -c echo",
+        );
+        assert!(args.detach);
+        assert_eq!(args.timeout, Duration::from_secs(30));
+        let spec = args.to_spec(None).unwrap();
+        assert_eq!(spec.validate(), Ok(()));
+        let expected = api::ServiceSpecDoc {
+            name: "web".into(),
+            image: "nginx:1.27".into(),
+            command: vec!["/bin/sh".into()],
+            args: vec!["-c".into(), "echo".into()],
+            env: [("A".into(), "1".into()), ("B".into(), "x=y".into())].into(),
+            labels: [("tier".into(), "front".into())].into(),
+            mode: None,
+            replicas: Some(3),
+            ports: vec![
+                crate::units::parse_port("8080:80").unwrap(),
+                crate::units::parse_port("5353:53/udp").unwrap(),
+            ],
+            cpus: Some(0.5),
+            memory: Some("256m".into()),
+            reserve_cpus: Some(0.25),
+            reserve_memory: Some("64m".into()),
+            constraints: vec!["node.labels.zone==eu".into(), "node.role!=manager".into()],
+            max_per_node: Some(2),
+            restart_condition: Some("on-failure".into()),
+            restart_delay: Some("1s".into()),
+            restart_max_attempts: Some(3),
+            restart_window: Some("1m".into()),
+            stop_grace_period: Some("2s".into()),
+            stop_signal: Some("SIGINT".into()),
+            pull: Some("never".into()),
+        };
+        assert_eq!(spec, expected);
+
+        let minimal = deploy_args("deploy web --image nginx:1.27");
+        assert!(!minimal.detach && !minimal.json);
+        assert_eq!(minimal.timeout, Duration::from_secs(120));
+        let spec = minimal.to_spec(None).unwrap();
+        assert_eq!(spec.replicas, None);
+        assert_eq!(spec.with_defaults().replicas, Some(1));
+
+        let entry = Cli::try_parse_from([
+            "shoal",
+            "deploy",
+            "w",
+            "--image",
+            "x",
+            "--entrypoint",
+            "sh -c",
+        ])
+        .unwrap();
+        let Command::Deploy(args) = entry.command else {
+            panic!()
+        };
+        assert_eq!(args.to_spec(None).unwrap().command, ["sh", "-c"]);
+
+        let global = deploy_args("deploy agent --image x --mode global");
+        assert_eq!(
+            global.to_spec(None).unwrap().mode.as_deref(),
+            Some("global")
+        );
+        let both = deploy_args("deploy agent --image x --mode global --replicas 2");
+        assert!(both
+            .to_spec(None)
+            .unwrap_err()
+            .contains("--replicas cannot be combined with --mode global"));
+    }
+
+    #[test]
+    fn deploy_flags_override_the_file() {
+        let file = api::ServiceSpecDoc {
+            name: "web".into(),
+            image: "nginx:1.26".into(),
+            replicas: Some(2),
+            env: [("A".into(), "file".into()), ("KEEP".into(), "1".into())].into(),
+            ports: vec![crate::units::parse_port("80:80").unwrap()],
+            ..api::ServiceSpecDoc::default()
+        };
+        let args = deploy_args("deploy -f web.yaml --image nginx:1.27 -e A=flag");
+        assert_eq!(args.file.as_deref(), Some(Path::new("web.yaml")));
+        assert_eq!(args.name, None);
+        let spec = args.to_spec(Some(file.clone())).unwrap();
+        assert_eq!(spec.name, "web");
+        assert_eq!(spec.image, "nginx:1.27");
+        assert_eq!(spec.replicas, Some(2));
+        assert_eq!(spec.ports, file.ports);
+        assert_eq!(spec.env.get("A").map(String::as_str), Some("flag"));
+        assert_eq!(spec.env.get("KEEP").map(String::as_str), Some("1"));
+        let renamed = deploy_args("deploy other -f web.yaml --replicas 5");
+        let spec = renamed.to_spec(Some(file)).unwrap();
+        assert_eq!((spec.name.as_str(), spec.replicas), ("other", Some(5)));
+    }
+
+    #[test]
+    fn deploy_flag_errors() {
+        let cases = [
+            ("deploy web", "--image <IMAGE>"),
+            ("deploy --image x", "<NAME>"),
+            (
+                "deploy Web --image x",
+                "service name \"Web\" is not allowed",
+            ),
+            (
+                "deploy web --image x --replicas three",
+                "\"three\" is not a number",
+            ),
+            (
+                "deploy web --image x --replicas 100001",
+                "100001 is too many",
+            ),
+            (
+                "deploy web --image x --memory 12q",
+                "\"12q\" has unit \"q\"; allowed units b, k, m, g",
+            ),
+            ("deploy web --image x --reserve-memory 0", "is zero"),
+            (
+                "deploy web --image x --cpus lots",
+                "\"lots\" is not a number",
+            ),
+            ("deploy web --image x --cpus 0", "allowed more than 0"),
+            ("deploy web --image x -p 8080", "PUBLISHED:TARGET"),
+            ("deploy web --image x -p 8080:80/sctp", "allowed tcp or udp"),
+            ("deploy web --image x -e NOVALUE", "expected KEY=VALUE"),
+            (
+                "deploy web --image x --label shoal.x=1",
+                "reserved for shoal",
+            ),
+            (
+                "deploy web --image x --mode both",
+                "possible values: replicated, global",
+            ),
+            (
+                "deploy web --image x --constraint zone=eu",
+                "has no operator",
+            ),
+            (
+                "deploy web --image x --constraint node.zone==eu",
+                "has key \"node.zone\"",
+            ),
+            (
+                "deploy web --image x --constraint node.role==boss",
+                "manager or worker",
+            ),
+            (
+                "deploy web --image x --restart-condition always",
+                "possible values: any, on-failure, none",
+            ),
+            ("deploy web --image x --restart-delay 5", "has no unit"),
+            (
+                "deploy web --image x --stop-signal SIGFOO",
+                "is not a signal",
+            ),
+            (
+                "deploy web --image x --pull sometimes",
+                "possible values: missing, always, never",
+            ),
+            (
+                "deploy web --image x --max-per-node -1",
+                "unexpected argument",
+            ),
+            ("deploy web --image x --timeout 0s", "out of range"),
+            (
+                "deploy web --image x --bogus",
+                "unexpected argument '--bogus'",
+            ),
+        ];
+        for (line, fragment) in cases {
+            check_err(line, fragment);
+        }
+    }
+
+    #[test]
+    fn service_subcommands() {
+        check_ok("service ls --json", |cli| {
+            cli.command == Command::Service(ServiceCommand::Ls { json: true })
+        });
+        check_ok("service ps web", |cli| {
+            cli.command
+                == Command::Service(ServiceCommand::Ps {
+                    service: "web".into(),
+                    json: false,
+                })
+        });
+        check_ok(
+            "service inspect web --json",
+            |cli| matches!(&cli.command, Command::Service(ServiceCommand::Inspect { service, json: true }) if service == "web"),
+        );
+        check_ok("service scale web=5 api=0 --detach", |cli| {
+            cli.command
+                == Command::Service(ServiceCommand::Scale(ScaleArgs {
+                    targets: vec![("web".into(), 5), ("api".into(), 0)],
+                    detach: true,
+                    timeout: Duration::from_secs(120),
+                }))
+        });
+        check_ok("service rm web api --timeout 10s", |cli| {
+            cli.command
+                == Command::Service(ServiceCommand::Rm(ServiceRmArgs {
+                    services: vec!["web".into(), "api".into()],
+                    detach: false,
+                    timeout: Duration::from_secs(10),
+                }))
+        });
+        let cases = [
+            ("service scale", "SERVICE=REPLICAS"),
+            (
+                "service scale web",
+                "\"web\" has no '='; expected SERVICE=REPLICAS, e.g. web=3",
+            ),
+            (
+                "service scale web=three",
+                "web=three: \"three\" is not a number",
+            ),
+            ("service scale web=-1", "\"-1\" is not a number"),
+            ("service scale WEB=1", "service name \"WEB\" is not allowed"),
+            ("service scale =1", "service name \"\" is not allowed"),
+            ("service rm", "<SERVICE>"),
+            ("service ps a/b", "is not allowed"),
+        ];
+        for (line, fragment) in cases {
+            check_err(line, fragment);
+        }
     }
 
     #[test]

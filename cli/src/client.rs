@@ -15,8 +15,9 @@ use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 
 use crate::api::{
-    self, paths, routes, BenchCommitRequest, BenchReport, NodeUpdate, NodeView, RemovedView,
-    StatusView, TokenView,
+    self, paths, routes, BenchCommitRequest, BenchReport, DeployView, NodeUpdate, NodeView,
+    RemovedServiceView, RemovedView, ScaleRequest, ServiceInspectView, ServiceSpecDoc, ServiceView,
+    StatusView, TaskView, TokenView,
 };
 use crate::args::{socket_url, MAX_SOCKET_PATH_LEN};
 
@@ -60,6 +61,14 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// Whether the daemon answered 404 (e.g. the service does not exist).
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Api { status: 404, .. } | ClientError::Status { status: 404, .. }
+        )
+    }
+
     /// Whether the same call may succeed if tried again later.
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -177,8 +186,43 @@ impl ApiClient {
         request: &BenchCommitRequest,
     ) -> Result<BenchReport, ClientError> {
         let body = serde_json::to_vec(request).expect("BenchCommitRequest serializes to JSON");
-        self.call(Method::POST, routes::DEV_BENCH_COMMIT.to_owned(), Some(body))
+        self.call(
+            Method::POST,
+            routes::DEV_BENCH_COMMIT.to_owned(),
+            Some(body),
+        )
+        .await
+    }
+
+    /// Creates the service, or updates it if one of that name exists.
+    pub async fn deploy(&self, spec: &ServiceSpecDoc) -> Result<DeployView, ClientError> {
+        let body = serde_json::to_vec(spec).expect("ServiceSpecDoc serializes to JSON");
+        self.call(Method::POST, paths::services(), Some(body)).await
+    }
+
+    pub async fn services(&self) -> Result<Vec<ServiceView>, ClientError> {
+        self.call(Method::GET, paths::services(), None).await
+    }
+
+    pub async fn service(&self, name: &str) -> Result<ServiceInspectView, ClientError> {
+        self.call(Method::GET, paths::service(name), None).await
+    }
+
+    /// Every task the cluster keeps for the service, history included.
+    pub async fn tasks(&self, name: &str) -> Result<Vec<TaskView>, ClientError> {
+        self.call(Method::GET, paths::service_tasks(name), None)
             .await
+    }
+
+    pub async fn scale(&self, name: &str, replicas: u64) -> Result<ServiceView, ClientError> {
+        let body = serde_json::to_vec(&ScaleRequest { replicas })
+            .expect("ScaleRequest serializes to JSON");
+        self.call(Method::POST, paths::service_scale(name), Some(body))
+            .await
+    }
+
+    pub async fn remove_service(&self, name: &str) -> Result<RemovedServiceView, ClientError> {
+        self.call(Method::DELETE, paths::service(name), None).await
     }
 
     fn url(&self) -> String {
@@ -340,10 +384,15 @@ pub(crate) mod tests {
         pub body: String,
     }
 
+    /// Answers a request from its method, its target and how many came before.
+    pub(crate) type Route = Arc<dyn Fn(&str, &str, usize) -> (u16, String) + Send + Sync>;
+
     /// A canned answer: status code and body, or silence.
     #[derive(Clone)]
     pub(crate) enum Reply {
         Json(u16, String),
+        /// Answers by method and target (and how many requests came before).
+        Route(Route),
         Silent,
     }
 
@@ -423,11 +472,22 @@ pub(crate) mod tests {
             buffer.extend_from_slice(&chunk[..read]);
         }
         let body = String::from_utf8(buffer[head_end..head_end + content_length].to_vec()).unwrap();
-        seen.lock().unwrap().push(Seen {
-            method,
-            target,
-            body,
-        });
+        let earlier = {
+            let mut seen = seen.lock().unwrap();
+            seen.push(Seen {
+                method: method.clone(),
+                target: target.clone(),
+                body,
+            });
+            seen.len() - 1
+        };
+        let reply = match reply {
+            Reply::Route(route) => {
+                let (status, body) = route(&method, &target, earlier);
+                Reply::Json(status, body)
+            }
+            other => other,
+        };
         match reply {
             Reply::Json(status, body) => {
                 let response = format!(
@@ -438,6 +498,7 @@ pub(crate) mod tests {
                 stream.shutdown().await.unwrap();
             }
             Reply::Silent => std::future::pending::<()>().await,
+            Reply::Route(_) => unreachable!("routes were answered above"),
         }
     }
 
@@ -627,6 +688,76 @@ pub(crate) mod tests {
             "{error}"
         );
         assert!(error.is_retryable());
+    }
+
+    pub(crate) fn sample_service(name: &str, running: u64, desired: u64) -> ServiceView {
+        ServiceView {
+            name: name.into(),
+            mode: "replicated".into(),
+            replicas_desired: desired,
+            replicas_running: running,
+            image: "nginx:1.27".into(),
+            ports: vec!["8080:80/tcp".into()],
+            version: 1,
+            updated_at_ms: 1_700_000_000_000,
+        }
+    }
+
+    #[tokio::test]
+    async fn service_endpoints() {
+        let service = sample_service("web", 0, 3);
+        let deployed = DeployView {
+            service: service.clone(),
+            created: true,
+            changed: true,
+        };
+        let tasks = vec![crate::progress::tests::task(1, "running", Some(1), 1)];
+        let inspect = crate::progress::tests::service("replicated", 3, 0, 1);
+        let answers = (
+            serde_json::to_string(&deployed).unwrap(),
+            serde_json::to_string(&vec![service.clone()]).unwrap(),
+            serde_json::to_string(&inspect).unwrap(),
+            serde_json::to_string(&tasks).unwrap(),
+            serde_json::to_string(&service).unwrap(),
+        );
+        let route = move |method: &str, target: &str, _: usize| -> (u16, String) {
+            let body = match (method, target) {
+                ("POST", "/v1/services") => answers.0.as_str(),
+                ("GET", "/v1/services") => answers.1.as_str(),
+                ("GET", "/v1/services/web") => answers.2.as_str(),
+                ("GET", "/v1/services/web/tasks") => answers.3.as_str(),
+                ("POST", "/v1/services/web/scale") => answers.4.as_str(),
+                ("DELETE", "/v1/services/web") => r#"{"name":"web"}"#,
+                _ => return (404, r#"{"error":"no route","retryable":false}"#.into()),
+            };
+            (200, body.to_owned())
+        };
+        let server = serve(Reply::Route(Arc::new(route)));
+        let client = server.client();
+        let spec = ServiceSpecDoc {
+            name: "web".into(),
+            image: "nginx:1.27".into(),
+            replicas: Some(3),
+            ..ServiceSpecDoc::default()
+        };
+        assert_eq!(client.deploy(&spec).await.unwrap(), deployed);
+        assert_eq!(client.services().await.unwrap(), vec![service.clone()]);
+        assert_eq!(client.service("web").await.unwrap(), inspect);
+        assert_eq!(client.tasks("web").await.unwrap(), tasks);
+        assert_eq!(client.scale("web", 5).await.unwrap(), service);
+        assert_eq!(
+            client.remove_service("web").await.unwrap(),
+            RemovedServiceView { name: "web".into() }
+        );
+        let error = client.tasks("gone").await.unwrap_err();
+        assert!(error.is_not_found(), "{error:?}");
+
+        let seen = server.seen();
+        let sent: ServiceSpecDoc = serde_json::from_str(&seen[0].body).unwrap();
+        assert_eq!(sent, spec);
+        let scale: ScaleRequest = serde_json::from_str(&seen[4].body).unwrap();
+        assert_eq!(scale, ScaleRequest { replicas: 5 });
+        assert_eq!(seen[5].method, "DELETE");
     }
 
     #[test]

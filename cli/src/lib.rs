@@ -1,38 +1,145 @@
 //! The shoal command line: argument definitions ([`args`]), the control API
-//! contract ([`api`]), its Unix-socket client ([`client`]) and rendering
-//! ([`output`]).
+//! contract ([`api`]) with its shared unit parsers ([`units`]), its Unix-socket
+//! client ([`client`]), spec files ([`spec`]), deploy progress ([`progress`]) and
+//! rendering ([`output`]).
 //!
 //! The binary parses [`args::Cli`], runs daemon subcommands itself and hands
-//! every client subcommand to [`run`].
+//! every client subcommand to [`run`]. Commands that wait (`deploy`, `service
+//! scale`, `service rm`) poll the control API here and stream what they see.
 
 pub mod api;
 pub mod args;
 pub mod client;
 pub mod output;
+pub mod progress;
+pub mod spec;
+pub mod units;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 
 pub use args::Cli;
 pub use client::{ApiClient, ClientError};
 
-use args::{Command, NodeCommand, TokenCommand};
+use args::{Command, DeployArgs, NodeCommand, ServiceCommand, TokenCommand};
+use progress::{Redraw, Verdict};
+
+/// How often waiting commands poll the control API.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Executes a client subcommand against the daemon named by `-H`/`--data-dir`
 /// and prints its answer on stdout. Errors are single sentences meant for
-/// `error: {:#}`.
+/// `error: {:#}` (a failed deploy adds one line per failing task).
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = ApiClient::new(cli.socket_path());
-    let text = execute(&client, &cli.command).await?;
-    print_stdout(&text)?;
+    let mut stdout = QuietPipe(std::io::stdout());
+    let mut stderr = QuietPipe(std::io::stderr());
+    let mut console = Console {
+        out_terminal: std::io::stdout().is_terminal(),
+        err_terminal: std::io::stderr().is_terminal(),
+        out: &mut stdout,
+        err: &mut stderr,
+    };
+    if let Some(text) = execute(&client, &cli.command, &mut console).await? {
+        console
+            .out
+            .write_all(text.as_bytes())
+            .and_then(|()| console.out.flush())
+            .context("cannot write to standard output")?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs one client subcommand and returns what it prints.
-async fn execute(client: &ApiClient, command: &Command) -> anyhow::Result<String> {
+/// Where a command writes: its answer to `out`, progress to `out` (or to `err`
+/// when `out` carries JSON). The flags say whether each is a terminal, which
+/// decides between redrawing progress in place and printing changes.
+struct Console<'a> {
+    pub out: &'a mut dyn Write,
+    pub err: &'a mut dyn Write,
+    pub out_terminal: bool,
+    pub err_terminal: bool,
+}
+
+impl Console<'_> {
+    fn progress_sink(&mut self, json: bool) -> (&mut dyn Write, bool) {
+        if json {
+            (&mut *self.err, self.err_terminal)
+        } else {
+            (&mut *self.out, self.out_terminal)
+        }
+    }
+}
+
+/// Runs one client subcommand. Commands that answer at once return their text;
+/// commands that wait write as they go and return `None`.
+async fn execute(
+    client: &ApiClient,
+    command: &Command,
+    console: &mut Console<'_>,
+) -> anyhow::Result<Option<String>> {
     let text = match command {
+        Command::Deploy(args) => {
+            deploy(client, args, console).await?;
+            return Ok(None);
+        }
+        Command::Service(ServiceCommand::Scale(args)) => {
+            for (name, replicas) in &args.targets {
+                let service = client.scale(name, *replicas).await?;
+                writeln!(
+                    console.out,
+                    "scaled {} to {} replicas",
+                    service.name, service.replicas_desired
+                )?;
+            }
+            if !args.detach {
+                let deadline = Instant::now() + args.timeout;
+                for (name, _) in &args.targets {
+                    let (sink, terminal) = console.progress_sink(false);
+                    if args.targets.len() > 1 {
+                        writeln!(sink, "{name}:")?;
+                    }
+                    wait_converged(client, name, deadline, args.timeout, sink, terminal).await?;
+                }
+            }
+            return Ok(None);
+        }
+        Command::Service(ServiceCommand::Rm(args)) => {
+            for name in &args.services {
+                let removed = client.remove_service(name).await?;
+                writeln!(console.out, "removed service {}", removed.name)?;
+            }
+            if !args.detach {
+                let deadline = Instant::now() + args.timeout;
+                for name in &args.services {
+                    wait_removed(client, name, deadline, args.timeout).await?;
+                }
+                writeln!(console.out, "verify: containers removed")?;
+            }
+            return Ok(None);
+        }
+        Command::Service(ServiceCommand::Ls { json }) => {
+            let services = client.services().await?;
+            if *json {
+                output::json(&services)
+            } else {
+                output::services_table(&services)
+            }
+        }
+        Command::Service(ServiceCommand::Ps { service, json }) => {
+            let tasks = client.tasks(service).await?;
+            if *json {
+                output::json(&tasks)
+            } else {
+                output::tasks_table(&tasks, now_ms())
+            }
+        }
+        Command::Service(ServiceCommand::Inspect { service, json: _ }) => {
+            // Inspect is JSON either way; `--json` is accepted like on every read.
+            output::json(&client.service(service).await?)
+        }
         Command::Init(_) | Command::Join(_) | Command::Run(_) => {
             bail!("`init`, `join` and `run` start a node; the shoal binary runs them itself, not the control client")
         }
@@ -93,20 +200,162 @@ async fn execute(client: &ApiClient, command: &Command) -> anyhow::Result<String
             }
         }
     };
-    Ok(text)
+    Ok(Some(text))
 }
 
-/// Writes to stdout; a closed pipe (`shoal node ls | head -1`) is not an error.
-fn print_stdout(text: &str) -> anyhow::Result<()> {
-    let mut stdout = std::io::stdout().lock();
-    match stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(anyhow::Error::new(error).context("cannot write to standard output"))
+/// `shoal deploy`: builds the spec (file, then flags), validates it, sends it,
+/// and unless `--detach` waits for the service to converge.
+async fn deploy(
+    client: &ApiClient,
+    args: &DeployArgs,
+    console: &mut Console<'_>,
+) -> anyhow::Result<()> {
+    let base = match &args.file {
+        Some(path) => Some(spec::load_spec(path)?),
+        None => None,
+    };
+    let spec = args.to_spec(base).map_err(anyhow::Error::msg)?;
+    spec.validate()?;
+    let deployed = client.deploy(&spec).await?;
+    let name = deployed.service.name.clone();
+    if args.json {
+        console.out.write_all(output::json(&deployed).as_bytes())?;
+        console.out.flush()?;
+    } else {
+        let what = match (deployed.created, deployed.changed) {
+            (true, _) => "created",
+            (false, true) => "updated",
+            (false, false) => "unchanged:",
+        };
+        writeln!(console.out, "{what} service {name}")?;
+    }
+    if args.detach {
+        return Ok(());
+    }
+    let (sink, terminal) = console.progress_sink(args.json);
+    let deadline = Instant::now() + args.timeout;
+    wait_converged(client, &name, deadline, args.timeout, sink, terminal).await
+}
+
+/// Polls the service and its tasks every [`POLL_INTERVAL`], drawing progress,
+/// until [`progress::progress`] says it converged (prints `verify: service
+/// converged`), failed, or `deadline` passes (the error names what is pending).
+async fn wait_converged(
+    client: &ApiClient,
+    name: &str,
+    deadline: Instant,
+    timeout: Duration,
+    sink: &mut dyn Write,
+    terminal: bool,
+) -> anyhow::Result<()> {
+    let mut redraw = Redraw::new(terminal);
+    loop {
+        let (service, tasks) = tokio::join!(client.service(name), client.tasks(name));
+        let transient = match service.and_then(|service| tasks.map(|tasks| (service, tasks))) {
+            Ok((service, tasks)) => {
+                let progress = progress::progress(&service, &tasks);
+                sink.write_all(redraw.frame(&progress.lines()).as_bytes())?;
+                sink.flush()?;
+                match progress.verdict {
+                    Verdict::Converged => {
+                        writeln!(sink, "verify: service converged")?;
+                        return Ok(());
+                    }
+                    Verdict::Failed { errors } => {
+                        bail!(
+                            "service {name} did not converge:\n  {}",
+                            errors.join("\n  ")
+                        );
+                    }
+                    Verdict::Waiting { pending } if Instant::now() >= deadline => {
+                        bail!(
+                            "service {name} did not converge within {}; still waiting:\n  {}",
+                            units::format_duration(timeout),
+                            pending.join("\n  ")
+                        );
+                    }
+                    Verdict::Waiting { .. } => None,
+                }
+            }
+            Err(error) if error.is_not_found() => {
+                bail!("service {name} no longer exists; it was removed while this command waited")
+            }
+            // A leader election or a busy daemon: keep polling until the deadline.
+            Err(error) if error.is_retryable() => Some(error),
+            Err(error) => return Err(error.into()),
+        };
+        if Instant::now() >= deadline {
+            if let Some(error) = transient {
+                return Err(anyhow::Error::new(error).context(format!(
+                    "service {name} did not converge within {}",
+                    units::format_duration(timeout)
+                )));
+            }
         }
-        _ => Ok(()),
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Polls a removed service's tasks until the daemon answers 404 or an empty
+/// list: every container of the service is gone.
+async fn wait_removed(
+    client: &ApiClient,
+    name: &str,
+    deadline: Instant,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    loop {
+        let left = match client.tasks(name).await {
+            Ok(tasks) if tasks.is_empty() => return Ok(()),
+            Err(error) if error.is_not_found() => return Ok(()),
+            Ok(tasks) => Ok(tasks),
+            Err(error) if error.is_retryable() => Err(error),
+            Err(error) => return Err(error.into()),
+        };
+        if Instant::now() >= deadline {
+            let detail = match left {
+                Ok(tasks) => {
+                    let names: Vec<String> = tasks
+                        .iter()
+                        .take(10)
+                        .map(|task| format!("{} ({})", progress::task_name(task), task.state))
+                        .collect();
+                    format!("{} task(s) left: {}", tasks.len(), names.join(", "))
+                }
+                Err(error) => format!("{error:#}"),
+            };
+            bail!(
+                "the containers of service {name} were not all removed within {}; {detail}",
+                units::format_duration(timeout)
+            );
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+/// Standard output or error where a closed pipe (`shoal service ls | head -1`)
+/// is not an error: the rest of the output is dropped quietly.
+struct QuietPipe<W>(W);
+
+impl<W: Write> Write for QuietPipe<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.0.write(buf) {
+            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(buf.len()),
+            other => other,
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.0.flush() {
+            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            other => other,
+        }
     }
 }
 
@@ -122,17 +371,35 @@ mod tests {
             .command
     }
 
+    /// Runs a command as `run` would and returns everything it wrote to standard
+    /// output, or its error.
+    async fn execute_text(client: &ApiClient, command: &Command) -> anyhow::Result<String> {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let mut console = Console {
+            out: &mut out,
+            err: &mut err,
+            out_terminal: false,
+            err_terminal: false,
+        };
+        let answer = execute(client, command, &mut console).await?;
+        let mut text = String::from_utf8(out).unwrap();
+        text.push_str(&answer.unwrap_or_default());
+        Ok(text)
+    }
+
     #[tokio::test]
     async fn node_ls_renders_table_or_json() {
         let nodes = vec![sample_node(1, "mgr-a")];
         let server = serve(Reply::Json(200, serde_json::to_string(&nodes).unwrap()));
         let client = server.client();
 
-        let table = execute(&client, &command("node ls")).await.unwrap();
+        let table = execute_text(&client, &command("node ls")).await.unwrap();
         assert!(table.starts_with("ID"), "{table}");
         assert!(table.contains("mgr-a"), "{table}");
 
-        let json = execute(&client, &command("node ls --json")).await.unwrap();
+        let json = execute_text(&client, &command("node ls --json"))
+            .await
+            .unwrap();
         let parsed: Vec<api::NodeView> = serde_json::from_str(&json).unwrap();
         assert_eq!(parsed, nodes);
     }
@@ -143,9 +410,11 @@ mod tests {
         node.role = "worker".into();
         let server = serve(Reply::Json(200, serde_json::to_string(&node).unwrap()));
         let client = server.client();
-        let text = execute(&client, &command("node demote n2")).await.unwrap();
+        let text = execute_text(&client, &command("node demote n2"))
+            .await
+            .unwrap();
         assert_eq!(text, "node n2 (2) is now a worker\n");
-        let text = execute(&client, &command("node update n2 --label-add zone=eu"))
+        let text = execute_text(&client, &command("node update n2 --label-add zone=eu"))
             .await
             .unwrap();
         assert_eq!(text, "updated node n2 (2)\n");
@@ -161,17 +430,269 @@ mod tests {
             join_command: "shoal join 127.0.0.1:4500 --token SHOAL-new".into(),
         };
         let server = serve(Reply::Json(200, serde_json::to_string(&token).unwrap()));
-        let text = execute(&server.client(), &command("token rotate manager -q"))
+        let text = execute_text(&server.client(), &command("token rotate manager -q"))
             .await
             .unwrap();
         assert_eq!(text, "SHOAL-new\n");
         assert_eq!(server.seen()[0].target, "/v1/tokens/manager/rotate");
     }
 
+    use crate::client::tests::sample_service;
+    use crate::progress::tests::{service as inspect_view, task};
+    use std::sync::Arc;
+
+    /// A daemon holding one replicated service `web` of 2 replicas whose tasks
+    /// move from pending to running as it is polled; `second_state` is where
+    /// slot 2 ends up.
+    fn deploying_daemon(second_state: &'static str) -> crate::client::tests::TestServer {
+        let route = move |method: &str, target: &str, earlier: usize| -> (u16, String) {
+            let polls = earlier.saturating_sub(1) / 2;
+            let body = match (method, target) {
+                ("POST", "/v1/services") => serde_json::to_string(&api::DeployView {
+                    service: sample_service("web", 0, 2),
+                    created: true,
+                    changed: true,
+                }),
+                ("GET", "/v1/services/web") => {
+                    let running = if polls >= 2 {
+                        1 + u64::from(second_state == "running")
+                    } else {
+                        0
+                    };
+                    serde_json::to_string(&inspect_view("replicated", 2, running, 1))
+                }
+                ("GET", "/v1/services/web/tasks") => {
+                    let mut second = task(
+                        2,
+                        if polls >= 2 { second_state } else { "pending" },
+                        Some(2),
+                        1,
+                    );
+                    second.error = if second_state == "rejected" {
+                        "image \"nope:1\" not found locally and pull is \"never\"".into()
+                    } else {
+                        String::new()
+                    };
+                    let first = task(
+                        1,
+                        if polls >= 1 { "running" } else { "assigned" },
+                        Some(1),
+                        1,
+                    );
+                    serde_json::to_string(&vec![first, second])
+                }
+                _ => {
+                    return (
+                        404,
+                        r#"{"error":"no such service","retryable":false}"#.into(),
+                    )
+                }
+            };
+            (200, body.unwrap())
+        };
+        serve(Reply::Route(Arc::new(route)))
+    }
+
+    #[tokio::test]
+    async fn deploy_waits_until_converged() {
+        let server = deploying_daemon("running");
+        let text = execute_text(
+            &server.client(),
+            &command("deploy web --image nginx:1.27 --replicas 2"),
+        )
+        .await
+        .unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "created service web");
+        assert_eq!(lines[1], "overall progress: 0 out of 2 tasks");
+        assert!(lines[2].starts_with("1/2: assigned  [========="), "{text}");
+        assert!(
+            text.contains("overall progress: 2 out of 2 tasks\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("verify: service converged\n"), "{text}");
+        // Not a terminal: each line is printed only when it changed.
+        assert_eq!(
+            text.matches("overall progress: 0 out of 2 tasks").count(),
+            1,
+            "{text}"
+        );
+        let sent: api::ServiceSpecDoc = serde_json::from_str(&server.seen()[0].body).unwrap();
+        assert_eq!(sent.replicas, Some(2));
+    }
+
+    #[tokio::test]
+    async fn deploy_fails_on_a_rejected_task() {
+        let server = deploying_daemon("rejected");
+        let error = execute_text(
+            &server.client(),
+            &command("deploy web --image nope:1 --pull never"),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            format!("{error:#}"),
+            "service web did not converge:\n  task web.2 rejected: image \"nope:1\" not found locally and pull is \"never\""
+        );
+    }
+
+    #[tokio::test]
+    async fn deploy_times_out_naming_what_is_pending() {
+        let route = |method: &str, target: &str, _: usize| -> (u16, String) {
+            let body = match (method, target) {
+                ("POST", "/v1/services") => serde_json::to_string(&api::DeployView {
+                    service: sample_service("web", 0, 1),
+                    created: false,
+                    changed: true,
+                }),
+                ("GET", "/v1/services/web") => {
+                    serde_json::to_string(&inspect_view("replicated", 1, 0, 1))
+                }
+                _ => {
+                    let mut pending = task(1, "pending", None, 1);
+                    pending.message = "no node satisfies node.labels.zone==eu: 0 of 3 nodes".into();
+                    serde_json::to_string(&vec![pending])
+                }
+            };
+            (200, body.unwrap())
+        };
+        let server = serve(Reply::Route(Arc::new(route)));
+        let error = execute_text(
+            &server.client(),
+            &command("deploy web --image x --timeout 300ms"),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            format!("{error:#}"),
+            "service web did not converge within 300ms; still waiting:\n  task web.1 is pending: no node satisfies node.labels.zone==eu: 0 of 3 nodes"
+        );
+    }
+
+    #[tokio::test]
+    async fn deploy_from_a_yaml_file_detached() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("web.yaml");
+        std::fs::write(
+            &file,
+            "name: web\nimage: nginx:1.27\nreplicas: 4\nmemory: 256m\n",
+        )
+        .unwrap();
+        let deployed = api::DeployView {
+            service: sample_service("web", 4, 4),
+            created: false,
+            changed: false,
+        };
+        let server = serve(Reply::Json(200, serde_json::to_string(&deployed).unwrap()));
+        let line = format!("deploy -f {} --replicas 5 --detach", file.display());
+        let text = execute_text(&server.client(), &command(&line))
+            .await
+            .unwrap();
+        assert_eq!(text, "unchanged: service web\n");
+        let sent: api::ServiceSpecDoc = serde_json::from_str(&server.seen()[0].body).unwrap();
+        assert_eq!(
+            (sent.replicas, sent.memory.as_deref()),
+            (Some(5), Some("256m"))
+        );
+
+        std::fs::write(&file, "name: web\nimage: nginx:1.27\nmemory: 12q\n").unwrap();
+        let line = format!("deploy -f {} --detach", file.display());
+        let error = execute_text(&server.client(), &command(&line))
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{error:#}").starts_with("invalid memory: size \"12q\""),
+            "{error:#}"
+        );
+        assert_eq!(server.seen().len(), 1, "an invalid spec is never sent");
+    }
+
+    #[tokio::test]
+    async fn service_reads_as_json() {
+        let services = vec![sample_service("web", 2, 3)];
+        let server = serve(Reply::Json(200, serde_json::to_string(&services).unwrap()));
+        let text = execute_text(&server.client(), &command("service ls --json"))
+            .await
+            .unwrap();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for field in ["name", "replicas_running", "replicas_desired", "image"] {
+            assert!(
+                value[0].get(field).is_some(),
+                "service ls --json lacks {field}: {text}"
+            );
+        }
+        let table = execute_text(&server.client(), &command("service ls"))
+            .await
+            .unwrap();
+        assert!(
+            table.starts_with("NAME") && table.contains("2/3"),
+            "{table}"
+        );
+
+        let tasks = vec![task(1, "running", Some(1), 1)];
+        let server = serve(Reply::Json(200, serde_json::to_string(&tasks).unwrap()));
+        let text = execute_text(&server.client(), &command("service ps web --json"))
+            .await
+            .unwrap();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(value.is_array());
+        for field in [
+            "id",
+            "slot",
+            "node_id",
+            "desired_state",
+            "state",
+            "error",
+            "container_id",
+        ] {
+            assert!(
+                value[0].get(field).is_some(),
+                "service ps --json lacks {field}: {text}"
+            );
+        }
+        assert_eq!(server.seen()[0].target, "/v1/services/web/tasks");
+    }
+
+    #[tokio::test]
+    async fn rm_waits_until_the_tasks_are_gone() {
+        let route = |method: &str, _target: &str, earlier: usize| -> (u16, String) {
+            match (method, earlier) {
+                ("DELETE", _) => (200, r#"{"name":"web"}"#.into()),
+                (_, 1) => (
+                    200,
+                    serde_json::to_string(&vec![task(1, "running", Some(1), 1)]).unwrap(),
+                ),
+                _ => (
+                    404,
+                    r#"{"error":"service \"web\" does not exist","retryable":false}"#.into(),
+                ),
+            }
+        };
+        let server = serve(Reply::Route(Arc::new(route)));
+        let text = execute_text(&server.client(), &command("service rm web"))
+            .await
+            .unwrap();
+        assert_eq!(text, "removed service web\nverify: containers removed\n");
+        assert_eq!(server.seen().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn scale_detached_reports_the_new_count() {
+        let server = serve(Reply::Json(
+            200,
+            serde_json::to_string(&sample_service("web", 1, 5)).unwrap(),
+        ));
+        let text = execute_text(&server.client(), &command("service scale web=5 --detach"))
+            .await
+            .unwrap();
+        assert_eq!(text, "scaled web to 5 replicas\n");
+        assert_eq!(server.seen()[0].body, r#"{"replicas":5}"#);
+    }
+
     #[tokio::test]
     async fn daemon_subcommands_are_refused() {
         let client = ApiClient::new("/nonexistent/shoal.sock");
-        let error = execute(&client, &command("run")).await.unwrap_err();
+        let error = execute_text(&client, &command("run")).await.unwrap_err();
         assert!(format!("{error:#}").contains("the shoal binary runs them itself"));
     }
 

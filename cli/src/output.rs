@@ -9,7 +9,8 @@ use std::fmt::Write as _;
 use comfy_table::{presets, ContentArrangement, Table};
 use serde::Serialize;
 
-use crate::api::{NodeView, StatusView, TokenView};
+use crate::api::{NodeView, ServiceView, StatusView, TaskView, TokenView};
+use crate::progress::{short_id, task_name};
 
 /// Pretty JSON of any API value, with a trailing newline.
 pub fn json<T: Serialize>(value: &T) -> String {
@@ -155,6 +156,94 @@ pub fn token_text(token: &TokenView, quiet: bool) -> String {
         "To add a {} to this cluster, run this on the new node:\n\n    {}\n",
         token.role, token.join_command
     )
+}
+
+/// `service ls`: one row per service, sorted by name.
+pub fn services_table(services: &[ServiceView]) -> String {
+    let mut sorted: Vec<&ServiceView> = services.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let rows = sorted.iter().map(|service| {
+        vec![
+            service.name.clone(),
+            service.mode.clone(),
+            format!("{}/{}", service.replicas_running, service.replicas_desired),
+            service.image.clone(),
+            service.ports.join(", "),
+        ]
+    });
+    table(&["NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"], rows)
+}
+
+/// `service ps`: slots in order, each slot's tasks newest first; older tasks of a
+/// slot are marked ` \_ ` as in `docker service ps`. `now_ms` is the local clock,
+/// for the ages.
+pub fn tasks_table(tasks: &[TaskView], now_ms: u64) -> String {
+    let mut sorted: Vec<&TaskView> = tasks.iter().collect();
+    // Replicated tasks share a slot across nodes; global ones have one per node.
+    let slot_key = |task: &TaskView| match task.slot {
+        0 => (0, task.node_name.clone(), task.node_id),
+        slot => (slot, None, None),
+    };
+    sorted.sort_by(|a, b| {
+        slot_key(a)
+            .cmp(&slot_key(b))
+            .then_with(|| (b.created_at_ms, &b.id).cmp(&(a.created_at_ms, &a.id)))
+    });
+    let mut previous_slot = None;
+    let rows = sorted.iter().map(|task| {
+        let key = slot_key(task);
+        let name = if previous_slot.as_ref() == Some(&key) {
+            format!(" \\_ {}", task_name(task))
+        } else {
+            task_name(task)
+        };
+        previous_slot = Some(key);
+        let node = match (&task.node_name, task.node_id) {
+            (Some(name), _) => name.clone(),
+            (None, Some(id)) => id.to_string(),
+            (None, None) => String::new(),
+        };
+        let state = if task.state_changed_at_ms == 0 {
+            task.state.clone()
+        } else {
+            format!(
+                "{} {}",
+                task.state,
+                format_age(now_ms.saturating_sub(task.state_changed_at_ms))
+            )
+        };
+        let note = if task.error.is_empty() {
+            task.message.clone()
+        } else {
+            task.error.clone()
+        };
+        vec![
+            short_id(&task.id).to_owned(),
+            name,
+            node,
+            task.desired_state.clone(),
+            state,
+            note.chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect(),
+        ]
+    });
+    table(
+        &["ID", "NAME", "NODE", "DESIRED", "STATE", "ERROR / MESSAGE"],
+        rows.collect::<Vec<_>>().into_iter(),
+    )
+}
+
+/// `5s ago`, `3m ago`, `2h ago`, `4d ago`; under a second is `just now`.
+pub fn format_age(millis: u64) -> String {
+    let seconds = millis / 1000;
+    match seconds {
+        0 => "just now".to_owned(),
+        1..=119 => format!("{seconds}s ago"),
+        120..=7199 => format!("{}m ago", seconds / 60),
+        7200..=172_799 => format!("{}h ago", seconds / 3600),
+        _ => format!("{}d ago", seconds / 86_400),
+    }
 }
 
 /// A borderless, left-aligned table without trailing spaces, never wrapped to
@@ -421,6 +510,110 @@ mod tests {
             "Labels:\n  zone=eu\n",
         ] {
             assert!(text.contains(expected), "lacks {expected:?}:\n{text}");
+        }
+    }
+
+    #[test]
+    fn services_table_rows() {
+        let service = |name: &str, running, desired| ServiceView {
+            name: name.into(),
+            mode: "replicated".into(),
+            replicas_desired: desired,
+            replicas_running: running,
+            image: "nginx:1.27".into(),
+            ports: vec!["8080:80/tcp".into(), "5353:53/udp".into()],
+            version: 1,
+            updated_at_ms: 0,
+        };
+        let text = services_table(&[service("web", 2, 3), service("api", 1, 1)]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            cells(lines[0]),
+            ["NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"]
+        );
+        assert_eq!(
+            cells(lines[1]),
+            [
+                "api",
+                "replicated",
+                "1/1",
+                "nginx:1.27",
+                "8080:80/tcp, 5353:53/udp"
+            ]
+        );
+        assert_eq!(cells(lines[2])[..3], ["web", "replicated", "2/3"]);
+    }
+
+    #[test]
+    fn tasks_table_newest_first_per_slot() {
+        use crate::progress::tests::task;
+        let now = 1_000_000;
+        let mut old = task(2, "failed", Some(1), 1);
+        old.id = "aaaaaaaaaaaaaaaa".into();
+        old.desired_state = "shutdown".into();
+        old.error = "exit code 1".into();
+        old.state_changed_at_ms = now - 300_000;
+        old.created_at_ms = 1_000;
+        let mut new = task(2, "running", Some(2), 1);
+        new.id = "bbbbbbbbbbbbbbbb".into();
+        new.created_at_ms = 2_000;
+        new.state_changed_at_ms = now - 5_000;
+        let mut pending = task(1, "pending", None, 1);
+        pending.id = "cccccccccccccccc".into();
+        pending.message = "no node satisfies node.labels.zone==eu: 0 of 3 nodes".into();
+        pending.state_changed_at_ms = now - 500;
+        let text = tasks_table(&[old, pending, new], now);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            cells(lines[0]),
+            ["ID", "NAME", "NODE", "DESIRED", "STATE", "ERROR / MESSAGE"]
+        );
+        assert_eq!(
+            cells(lines[1]),
+            [
+                "cccccccccccc",
+                "web.1",
+                "running",
+                "pending just now",
+                "no node satisfies node.labels.zone==eu: 0 of 3 nodes"
+            ]
+        );
+        assert_eq!(
+            cells(lines[2]),
+            [
+                "bbbbbbbbbbbb",
+                "web.2",
+                "node-b",
+                "running",
+                "running 5s ago"
+            ]
+        );
+        assert_eq!(
+            cells(lines[3]),
+            [
+                "aaaaaaaaaaaa",
+                "\\_ web.2",
+                "node-a",
+                "shutdown",
+                "failed 5m ago",
+                "exit code 1"
+            ]
+        );
+    }
+
+    #[test]
+    fn ages() {
+        let cases = [
+            (0, "just now"),
+            (999, "just now"),
+            (5_000, "5s ago"),
+            (119_000, "119s ago"),
+            (120_000, "2m ago"),
+            (7_200_000, "2h ago"),
+            (172_800_000, "2d ago"),
+        ];
+        for (millis, text) in cases {
+            assert_eq!(format_age(millis), text);
         }
     }
 

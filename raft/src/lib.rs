@@ -10,14 +10,27 @@
 //! randomness; the leader stamps the time into every command.
 
 pub mod codec;
+pub mod orchestrator;
+pub mod scheduler;
+pub mod service;
 pub mod state;
 pub mod store;
 pub mod types;
 
+#[cfg(test)]
+mod testing;
+
 pub use codec::CodecError;
+pub use orchestrator::reconcile;
+pub use scheduler::schedule;
+pub use service::{
+    Constraint, ConstraintKey, ConstraintOp, DesiredState, PortSpec, Protocol, PullPolicy,
+    ResourceSpec, RestartCondition, RestartPolicy, Service, ServiceMode, ServiceSpec, SpecError,
+    Task, TaskId, TaskState, TaskStatusUpdate,
+};
 pub use state::{
-    apply, Availability, CaMaterial, ClusterState, Command, LogPayload, NewNode, NodeRecord,
-    NodeStatus, Resources, Response, Role, TokenRecord,
+    apply, task_id, Availability, CaMaterial, ClusterState, Command, LogPayload, NewNode,
+    NodeRecord, NodeStatus, Resources, Response, Role, TaskChange, TokenRecord,
 };
 pub use store::{open, LogStore, StateHandle, StateMachineStore, StoreError};
 pub use types::{

@@ -9,11 +9,15 @@
 //! they are wrapped in versioned envelopes ([`LogPayload`] here, the snapshot
 //! envelope in the store) so a later format can be added beside them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::service::{
+    DesiredState, Service, ServiceMode, ServiceSpec, Task, TaskId, TaskState, TaskStatusUpdate,
+    MAX_REPLICAS,
+};
 use crate::types::NodeId;
 
 /// The log entry payload: one versioned envelope around a [`Command`]. A later
@@ -36,6 +40,12 @@ pub struct ClusterState {
     /// The id the next registered node gets. Ids are never reused, so a removed or
     /// wiped node that comes back is a new node.
     pub next_node_id: NodeId,
+    /// Services by name.
+    pub services: BTreeMap<String, Service>,
+    /// Every task still kept: live ones and a bounded history of ended ones.
+    pub tasks: BTreeMap<TaskId, Task>,
+    /// Feeds [`task_id`]; grows by one per created task.
+    pub next_task_seq: u64,
 }
 
 impl Default for ClusterState {
@@ -47,6 +57,9 @@ impl Default for ClusterState {
             tokens: BTreeMap::new(),
             nodes: BTreeMap::new(),
             next_node_id: 1,
+            services: BTreeMap::new(),
+            tasks: BTreeMap::new(),
+            next_task_seq: 0,
         }
     }
 }
@@ -241,6 +254,76 @@ pub enum Command {
     Noop {
         now_ms: u64,
     },
+    /// Refused if the name is taken or the spec is invalid.
+    CreateService {
+        spec: ServiceSpec,
+        now_ms: u64,
+    },
+    /// Replaces the spec of an existing service. The version (and so every task) only
+    /// changes when the task template does: a spec that differs in its replica count
+    /// alone scales, an identical one changes nothing.
+    UpdateService {
+        spec: ServiceSpec,
+        now_ms: u64,
+    },
+    /// Sets the replica count of a replicated service. Running tasks are kept: the
+    /// replica count is not part of the task template.
+    ScaleService {
+        name: String,
+        replicas: u64,
+        now_ms: u64,
+    },
+    /// Removes the service; its tasks are asked to shut down and stay until they are
+    /// terminal, when the orchestrator deletes them.
+    RemoveService {
+        name: String,
+        now_ms: u64,
+    },
+    /// The leader loop's batch of orchestrator and scheduler decisions. A change that
+    /// no longer applies (the batch was computed from a slightly older state) is skipped.
+    ApplyTaskChanges {
+        changes: Vec<TaskChange>,
+        now_ms: u64,
+    },
+    /// An agent's batch of task status changes, relayed by the leader. Only tasks
+    /// assigned to `node_id` are touched, and a task never moves backwards.
+    ReportTaskStatus {
+        node_id: NodeId,
+        updates: Vec<TaskStatusUpdate>,
+        now_ms: u64,
+    },
+}
+
+/// One decision of the orchestrator or the scheduler.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskChange {
+    /// A new pending task for `slot` (0 for global tasks, which name their node). Its
+    /// id is assigned in apply and its spec copied from the service.
+    Create {
+        service: String,
+        slot: u64,
+        node_id: Option<NodeId>,
+        restart_count: u64,
+    },
+    /// A pending task goes to `node_id`.
+    Assign { task_id: TaskId, node_id: NodeId },
+    /// A pending task stays pending; `reason` says why no node takes it.
+    Unassignable { task_id: TaskId, reason: String },
+    SetDesired {
+        task_id: TaskId,
+        desired: DesiredState,
+        reason: String,
+    },
+    /// A transition decided by the leader (e.g. the tasks of a lost node are orphaned).
+    /// The same state as the task's only updates its message.
+    MarkState {
+        task_id: TaskId,
+        state: TaskState,
+        message: String,
+    },
+    /// Forgets a terminal task.
+    Delete { task_id: TaskId },
 }
 
 impl Command {
@@ -255,7 +338,13 @@ impl Command {
             | Command::RefreshNode { now_ms, .. }
             | Command::RemoveNode { now_ms, .. }
             | Command::RotateToken { now_ms, .. }
-            | Command::Noop { now_ms } => *now_ms,
+            | Command::Noop { now_ms }
+            | Command::CreateService { now_ms, .. }
+            | Command::UpdateService { now_ms, .. }
+            | Command::ScaleService { now_ms, .. }
+            | Command::RemoveService { now_ms, .. }
+            | Command::ApplyTaskChanges { now_ms, .. }
+            | Command::ReportTaskStatus { now_ms, .. } => *now_ms,
         }
     }
 }
@@ -575,6 +664,322 @@ fn apply_or_refuse(state: &mut ClusterState, cmd: &Command) -> Result<Response, 
             Ok(Response::Ok)
         }
         Command::Noop { now_ms: _ } => Ok(Response::Ok),
+        Command::CreateService { spec, now_ms } => {
+            spec.validate().map_err(|e| e.to_string())?;
+            if state.services.contains_key(&spec.name) {
+                return Err(format!(
+                    "a service named {:?} already exists; update it or choose another name",
+                    spec.name
+                ));
+            }
+            state.services.insert(
+                spec.name.clone(),
+                Service {
+                    spec: spec.clone(),
+                    version: 1,
+                    created_at_ms: *now_ms,
+                    updated_at_ms: *now_ms,
+                },
+            );
+            Ok(Response::Ok)
+        }
+        Command::UpdateService { spec, now_ms } => {
+            spec.validate().map_err(|e| e.to_string())?;
+            let service = state.service_mut(&spec.name)?;
+            if service.spec == *spec {
+                return Ok(Response::Ok);
+            }
+            let scaled_only = matches!(
+                (service.spec.mode, spec.mode),
+                (
+                    ServiceMode::Replicated { .. },
+                    ServiceMode::Replicated { .. }
+                )
+            ) && ServiceSpec {
+                mode: spec.mode,
+                ..service.spec.clone()
+            } == *spec;
+            if !scaled_only {
+                service.version += 1;
+            }
+            service.spec = spec.clone();
+            service.updated_at_ms = *now_ms;
+            Ok(Response::Ok)
+        }
+        Command::ScaleService {
+            name,
+            replicas,
+            now_ms,
+        } => {
+            let service = state.service_mut(name)?;
+            let ServiceMode::Replicated { replicas: current } = service.spec.mode else {
+                return Err(format!(
+                    "service {name:?} is global: it runs one task per eligible node and \
+                     cannot be scaled"
+                ));
+            };
+            if *replicas > MAX_REPLICAS {
+                return Err(format!(
+                    "{replicas} replicas is too many; allowed 0 to {MAX_REPLICAS}"
+                ));
+            }
+            if current != *replicas {
+                service.spec.mode = ServiceMode::Replicated {
+                    replicas: *replicas,
+                };
+                service.updated_at_ms = *now_ms;
+            }
+            Ok(Response::Ok)
+        }
+        Command::RemoveService { name, now_ms } => {
+            state.service_mut(name)?;
+            state.services.remove(name);
+            for task in state.tasks.values_mut() {
+                if task.service == *name && task.desired_state != DesiredState::Shutdown {
+                    task.desired_state = DesiredState::Shutdown;
+                    task.message = "service removed".to_owned();
+                    task.updated_at_ms = *now_ms;
+                }
+            }
+            Ok(Response::Ok)
+        }
+        Command::ApplyTaskChanges { changes, now_ms } => {
+            state.apply_task_changes(changes, *now_ms)?;
+            Ok(Response::Ok)
+        }
+        Command::ReportTaskStatus {
+            node_id,
+            updates,
+            now_ms,
+        } => {
+            for update in updates {
+                state.report_task_status(*node_id, update, *now_ms);
+            }
+            Ok(Response::Ok)
+        }
+    }
+}
+
+/// The id of the task created as number `seq` in cluster `cluster_id`: unique per
+/// cluster (splitmix64 is a bijection) and random-looking, so prefixes are short.
+pub fn task_id(cluster_id: &str, seq: u64) -> TaskId {
+    format!("{:016x}", splitmix64(seq ^ fnv1a(cluster_id.as_bytes())))
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn splitmix64(seed: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Which slot a task fills: its slot number, or for global tasks its node.
+pub(crate) fn slot_key(task: &Task) -> (u64, Option<NodeId>) {
+    if task.slot == 0 {
+        (0, task.node_id)
+    } else {
+        (task.slot, None)
+    }
+}
+
+impl ClusterState {
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.get(name)
+    }
+
+    /// The tasks of one service, in id order.
+    pub fn tasks_of<'a>(&'a self, service: &'a str) -> impl Iterator<Item = &'a Task> + 'a {
+        self.tasks
+            .values()
+            .filter(move |task| task.service == service)
+    }
+
+    fn service_mut(&mut self, name: &str) -> Result<&mut Service, String> {
+        self.services
+            .get_mut(name)
+            .ok_or_else(|| format!("there is no service named {name:?}"))
+    }
+
+    fn apply_task_changes(&mut self, changes: &[TaskChange], now_ms: u64) -> Result<(), String> {
+        let creates = changes
+            .iter()
+            .filter(|c| matches!(c, TaskChange::Create { .. }))
+            .count() as u64;
+        if self.next_task_seq.checked_add(creates).is_none() {
+            return Err("this cluster has used every task id; no task can be created".to_owned());
+        }
+        // Slots that already have a live task of the current version: a Create for one
+        // of them comes from a batch computed before that task existed.
+        let mut filled: BTreeSet<(String, u64, Option<NodeId>)> = BTreeSet::new();
+        if creates > 0 {
+            for task in self.tasks.values() {
+                let current = self
+                    .services
+                    .get(&task.service)
+                    .is_some_and(|s| s.version == task.spec_version);
+                if task.is_live() && current {
+                    let (slot, node) = slot_key(task);
+                    filled.insert((task.service.clone(), slot, node));
+                }
+            }
+        }
+        for change in changes {
+            match change {
+                TaskChange::Create {
+                    service,
+                    slot,
+                    node_id,
+                    restart_count,
+                } => {
+                    let Some(record) = self.services.get(service) else {
+                        continue;
+                    };
+                    let key = (
+                        service.clone(),
+                        *slot,
+                        if *slot == 0 { *node_id } else { None },
+                    );
+                    if (*slot == 0) != record.spec.is_global()
+                        || (*slot == 0 && node_id.is_none())
+                        || !filled.insert(key)
+                    {
+                        continue;
+                    }
+                    let id = task_id(&self.cluster_id, self.next_task_seq);
+                    self.next_task_seq += 1;
+                    let task = Task {
+                        id: id.clone(),
+                        service: service.clone(),
+                        slot: *slot,
+                        node_id: *node_id,
+                        spec_version: record.version,
+                        spec: record.spec.clone(),
+                        desired_state: DesiredState::Running,
+                        state: TaskState::Pending,
+                        message: "created".to_owned(),
+                        error: String::new(),
+                        exit_code: None,
+                        container_id: None,
+                        restart_count: *restart_count,
+                        created_at_ms: now_ms,
+                        updated_at_ms: now_ms,
+                        state_changed_at_ms: now_ms,
+                    };
+                    self.tasks.insert(id, task);
+                }
+                TaskChange::Assign { task_id, node_id } => {
+                    if !self.nodes.contains_key(node_id) {
+                        continue;
+                    }
+                    let Some(task) = self.tasks.get_mut(task_id) else {
+                        continue;
+                    };
+                    if task.state != TaskState::Pending
+                        || task.desired_state != DesiredState::Running
+                        || task.node_id.is_some_and(|n| n != *node_id)
+                    {
+                        continue;
+                    }
+                    task.node_id = Some(*node_id);
+                    task.state = TaskState::Assigned;
+                    task.message = "assigned".to_owned();
+                    task.updated_at_ms = now_ms;
+                    task.state_changed_at_ms = now_ms;
+                }
+                TaskChange::Unassignable { task_id, reason } => {
+                    let Some(task) = self.tasks.get_mut(task_id) else {
+                        continue;
+                    };
+                    if task.state == TaskState::Pending && task.message != *reason {
+                        task.message = reason.clone();
+                        task.updated_at_ms = now_ms;
+                    }
+                }
+                TaskChange::SetDesired {
+                    task_id,
+                    desired,
+                    reason,
+                } => {
+                    let Some(task) = self.tasks.get_mut(task_id) else {
+                        continue;
+                    };
+                    let revive = *desired == DesiredState::Running && task.state.is_terminal();
+                    let unchanged = task.desired_state == *desired
+                        && (reason.is_empty() || task.message == *reason);
+                    if revive || unchanged {
+                        continue;
+                    }
+                    task.desired_state = *desired;
+                    if !reason.is_empty() {
+                        task.message = reason.clone();
+                    }
+                    task.updated_at_ms = now_ms;
+                }
+                TaskChange::MarkState {
+                    task_id,
+                    state,
+                    message,
+                } => {
+                    let Some(task) = self.tasks.get_mut(task_id) else {
+                        continue;
+                    };
+                    if task.state == *state {
+                        if task.message != *message {
+                            task.message = message.clone();
+                            task.updated_at_ms = now_ms;
+                        }
+                    } else if !task.state.is_terminal() && *state > task.state {
+                        task.state = *state;
+                        task.message = message.clone();
+                        task.updated_at_ms = now_ms;
+                        task.state_changed_at_ms = now_ms;
+                    }
+                }
+                TaskChange::Delete { task_id } => {
+                    if self
+                        .tasks
+                        .get(task_id)
+                        .is_some_and(|t| t.state.is_terminal())
+                    {
+                        self.tasks.remove(task_id);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn report_task_status(&mut self, node_id: NodeId, update: &TaskStatusUpdate, now_ms: u64) {
+        let Some(task) = self.tasks.get_mut(&update.task_id) else {
+            return;
+        };
+        if task.node_id != Some(node_id) || task.state.is_terminal() || update.state < task.state {
+            return;
+        }
+        let container_id = update.container_id.clone().or(task.container_id.clone());
+        if update.state == task.state
+            && update.message == task.message
+            && update.error == task.error
+            && update.exit_code == task.exit_code
+            && container_id == task.container_id
+        {
+            return;
+        }
+        if update.state != task.state {
+            task.state = update.state;
+            task.state_changed_at_ms = now_ms;
+        }
+        task.message = update.message.clone();
+        task.error = update.error.clone();
+        task.exit_code = update.exit_code;
+        task.container_id = container_id;
+        task.updated_at_ms = now_ms;
     }
 }
 
@@ -722,10 +1127,16 @@ mod tests {
             Command::RemoveNode { .. } => "RemoveNode",
             Command::RotateToken { .. } => "RotateToken",
             Command::Noop { .. } => "Noop",
+            Command::CreateService { .. } => "CreateService",
+            Command::UpdateService { .. } => "UpdateService",
+            Command::ScaleService { .. } => "ScaleService",
+            Command::RemoveService { .. } => "RemoveService",
+            Command::ApplyTaskChanges { .. } => "ApplyTaskChanges",
+            Command::ReportTaskStatus { .. } => "ReportTaskStatus",
         }
     }
 
-    const ALL_VARIANTS: [&str; 9] = [
+    const ALL_VARIANTS: [&str; 15] = [
         "InitCluster",
         "RegisterNode",
         "SetNodeStatus",
@@ -735,7 +1146,499 @@ mod tests {
         "RemoveNode",
         "RotateToken",
         "Noop",
+        "CreateService",
+        "UpdateService",
+        "ScaleService",
+        "RemoveService",
+        "ApplyTaskChanges",
+        "ReportTaskStatus",
     ];
+
+    fn web_spec() -> ServiceSpec {
+        ServiceSpec {
+            mode: ServiceMode::Replicated { replicas: 3 },
+            ..ServiceSpec::default_for("web", "nginx:1.27")
+        }
+    }
+
+    /// Manager 1, worker 2 and service "web" (3 replicas, no tasks yet).
+    fn with_web() -> ClusterState {
+        applied(
+            manager_and_worker(),
+            Command::CreateService {
+                spec: web_spec(),
+                now_ms: T0,
+            },
+        )
+    }
+
+    /// `with_web` and the first task, slot 1, assigned to node 2.
+    fn with_task() -> ClusterState {
+        applied(
+            with_web(),
+            Command::ApplyTaskChanges {
+                changes: vec![
+                    TaskChange::Create {
+                        service: "web".to_owned(),
+                        slot: 1,
+                        node_id: None,
+                        restart_count: 0,
+                    },
+                    TaskChange::Assign {
+                        task_id: first_task(),
+                        node_id: 2,
+                    },
+                ],
+                now_ms: T0,
+            },
+        )
+    }
+
+    fn first_task() -> TaskId {
+        task_id("c1", 0)
+    }
+
+    /// The task `with_task` creates, as created at `now_ms` and still pending.
+    fn pending_task(now_ms: u64) -> Task {
+        Task {
+            id: first_task(),
+            service: "web".to_owned(),
+            slot: 1,
+            node_id: None,
+            spec_version: 1,
+            spec: web_spec(),
+            desired_state: DesiredState::Running,
+            state: TaskState::Pending,
+            message: "created".to_owned(),
+            error: String::new(),
+            exit_code: None,
+            container_id: None,
+            restart_count: 0,
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+            state_changed_at_ms: now_ms,
+        }
+    }
+
+    fn task(state: &mut ClusterState) -> &mut Task {
+        state.tasks.get_mut(&first_task()).expect("fixture task")
+    }
+
+    fn report(node_id: NodeId, state: TaskState) -> Command {
+        Command::ReportTaskStatus {
+            node_id,
+            updates: vec![TaskStatusUpdate {
+                task_id: first_task(),
+                state,
+                message: format!("now {state}"),
+                error: String::new(),
+                exit_code: None,
+                container_id: Some("c0ffee".to_owned()),
+                at_ms: 1,
+            }],
+            now_ms: NOW,
+        }
+    }
+
+    fn changes(changes: Vec<TaskChange>) -> Command {
+        Command::ApplyTaskChanges {
+            changes,
+            now_ms: NOW,
+        }
+    }
+
+    fn service_cases() -> Vec<Case> {
+        vec![
+            // CreateService
+            Case {
+                name: "create a service at version 1",
+                before: manager_and_worker,
+                cmd: Command::CreateService {
+                    spec: web_spec(),
+                    now_ms: NOW,
+                },
+                expect: Expect::Ok,
+                change: |s| {
+                    s.services.insert(
+                        "web".to_owned(),
+                        Service {
+                            spec: web_spec(),
+                            version: 1,
+                            created_at_ms: NOW,
+                            updated_at_ms: NOW,
+                        },
+                    );
+                },
+            },
+            Case {
+                name: "a taken service name is refused",
+                before: with_web,
+                cmd: Command::CreateService {
+                    spec: web_spec(),
+                    now_ms: NOW,
+                },
+                expect: Expect::Rejected("\"web\" already exists"),
+                change: unchanged,
+            },
+            Case {
+                name: "an invalid spec is refused",
+                before: manager_and_worker,
+                cmd: Command::CreateService {
+                    spec: ServiceSpec::default_for("Web", "nginx"),
+                    now_ms: NOW,
+                },
+                expect: Expect::Rejected("invalid name"),
+                change: unchanged,
+            },
+            Case {
+                name: "creating before init is refused",
+                before: empty,
+                cmd: Command::CreateService {
+                    spec: web_spec(),
+                    now_ms: NOW,
+                },
+                expect: Expect::Rejected("not initialised"),
+                change: unchanged,
+            },
+            // UpdateService
+            Case {
+                name: "a new image bumps the version",
+                before: with_web,
+                cmd: Command::UpdateService {
+                    spec: ServiceSpec {
+                        image: "nginx:1.28".to_owned(),
+                        ..web_spec()
+                    },
+                    now_ms: NOW,
+                },
+                expect: Expect::Ok,
+                change: |s| {
+                    let web = s.services.get_mut("web").unwrap();
+                    web.spec.image = "nginx:1.28".to_owned();
+                    web.version = 2;
+                    web.updated_at_ms = NOW;
+                },
+            },
+            Case {
+                name: "an update of the replica count alone is a scale",
+                before: with_web,
+                cmd: Command::UpdateService {
+                    spec: ServiceSpec {
+                        mode: ServiceMode::Replicated { replicas: 7 },
+                        ..web_spec()
+                    },
+                    now_ms: NOW,
+                },
+                expect: Expect::Ok,
+                change: |s| {
+                    let web = s.services.get_mut("web").unwrap();
+                    web.spec.mode = ServiceMode::Replicated { replicas: 7 };
+                    web.updated_at_ms = NOW;
+                },
+            },
+            Case {
+                name: "an identical spec changes nothing",
+                before: with_web,
+                cmd: Command::UpdateService {
+                    spec: web_spec(),
+                    now_ms: NOW,
+                },
+                expect: Expect::Ok,
+                change: unchanged,
+            },
+            Case {
+                name: "updating an unknown service is refused",
+                before: with_web,
+                cmd: Command::UpdateService {
+                    spec: ServiceSpec::default_for("api", "nginx"),
+                    now_ms: NOW,
+                },
+                expect: Expect::Rejected("no service named \"api\""),
+                change: unchanged,
+            },
+            Case {
+                name: "an update to an invalid spec is refused",
+                before: with_web,
+                cmd: Command::UpdateService {
+                    spec: ServiceSpec::default_for("web", ""),
+                    now_ms: NOW,
+                },
+                expect: Expect::Rejected("invalid image"),
+                change: unchanged,
+            },
+            // ScaleService
+            Case {
+                name: "scale keeps the version",
+                before: with_task,
+                cmd: Command::ScaleService {
+                    name: "web".to_owned(),
+                    replicas: 10,
+                    now_ms: NOW,
+                },
+                expect: Expect::Ok,
+                change: |s| {
+                    let web = s.services.get_mut("web").unwrap();
+                    web.spec.mode = ServiceMode::Replicated { replicas: 10 };
+                    web.updated_at_ms = NOW;
+                },
+            },
+            Case {
+                name: "scaling a global service is refused",
+                before: || {
+                    applied(
+                        manager_and_worker(),
+                        Command::CreateService {
+                            spec: ServiceSpec {
+                                mode: ServiceMode::Global,
+                                ..web_spec()
+                            },
+                            now_ms: T0,
+                        },
+                    )
+                },
+                cmd: Command::ScaleService {
+                    name: "web".to_owned(),
+                    replicas: 2,
+                    now_ms: NOW,
+                },
+                expect: Expect::Rejected("is global"),
+                change: unchanged,
+            },
+            Case {
+                name: "scaling an unknown service is refused",
+                before: with_web,
+                cmd: Command::ScaleService {
+                    name: "api".to_owned(),
+                    replicas: 2,
+                    now_ms: NOW,
+                },
+                expect: Expect::Rejected("no service named \"api\""),
+                change: unchanged,
+            },
+            Case {
+                name: "scaling beyond the limit is refused",
+                before: with_web,
+                cmd: Command::ScaleService {
+                    name: "web".to_owned(),
+                    replicas: MAX_REPLICAS + 1,
+                    now_ms: NOW,
+                },
+                expect: Expect::Rejected("allowed 0 to 100000"),
+                change: unchanged,
+            },
+            // RemoveService
+            Case {
+                name: "remove a service: its tasks are asked to shut down and stay",
+                before: with_task,
+                cmd: Command::RemoveService {
+                    name: "web".to_owned(),
+                    now_ms: NOW,
+                },
+                expect: Expect::Ok,
+                change: |s| {
+                    s.services.remove("web");
+                    let t = task(s);
+                    t.desired_state = DesiredState::Shutdown;
+                    t.message = "service removed".to_owned();
+                    t.updated_at_ms = NOW;
+                },
+            },
+            Case {
+                name: "removing an unknown service is refused",
+                before: with_web,
+                cmd: Command::RemoveService {
+                    name: "api".to_owned(),
+                    now_ms: NOW,
+                },
+                expect: Expect::Rejected("no service named \"api\""),
+                change: unchanged,
+            },
+            // ApplyTaskChanges
+            Case {
+                name: "create takes the next id and copies the spec; assign moves it on",
+                before: with_web,
+                cmd: changes(vec![
+                    TaskChange::Create {
+                        service: "web".to_owned(),
+                        slot: 1,
+                        node_id: None,
+                        restart_count: 0,
+                    },
+                    TaskChange::Assign {
+                        task_id: first_task(),
+                        node_id: 2,
+                    },
+                ]),
+                expect: Expect::Ok,
+                change: |s| {
+                    let mut t = pending_task(NOW);
+                    t.node_id = Some(2);
+                    t.state = TaskState::Assigned;
+                    t.message = "assigned".to_owned();
+                    s.tasks.insert(t.id.clone(), t);
+                    s.next_task_seq = 1;
+                },
+            },
+            Case {
+                name: "changes that no longer apply are skipped",
+                before: with_task,
+                cmd: changes(vec![
+                    // Slot 1 already has a live task of this version.
+                    TaskChange::Create {
+                        service: "web".to_owned(),
+                        slot: 1,
+                        node_id: None,
+                        restart_count: 0,
+                    },
+                    TaskChange::Create {
+                        service: "gone".to_owned(),
+                        slot: 1,
+                        node_id: None,
+                        restart_count: 0,
+                    },
+                    // A replicated service has no global slot.
+                    TaskChange::Create {
+                        service: "web".to_owned(),
+                        slot: 0,
+                        node_id: Some(2),
+                        restart_count: 0,
+                    },
+                    TaskChange::Assign {
+                        task_id: first_task(),
+                        node_id: 1,
+                    },
+                    TaskChange::Assign {
+                        task_id: "nope".to_owned(),
+                        node_id: 1,
+                    },
+                    TaskChange::Unassignable {
+                        task_id: first_task(),
+                        reason: "not pending any more".to_owned(),
+                    },
+                    TaskChange::MarkState {
+                        task_id: first_task(),
+                        state: TaskState::Pending,
+                        message: "backwards".to_owned(),
+                    },
+                    TaskChange::SetDesired {
+                        task_id: first_task(),
+                        desired: DesiredState::Running,
+                        reason: String::new(),
+                    },
+                    TaskChange::Delete {
+                        task_id: first_task(),
+                    },
+                ]),
+                expect: Expect::Ok,
+                change: unchanged,
+            },
+            Case {
+                name: "the leader shuts down and orphans a task, then deletes it",
+                before: with_task,
+                cmd: changes(vec![
+                    TaskChange::SetDesired {
+                        task_id: first_task(),
+                        desired: DesiredState::Shutdown,
+                        reason: "node 2 is down".to_owned(),
+                    },
+                    TaskChange::MarkState {
+                        task_id: first_task(),
+                        state: TaskState::Orphaned,
+                        message: "node 2 is down".to_owned(),
+                    },
+                    TaskChange::MarkState {
+                        task_id: first_task(),
+                        state: TaskState::Shutdown,
+                        message: "terminal is final".to_owned(),
+                    },
+                    TaskChange::Delete {
+                        task_id: first_task(),
+                    },
+                ]),
+                expect: Expect::Ok,
+                change: |s| {
+                    s.tasks.clear();
+                },
+            },
+            Case {
+                name: "an unplaceable task keeps its state and carries the reason",
+                before: || {
+                    applied(
+                        with_web(),
+                        Command::ApplyTaskChanges {
+                            changes: vec![TaskChange::Create {
+                                service: "web".to_owned(),
+                                slot: 1,
+                                node_id: None,
+                                restart_count: 0,
+                            }],
+                            now_ms: T0,
+                        },
+                    )
+                },
+                cmd: changes(vec![TaskChange::Unassignable {
+                    task_id: first_task(),
+                    reason: "insufficient memory on 2 nodes (needs 1GiB)".to_owned(),
+                }]),
+                expect: Expect::Ok,
+                change: |s| {
+                    let t = task(s);
+                    t.message = "insufficient memory on 2 nodes (needs 1GiB)".to_owned();
+                    t.updated_at_ms = NOW;
+                },
+            },
+            Case {
+                name: "task changes before init are refused",
+                before: empty,
+                cmd: changes(vec![]),
+                expect: Expect::Rejected("not initialised"),
+                change: unchanged,
+            },
+            // ReportTaskStatus
+            Case {
+                name: "an agent reports its task running",
+                before: with_task,
+                cmd: report(2, TaskState::Running),
+                expect: Expect::Ok,
+                change: |s| {
+                    let t = task(s);
+                    t.state = TaskState::Running;
+                    t.message = "now running".to_owned();
+                    t.container_id = Some("c0ffee".to_owned());
+                    t.updated_at_ms = NOW;
+                    t.state_changed_at_ms = NOW;
+                },
+            },
+            Case {
+                name: "another node's report is ignored",
+                before: with_task,
+                cmd: report(1, TaskState::Running),
+                expect: Expect::Ok,
+                change: unchanged,
+            },
+            Case {
+                name: "a task never moves backwards",
+                before: || applied(with_task(), report(2, TaskState::Running)),
+                cmd: report(2, TaskState::Starting),
+                expect: Expect::Ok,
+                change: unchanged,
+            },
+            Case {
+                name: "a terminal state is final",
+                before: || applied(with_task(), report(2, TaskState::Failed)),
+                cmd: report(2, TaskState::Orphaned),
+                expect: Expect::Ok,
+                change: unchanged,
+            },
+            Case {
+                name: "reports before init are refused",
+                before: empty,
+                cmd: report(2, TaskState::Running),
+                expect: Expect::Rejected("not initialised"),
+                change: unchanged,
+            },
+        ]
+    }
 
     #[derive(Default)]
     struct Update {
@@ -1256,7 +2159,8 @@ mod tests {
 
     #[test]
     fn apply_table() {
-        let cases = cases();
+        let mut cases = cases();
+        cases.extend(service_cases());
         for case in &cases {
             check(case);
         }
@@ -1317,6 +2221,31 @@ mod tests {
         });
         // A refused command is part of a history too.
         commands.push(Command::RemoveNode { id: 7, now_ms: NOW });
+        commands.push(Command::CreateService {
+            spec: web_spec(),
+            now_ms: NOW,
+        });
+        let created = (1..=3).map(|slot| TaskChange::Create {
+            service: "web".to_owned(),
+            slot,
+            node_id: None,
+            restart_count: 0,
+        });
+        commands.push(changes(created.collect()));
+        commands.push(changes(vec![TaskChange::Assign {
+            task_id: first_task(),
+            node_id: 13,
+        }]));
+        commands.push(report(13, TaskState::Running));
+        commands.push(Command::ScaleService {
+            name: "web".to_owned(),
+            replicas: 1,
+            now_ms: NOW,
+        });
+        commands.push(Command::RemoveService {
+            name: "web".to_owned(),
+            now_ms: NOW,
+        });
         commands
     }
 
@@ -1343,7 +2272,13 @@ mod tests {
 
         let state: ClusterState = codec::decode(&first.0).unwrap();
         assert_eq!(state.nodes.len(), 19);
-        assert!(first.1.last().unwrap().is_rejected());
+        assert_eq!(state.tasks.len(), 3);
+        assert_eq!(state.tasks[&first_task()].state, TaskState::Running);
+        assert!(state
+            .tasks
+            .values()
+            .all(|t| t.desired_state == DesiredState::Shutdown));
+        assert!(first.1.iter().filter(|r| r.is_rejected()).count() == 1);
     }
 
     #[test]

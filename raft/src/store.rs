@@ -3,20 +3,29 @@
 //!
 //! The state machine lives in memory and is made durable by the snapshot (kept in
 //! redb) plus the log: on open the latest snapshot is loaded and openraft re-applies
-//! the log after it. Every redb transaction runs on tokio's blocking pool, never on
-//! an async worker thread.
+//! the log after it. No redb transaction runs on an async worker thread: reads and
+//! snapshot writes run on tokio's blocking pool, and every write to the log and its
+//! metadata goes through one log writer thread.
+//!
+//! The log writer commits in groups. `append` makes the entries readable at once
+//! (from memory), queues them, and returns; the writer takes everything queued,
+//! writes it in one durable transaction, and only then reports the entries flushed.
+//! So the cost of an fsync is shared by every entry that arrived while the previous
+//! one ran, instead of each entry waiting for its own.
 //!
 //! Tables:
 //! - `log`: log index → encoded [`Entry`]
 //! - `meta`: `vote`, `committed`, `last_purged_log_id`, `format`
 //! - `snapshot`: `current` → the encoded snapshot metadata and data
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine};
 use openraft::{
@@ -28,7 +37,7 @@ use redb::{
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::codec::{self, CodecError};
 use crate::state::{self, ClusterState, LogPayload, Response};
@@ -52,6 +61,14 @@ const FORMAT: u32 = 1;
 /// redb's page cache. The state of a cluster is small; the log is read mostly at its
 /// tail.
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Operations queued for the log writer; beyond this, `append` and the others wait
+/// for room.
+const QUEUE_OPS: usize = 4096;
+/// Most operations in one log transaction.
+const MAX_BATCH_OPS: usize = 4096;
+/// Encoded entry bytes after which a log transaction takes no more operations.
+const MAX_BATCH_BYTES: usize = 32 * 1024 * 1024;
 
 /// Errors of the Raft store. Only [`StoreError::InUse`] goes away by waiting (for the
 /// other process to stop); the others need an operator.
@@ -90,6 +107,17 @@ pub enum StoreError {
     SnapshotMismatch { in_meta: String, in_data: String },
     #[error("a storage task stopped unexpectedly: {0}")]
     TaskFailed(String),
+    #[error(
+        "cannot start the Raft log writer thread: {0}; the system is short of threads or \
+         memory"
+    )]
+    WriterSpawn(#[source] std::io::Error),
+    #[error("the Raft log writer stopped unexpectedly; restart shoal")]
+    WriterStopped,
+    /// A log transaction failed. The writer refuses all later writes with the same
+    /// error, so the log on disk never has a hole.
+    #[error(transparent)]
+    LogWrite(Arc<StoreError>),
 }
 
 // redb reports each step with its own error type; all of them mean "the store failed".
@@ -131,11 +159,14 @@ enum StoredSnapshot {
 ///
 /// Fails with [`StoreError::InUse`] while another process has the file open. Within
 /// one process the file stays open until every clone of both stores is dropped;
-/// openraft's tasks drop theirs shortly after `Raft::shutdown` returns.
+/// openraft's tasks drop theirs shortly after `Raft::shutdown` returns. Dropping the
+/// last [`LogStore`] clone blocks until the log writer has committed what is queued
+/// (a few transactions at most).
 pub async fn open(path: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
     let path = path.to_path_buf();
-    let (db, applied, snapshot_len) = run_blocking(move || open_blocking(&path)).await?;
+    let (db, applied, snapshot_len, tail) = run_blocking(move || open_blocking(&path)).await?;
     let db = Arc::new(db);
+    let log = LogStore::start(db.clone(), tail)?;
     let index = applied.last_applied.map_or(0, |id| id.index);
     tracing::info!(
         snapshot_index = index,
@@ -147,13 +178,10 @@ pub async fn open(path: &Path) -> Result<(LogStore, StateMachineStore), StoreErr
         applied_index: Arc::new(watch::Sender::new(index)),
         snapshot_len: Arc::new(AtomicU64::new(snapshot_len)),
     };
-    Ok((
-        LogStore { db: db.clone() },
-        StateMachineStore { db, handle },
-    ))
+    Ok((log, StateMachineStore { db, handle }))
 }
 
-fn open_blocking(path: &Path) -> Result<(Database, Applied, u64), StoreError> {
+fn open_blocking(path: &Path) -> Result<(Database, Applied, u64, LogTail), StoreError> {
     if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
             path: dir.to_path_buf(),
@@ -192,7 +220,29 @@ fn open_blocking(path: &Path) -> Result<(Database, Applied, u64), StoreError> {
         Some(StoredSnapshot::V1 { data, .. }) => (decode_snapshot(&data)?, data.len() as u64),
         None => (Applied::default(), 0),
     };
-    Ok((db, applied, snapshot_len))
+    let tail = read_log_tail(&db)?;
+    Ok((db, applied, snapshot_len, tail))
+}
+
+/// The log's in-memory bookkeeping as the file has it: nothing is pending yet.
+fn read_log_tail(db: &Database) -> Result<LogTail, StoreError> {
+    let txn = db.begin_read()?;
+    let log = txn.open_table(LOG)?;
+    let last_in_log = match log.last()? {
+        Some((_, bytes)) => Some(codec::decode::<Entry>(bytes.value())?.log_id),
+        None => None,
+    };
+    let meta = txn.open_table(META)?;
+    let last_purged: Option<LogId> = read_value(&meta, KEY_LAST_PURGED)?;
+    let committed: Option<Option<LogId>> = read_value(&meta, KEY_COMMITTED)?;
+    Ok(LogTail {
+        pending: BTreeMap::new(),
+        next_seq: 0,
+        last_log_id: last_in_log.or(last_purged),
+        last_purged,
+        committed: committed.flatten(),
+        failure: None,
+    })
 }
 
 /// Runs blocking redb work on tokio's blocking pool.
@@ -214,20 +264,6 @@ fn read_value<T: DeserializeOwned>(
         Some(bytes) => Ok(Some(codec::decode(bytes.value())?)),
         None => Ok(None),
     }
-}
-
-fn write_meta<T: Serialize>(
-    db: &Database,
-    key: &'static str,
-    value: &T,
-    durability: Durability,
-) -> Result<(), StoreError> {
-    let bytes = codec::encode(value)?;
-    let mut txn = db.begin_write()?;
-    txn.set_durability(durability)?;
-    txn.open_table(META)?.insert(key, bytes.as_slice())?;
-    txn.commit()?;
-    Ok(())
 }
 
 fn read_meta<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>, StoreError> {
@@ -303,94 +339,491 @@ fn owned_bound(bound: Bound<&u64>) -> Bound<u64> {
     }
 }
 
-/// The Raft log and vote. Cheap to clone; clones share the database.
+/// Called once with the outcome when the writer has committed (or failed) an append.
+type Completion = Box<dyn FnOnce(Result<(), Arc<StoreError>>) + Send>;
+
+/// Work for the log writer, applied in the order it was queued. Records are encoded
+/// by the caller, so an encoding error reaches the caller instead of failing a batch.
+enum LogOp {
+    Append {
+        /// Tags these entries in [`LogTail::pending`]; see [`Pending`].
+        seq: u64,
+        rows: Vec<(u64, Vec<u8>)>,
+        done: Completion,
+    },
+    /// Deletes the entries from index `from` on.
+    Truncate {
+        from: u64,
+    },
+    /// Deletes the entries up to index `upto` and records `record` (the encoded log id)
+    /// as the last purged one.
+    Purge {
+        upto: u64,
+        record: Vec<u8>,
+    },
+    SaveVote {
+        record: Vec<u8>,
+        done: oneshot::Sender<Result<(), Arc<StoreError>>>,
+    },
+    SaveCommitted {
+        record: Vec<u8>,
+    },
+    /// Makes the writer commit what it has taken so far, then wait until `resume`
+    /// receives or its sender is dropped.
+    #[cfg(test)]
+    Hold {
+        resume: std::sync::mpsc::Receiver<()>,
+    },
+}
+
+impl LogOp {
+    fn bytes(&self) -> usize {
+        match self {
+            LogOp::Append { rows, .. } => rows.iter().map(|(_, bytes)| bytes.len()).sum(),
+            _ => 0,
+        }
+    }
+
+    fn complete(self, result: Result<(), Arc<StoreError>>) {
+        match self {
+            LogOp::Append { done, .. } => done(result),
+            // The caller may have stopped waiting; nothing is lost if so.
+            LogOp::SaveVote { done, .. } => drop(done.send(result)),
+            _ => {}
+        }
+    }
+}
+
+/// An appended entry that is not durable yet.
+struct Pending {
+    /// The append it came with. After a truncate the same index may be appended
+    /// again before the first append is committed; the writer then must not forget
+    /// the newer entry when the older one becomes durable.
+    seq: u64,
+    entry: Entry,
+}
+
+/// What the log looks like to openraft right now, ahead of the file. Readers take
+/// entries from `pending` first and from redb below it.
+///
+/// Invariant: `pending` is a contiguous suffix of the log ending at `last_log_id`
+/// (appends extend the log at its end, the writer commits them in order, truncate and
+/// purge cut both ends). So every live index below the first pending one is durable
+/// in redb, while rows at or above it may be stale until the writer catches up.
+struct LogTail {
+    pending: BTreeMap<u64, Pending>,
+    next_seq: u64,
+    last_log_id: Option<LogId>,
+    last_purged: Option<LogId>,
+    committed: Option<LogId>,
+    /// Set by the writer when a transaction fails; every later write is refused.
+    failure: Option<Arc<StoreError>>,
+}
+
+impl LogTail {
+    /// Drops the entries of `ops` from `pending` now that they are durable.
+    fn forget_durable(&mut self, ops: &[LogOp]) {
+        for op in ops {
+            if let LogOp::Append { seq, rows, .. } = op {
+                for (index, _) in rows {
+                    if self.pending.get(index).is_some_and(|p| p.seq == *seq) {
+                        self.pending.remove(index);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The inclusive index range `range` selects from the live log, if any.
+fn live_range(range: (Bound<u64>, Bound<u64>), tail: &LogTail) -> Option<(u64, u64)> {
+    let first_live = match tail.last_purged {
+        Some(purged) => purged.index.checked_add(1)?,
+        None => 0,
+    };
+    let last_live = tail.last_log_id?.index;
+    let start = match range.0 {
+        Bound::Included(index) => index,
+        Bound::Excluded(index) => index.checked_add(1)?,
+        Bound::Unbounded => 0,
+    };
+    let end = match range.1 {
+        Bound::Included(index) => index,
+        Bound::Excluded(index) => index.checked_sub(1)?,
+        Bound::Unbounded => u64::MAX,
+    };
+    let (start, end) = (start.max(first_live), end.min(last_live));
+    (start <= end).then_some((start, end))
+}
+
+/// The one owner of the log's write transactions: takes queued operations in
+/// order, commits as many as are waiting in one transaction, then completes them.
+struct LogWriter {
+    db: Arc<Database>,
+    ops: mpsc::Receiver<LogOp>,
+    tail: Arc<Mutex<LogTail>>,
+    commits: Arc<AtomicU64>,
+    failure: Option<Arc<StoreError>>,
+}
+
+/// The operations of one transaction.
+#[derive(Default)]
+struct Batch {
+    ops: Vec<LogOp>,
+    bytes: usize,
+}
+
+impl Batch {
+    fn push(&mut self, op: LogOp) {
+        self.bytes += op.bytes();
+        self.ops.push(op);
+    }
+
+    fn is_full(&self) -> bool {
+        self.ops.len() >= MAX_BATCH_OPS || self.bytes >= MAX_BATCH_BYTES
+    }
+}
+
+impl LogWriter {
+    /// Runs until every [`LogStore`] clone is gone and the queue is empty.
+    fn run(mut self) {
+        while let Some(first) = self.ops.blocking_recv() {
+            let mut batch = Batch::default();
+            let mut next = Some(first);
+            while let Some(op) = next {
+                match op {
+                    #[cfg(test)]
+                    LogOp::Hold { resume } => {
+                        self.write(std::mem::take(&mut batch));
+                        // Either outcome means "go on".
+                        let _ = resume.recv();
+                    }
+                    op => batch.push(op),
+                }
+                next = if batch.is_full() {
+                    None
+                } else {
+                    self.ops.try_recv().ok()
+                };
+            }
+            self.write(batch);
+        }
+    }
+
+    fn write(&mut self, batch: Batch) {
+        if batch.ops.is_empty() {
+            return;
+        }
+        let result = match &self.failure {
+            Some(failure) => Err(failure.clone()),
+            None => commit_batch(&self.db, &batch.ops).map_err(Arc::new),
+        };
+        match &result {
+            Ok(()) => {
+                self.commits.fetch_add(1, Ordering::Relaxed);
+                lock_tail(&self.tail).forget_durable(&batch.ops);
+            }
+            Err(error) if self.failure.is_none() => {
+                tracing::error!(%error, "writing the Raft log failed; refusing further writes");
+                self.failure = Some(error.clone());
+                lock_tail(&self.tail).failure = Some(error.clone());
+            }
+            Err(_) => {}
+        }
+        for op in batch.ops {
+            op.complete(result.clone());
+        }
+    }
+}
+
+/// Applies `ops` in order in one transaction.
+fn commit_batch(db: &Database, ops: &[LogOp]) -> Result<(), StoreError> {
+    let mut txn = db.begin_write()?;
+    // The committed pointer alone is not worth an fsync: it rides along with the
+    // next durable commit. A committed pointer lost in a crash only means a restarted
+    // node waits for the leader before re-applying those entries.
+    let pointer_only = ops
+        .iter()
+        .all(|op| matches!(op, LogOp::SaveCommitted { .. }));
+    txn.set_durability(if pointer_only {
+        Durability::None
+    } else {
+        Durability::Immediate
+    })?;
+    {
+        let mut log = txn.open_table(LOG)?;
+        let mut meta = txn.open_table(META)?;
+        for op in ops {
+            match op {
+                LogOp::Append { rows, .. } => {
+                    for (index, bytes) in rows {
+                        log.insert(*index, bytes.as_slice())?;
+                    }
+                }
+                LogOp::Truncate { from } => {
+                    log.retain_in::<u64, _>(*from.., |_, _| false)?;
+                }
+                LogOp::Purge { upto, record } => {
+                    meta.insert(KEY_LAST_PURGED, record.as_slice())?;
+                    log.retain_in::<u64, _>(..=*upto, |_, _| false)?;
+                }
+                LogOp::SaveVote { record, .. } => {
+                    meta.insert(KEY_VOTE, record.as_slice())?;
+                }
+                LogOp::SaveCommitted { record } => {
+                    meta.insert(KEY_COMMITTED, record.as_slice())?;
+                }
+                #[cfg(test)]
+                LogOp::Hold { .. } => {}
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+fn lock_tail(tail: &Mutex<LogTail>) -> MutexGuard<'_, LogTail> {
+    // Poisoned only if a holder panicked, which is a bug: stop here too.
+    tail.lock().expect("log tail lock poisoned")
+}
+
+/// The sending side of the log writer. Dropping the last [`LogStore`] clone drops it,
+/// which lets the writer finish what is queued and stop; the drop waits for that, so
+/// the file is closed (and can be reopened) once the stores are gone.
+struct WriterHandle {
+    ops: Option<mpsc::Sender<LogOp>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl WriterHandle {
+    async fn reserve(&self) -> Result<mpsc::Permit<'_, LogOp>, StoreError> {
+        let ops = self.ops.as_ref().expect("the sender lives until drop");
+        ops.reserve().await.map_err(|_| StoreError::WriterStopped)
+    }
+}
+
+impl Drop for WriterHandle {
+    fn drop(&mut self) {
+        drop(self.ops.take());
+        if let Some(thread) = self.thread.take() {
+            // The writer never holds a store, so this is not the writer itself; the
+            // check keeps it that way should that change.
+            if thread.thread().id() != std::thread::current().id() && thread.join().is_err() {
+                tracing::error!("the Raft log writer panicked");
+            }
+        }
+    }
+}
+
+/// The Raft log and vote. Cheap to clone; clones share the database, the entries not
+/// yet durable and the writer.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    tail: Arc<Mutex<LogTail>>,
+    writer: Arc<WriterHandle>,
+    commits: Arc<AtomicU64>,
 }
 
 impl LogStore {
+    fn start(db: Arc<Database>, tail: LogTail) -> Result<LogStore, StoreError> {
+        let (sender, receiver) = mpsc::channel(QUEUE_OPS);
+        let tail = Arc::new(Mutex::new(tail));
+        let commits = Arc::new(AtomicU64::new(0));
+        let writer = LogWriter {
+            db: db.clone(),
+            ops: receiver,
+            tail: tail.clone(),
+            commits: commits.clone(),
+            failure: None,
+        };
+        let thread = std::thread::Builder::new()
+            .name("shoal-raft-log".to_owned())
+            .spawn(move || writer.run())
+            .map_err(StoreError::WriterSpawn)?;
+        Ok(LogStore {
+            db,
+            tail,
+            writer: Arc::new(WriterHandle {
+                ops: Some(sender),
+                thread: Some(thread),
+            }),
+            commits,
+        })
+    }
+
+    fn lock_tail(&self) -> MutexGuard<'_, LogTail> {
+        lock_tail(&self.tail)
+    }
+
     async fn read_entries(
         &self,
         range: (Bound<u64>, Bound<u64>),
     ) -> Result<Vec<Entry>, StoreError> {
-        let db = self.db.clone();
-        run_blocking(move || {
-            let txn = db.begin_read()?;
-            let log = txn.open_table(LOG)?;
-            let mut entries = Vec::new();
-            for row in log.range::<u64>(range)? {
-                let (_, bytes) = row?;
-                entries.push(codec::decode(bytes.value())?);
-            }
-            Ok(entries)
-        })
-        .await
-    }
-
-    async fn log_state(&self) -> Result<LogState<TypeConfig>, StoreError> {
-        let db = self.db.clone();
-        run_blocking(move || {
-            let txn = db.begin_read()?;
-            let log = txn.open_table(LOG)?;
-            let last_in_log = match log.last()? {
-                Some((_, bytes)) => Some(codec::decode::<Entry>(bytes.value())?.log_id),
-                None => None,
+        // Pending entries first: one that is committed after this point is in redb
+        // by the time redb is read below.
+        let (durable, pending) = {
+            let tail = self.lock_tail();
+            let Some((start, end)) = live_range(range, &tail) else {
+                return Ok(Vec::new());
             };
-            let meta = txn.open_table(META)?;
-            let last_purged_log_id: Option<LogId> = read_value(&meta, KEY_LAST_PURGED)?;
-            Ok(LogState {
-                last_log_id: last_in_log.or(last_purged_log_id),
-                last_purged_log_id,
-            })
-        })
-        .await
-    }
-
-    async fn write_entries(&self, rows: Vec<(u64, Vec<u8>)>) -> Result<(), StoreError> {
-        let db = self.db.clone();
-        run_blocking(move || {
-            // One transaction per batch; the default durability fsyncs before commit returns.
-            let txn = db.begin_write()?;
-            {
-                let mut log = txn.open_table(LOG)?;
-                for (index, bytes) in &rows {
-                    log.insert(*index, bytes.as_slice())?;
-                }
+            let first_pending = tail.pending.keys().next().copied().unwrap_or(u64::MAX);
+            let durable = (start < first_pending).then(|| (start, end.min(first_pending - 1)));
+            let pending: Vec<Entry> = tail
+                .pending
+                .range(start..=end)
+                .map(|(_, p)| p.entry.clone())
+                .collect();
+            (durable, pending)
+        };
+        let mut entries = match durable {
+            Some((start, end)) => {
+                let db = self.db.clone();
+                run_blocking(move || {
+                    let txn = db.begin_read()?;
+                    let log = txn.open_table(LOG)?;
+                    let mut entries = Vec::new();
+                    for row in log.range::<u64>(start..=end)? {
+                        let (_, bytes) = row?;
+                        entries.push(codec::decode(bytes.value())?);
+                    }
+                    Ok(entries)
+                })
+                .await?
             }
-            txn.commit()?;
-            Ok(())
-        })
-        .await
+            None => Vec::new(),
+        };
+        entries.extend(pending);
+        Ok(entries)
     }
 
-    /// Deletes the entries in `range`, and records `purged` as the last purged log id.
-    async fn delete_entries(
+    fn log_state(&self) -> LogState<TypeConfig> {
+        let tail = self.lock_tail();
+        LogState {
+            last_log_id: tail.last_log_id,
+            last_purged_log_id: tail.last_purged,
+        }
+    }
+
+    /// Queues `entries` for the writer, which calls `done` once they are durable (or
+    /// could not be written). They are readable when this returns.
+    async fn submit_append(
         &self,
-        range: (Bound<u64>, Bound<u64>),
-        purged: Option<LogId>,
+        entries: impl IntoIterator<Item = Entry>,
+        done: Completion,
     ) -> Result<(), StoreError> {
-        let db = self.db.clone();
-        run_blocking(move || {
-            let txn = db.begin_write()?;
-            {
-                if let Some(purged) = &purged {
-                    txn.open_table(META)?
-                        .insert(KEY_LAST_PURGED, codec::encode(purged)?.as_slice())?;
-                }
-                txn.open_table(LOG)?
-                    .retain_in::<u64, _>(range, |_, _| false)?;
+        fn refuse(done: Completion, error: StoreError) -> StoreError {
+            let error = Arc::new(error);
+            done(Err(error.clone()));
+            StoreError::LogWrite(error)
+        }
+
+        let mut rows = Vec::new();
+        let mut appended = Vec::new();
+        for entry in entries {
+            match codec::encode(&entry) {
+                Ok(bytes) => rows.push((entry.log_id.index, bytes)),
+                Err(error) => return Err(refuse(done, error.into())),
             }
-            txn.commit()?;
-            Ok(())
-        })
-        .await
+            appended.push(entry);
+        }
+        let permit = match self.writer.reserve().await {
+            Ok(permit) => permit,
+            Err(error) => return Err(refuse(done, error)),
+        };
+        let mut tail = self.lock_tail();
+        if let Some(failure) = tail.failure.clone() {
+            drop(tail);
+            done(Err(failure.clone()));
+            return Err(StoreError::LogWrite(failure));
+        }
+        let seq = tail.next_seq;
+        tail.next_seq += 1;
+        for entry in appended {
+            tail.last_log_id = Some(entry.log_id);
+            tail.pending
+                .insert(entry.log_id.index, Pending { seq, entry });
+        }
+        // Sent under the lock, so the queue has the order the tail saw.
+        permit.send(LogOp::Append { seq, rows, done });
+        Ok(())
     }
 
-    /// Number of entries in the log (for benchmarks and diagnostics).
+    /// Deletes the entries from `log_id` on.
+    async fn truncate_from(&self, log_id: LogId) -> Result<(), StoreError> {
+        let index = log_id.index;
+        // The entry before `index` becomes the last one, or the last purged one if
+        // that entry is purged too (then the read finds nothing).
+        let before = match index.checked_sub(1) {
+            Some(before) => {
+                let range = (Bound::Included(before), Bound::Included(before));
+                self.read_entries(range).await?.first().map(|e| e.log_id)
+            }
+            None => None,
+        };
+        let permit = self.writer.reserve().await?;
+        let mut tail = self.lock_tail();
+        if tail.last_log_id.is_some_and(|last| last.index >= index) {
+            tail.last_log_id = before.or(tail.last_purged);
+            tail.pending.split_off(&index);
+        }
+        permit.send(LogOp::Truncate { from: index });
+        Ok(())
+    }
+
+    /// Deletes the entries up to `log_id` and records it as the last purged one.
+    async fn purge_upto(&self, log_id: LogId) -> Result<(), StoreError> {
+        let record = codec::encode(&log_id)?;
+        let permit = self.writer.reserve().await?;
+        let mut tail = self.lock_tail();
+        tail.last_purged = Some(log_id);
+        if tail.last_log_id < Some(log_id) {
+            tail.last_log_id = Some(log_id);
+        }
+        tail.pending = match log_id.index.checked_add(1) {
+            Some(after) => tail.pending.split_off(&after),
+            None => BTreeMap::new(),
+        };
+        permit.send(LogOp::Purge {
+            upto: log_id.index,
+            record,
+        });
+        Ok(())
+    }
+
+    /// Returns once `vote` is durable: a node must never vote twice in one term.
+    async fn write_vote(&self, vote: &Vote) -> Result<(), StoreError> {
+        let record = codec::encode(vote)?;
+        let (done, durable) = oneshot::channel();
+        self.writer
+            .reserve()
+            .await?
+            .send(LogOp::SaveVote { record, done });
+        durable
+            .await
+            .map_err(|_| StoreError::WriterStopped)?
+            .map_err(StoreError::LogWrite)
+    }
+
+    async fn write_committed(&self, committed: Option<LogId>) -> Result<(), StoreError> {
+        let record = codec::encode(&committed)?;
+        let permit = self.writer.reserve().await?;
+        let mut tail = self.lock_tail();
+        tail.committed = committed;
+        permit.send(LogOp::SaveCommitted { record });
+        Ok(())
+    }
+
+    /// Number of entries durably in the log (for benchmarks and diagnostics).
     pub async fn log_len(&self) -> Result<u64, StoreError> {
         let db = self.db.clone();
         run_blocking(move || Ok(db.begin_read()?.open_table(LOG)?.len()?)).await
+    }
+
+    /// Number of transactions the log writer has committed since the store was
+    /// opened (for benchmarks and diagnostics: appends per commit shows the batching).
+    pub fn log_commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
     }
 }
 
@@ -413,9 +846,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, RaftStorageError> {
-        self.log_state()
-            .await
-            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))
+        Ok(self.log_state())
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -423,15 +854,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), RaftStorageError> {
-        let db = self.db.clone();
-        let vote = *vote;
-        // Durable before returning: a node must never vote twice in one term.
-        run_blocking(move || write_meta(&db, KEY_VOTE, &vote, Durability::Immediate))
+        self.write_vote(vote)
             .await
             .map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, e))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, RaftStorageError> {
+        // Every saved vote is durable, hence in redb.
         let db = self.db.clone();
         run_blocking(move || read_meta(&db, KEY_VOTE))
             .await
@@ -439,20 +868,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), RaftStorageError> {
-        let db = self.db.clone();
-        // Not fsynced on its own: it rides along with the next durable commit. A
-        // committed pointer lost in a crash only means a restarted node waits for the
-        // leader before re-applying those entries.
-        run_blocking(move || write_meta(&db, KEY_COMMITTED, &committed, Durability::None))
+        self.write_committed(committed)
             .await
             .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, e))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, RaftStorageError> {
-        let db = self.db.clone();
-        run_blocking(move || Ok(read_meta::<Option<LogId>>(&db, KEY_COMMITTED)?.flatten()))
-            .await
-            .map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Read, e))
+        Ok(self.lock_tail().committed)
     }
 
     async fn append<I>(
@@ -464,33 +886,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut rows = Vec::new();
-        for entry in entries {
-            let bytes = codec::encode(&entry)
-                .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e.into()))?;
-            rows.push((entry.log_id.index, bytes));
-        }
-        match self.write_entries(rows).await {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(error) => {
-                callback.log_io_completed(Err(std::io::Error::other(error.to_string())));
-                Err(io_error(ErrorSubject::Logs, ErrorVerb::Write, error))
-            }
-        }
+        let done: Completion = Box::new(move |result| {
+            callback.log_io_completed(result.map_err(|e| std::io::Error::other(e.to_string())))
+        });
+        self.submit_append(entries, done)
+            .await
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, e))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
-        self.delete_entries((Bound::Included(log_id.index), Bound::Unbounded), None)
+        self.truncate_from(log_id)
             .await
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
-        let range = (Bound::Unbounded, Bound::Included(log_id.index));
-        self.delete_entries(range, Some(log_id))
+        self.purge_upto(log_id)
             .await
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }
@@ -1013,5 +1424,159 @@ mod tests {
             .expect_err("garbage must not install");
         assert!(error.to_string().contains("cannot be decoded"), "{error}");
         assert!(sm.get_current_snapshot().await.unwrap().is_none());
+    }
+
+    /// Makes the log writer stop once it has taken what is queued so far; it goes on
+    /// when the returned sender sends or is dropped.
+    async fn hold_writer(log: &LogStore) -> std::sync::mpsc::Sender<()> {
+        let (resume, held) = std::sync::mpsc::channel();
+        log.writer
+            .reserve()
+            .await
+            .unwrap()
+            .send(LogOp::Hold { resume: held });
+        resume
+    }
+
+    type Flushed = tokio::sync::mpsc::UnboundedReceiver<(u64, bool)>;
+
+    /// A completion that reports `tag` and whether the write succeeded.
+    fn report(to: &tokio::sync::mpsc::UnboundedSender<(u64, bool)>, tag: u64) -> Completion {
+        let to = to.clone();
+        Box::new(move |result| {
+            let _ = to.send((tag, result.is_ok()));
+        })
+    }
+
+    async fn next_flushed(flushed: &mut Flushed) -> Option<(u64, bool)> {
+        tokio::time::timeout(std::time::Duration::from_secs(30), flushed.recv())
+            .await
+            .expect("the writer completes queued appends")
+    }
+
+    fn blanks(term: u64, indexes: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
+        indexes
+            .map(|i| blank_ent::<TypeConfig>(term, 1, i))
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_appends_share_one_commit_and_complete_in_order() {
+        const APPENDS: u64 = 1000;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        let (mut log, _sm) = open(&path).await.unwrap();
+        let (to, mut flushed) = tokio::sync::mpsc::unbounded_channel();
+
+        let resume = hold_writer(&log).await;
+        for index in 1..=APPENDS {
+            log.submit_append(blanks(1, index..=index), report(&to, index))
+                .await
+                .unwrap();
+        }
+        drop(to);
+        // Readable at once, though nothing is durable yet.
+        let all = blanks(1, 1..=APPENDS);
+        assert_eq!(log.try_get_log_entries(..).await.unwrap(), all);
+        assert_eq!(log.try_get_log_entries(10..=12).await.unwrap(), all[9..12]);
+        let reader = log.get_log_reader().await;
+        assert_eq!(reader.clone().try_get_log_entries(..).await.unwrap(), all);
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id, Some(log_id(1, 1, APPENDS)));
+        assert_eq!(log.log_len().await.unwrap(), 0);
+        assert!(flushed.try_recv().is_err(), "nothing may be flushed yet");
+
+        drop(resume);
+        for index in 1..=APPENDS {
+            assert_eq!(next_flushed(&mut flushed).await, Some((index, true)));
+        }
+        // Every completion has run (and been dropped): none fires twice.
+        assert_eq!(next_flushed(&mut flushed).await, None);
+        assert_eq!(log.log_commits(), 1);
+        assert_eq!(log.log_len().await.unwrap(), APPENDS);
+        drop((log, reader, _sm));
+
+        let (mut log, _sm) = open(&path).await.unwrap();
+        assert_eq!(log.try_get_log_entries(..).await.unwrap(), all);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_issued_together_are_committed_in_groups() {
+        const APPENDS: u64 = 1000;
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _sm) = open(&dir.path().join("raft.redb")).await.unwrap();
+        let (to, mut flushed) = tokio::sync::mpsc::unbounded_channel();
+        for index in 1..=APPENDS {
+            log.submit_append(blanks(1, index..=index), report(&to, index))
+                .await
+                .unwrap();
+        }
+        drop(to);
+        for index in 1..=APPENDS {
+            assert_eq!(next_flushed(&mut flushed).await, Some((index, true)));
+        }
+        assert_eq!(next_flushed(&mut flushed).await, None);
+        let commits = log.log_commits();
+        println!("{APPENDS} appends in {commits} commits");
+        // Each append only queues; the writer takes all that queued up during its
+        // previous fsync. Generous: on any disk this is a handful of commits.
+        assert!(commits <= APPENDS / 10, "{commits} commits");
+        assert_eq!(log.log_len().await.unwrap(), APPENDS);
+    }
+
+    /// A commit of entries that were truncated and appended again while it ran must
+    /// not hide the newer entries; pending truncates and purges hide stale rows.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn truncate_and_purge_of_pending_entries_read_consistently() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        let (mut log, _sm) = open(&path).await.unwrap();
+        let (to, mut flushed) = tokio::sync::mpsc::unbounded_channel();
+
+        let first = hold_writer(&log).await;
+        log.submit_append(blanks(1, 1..=5), report(&to, 1))
+            .await
+            .unwrap();
+        let second = hold_writer(&log).await;
+        log.truncate(log_id(1, 1, 3)).await.unwrap();
+        assert_eq!(log.try_get_log_entries(..).await.unwrap(), blanks(1, 1..=2));
+        assert_eq!(
+            log.get_log_state().await.unwrap().last_log_id,
+            Some(log_id(1, 1, 2))
+        );
+        log.submit_append(blanks(2, 3..=4), report(&to, 2))
+            .await
+            .unwrap();
+
+        let mut expected = blanks(1, 1..=2);
+        expected.extend(blanks(2, 3..=4));
+        drop(first);
+        // Entries 1..=5 of term 1 are durable now; 3..=4 of term 2 are not.
+        assert_eq!(next_flushed(&mut flushed).await, Some((1, true)));
+        assert_eq!(log.log_len().await.unwrap(), 5);
+        assert_eq!(log.try_get_log_entries(..).await.unwrap(), expected);
+        assert_eq!(log.try_get_log_entries(4..).await.unwrap(), expected[3..]);
+
+        log.purge(log_id(1, 1, 1)).await.unwrap();
+        assert_eq!(log.try_get_log_entries(..).await.unwrap(), expected[1..]);
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 1, 1)));
+        assert_eq!(state.last_log_id, Some(log_id(2, 1, 4)));
+
+        drop(second);
+        assert_eq!(next_flushed(&mut flushed).await, Some((2, true)));
+        assert_eq!(log.try_get_log_entries(..).await.unwrap(), expected[1..]);
+        log.save_vote(&Vote::new(2, 1)).await.unwrap();
+        log.save_committed(Some(log_id(2, 1, 3))).await.unwrap();
+        assert_eq!(log.read_committed().await.unwrap(), Some(log_id(2, 1, 3)));
+        drop((log, _sm));
+
+        let (mut log, _sm) = open(&path).await.unwrap();
+        assert_eq!(log.try_get_log_entries(..).await.unwrap(), expected[1..]);
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 1, 1)));
+        assert_eq!(state.last_log_id, Some(log_id(2, 1, 4)));
+        assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(2, 1)));
+        assert_eq!(log.read_committed().await.unwrap(), Some(log_id(2, 1, 3)));
     }
 }

@@ -124,11 +124,42 @@ fn spawn_daemon(log: &Path, dir: &Path, args: &[&str]) -> Child {
         .expect("spawn shoal daemon")
 }
 
-/// A set of daemons sharing one temporary directory.
+/// A set of daemons sharing one temporary directory. Dropping it kills the
+/// daemons and removes the containers of this cluster (found by its label).
 pub struct Cluster {
     pub root: tempfile::TempDir,
     pub port: u16,
     pub nodes: Vec<Daemon>,
+    pub cluster_id: Option<String>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for d in &mut self.nodes {
+            d.kill();
+        }
+        if let Some(id) = &self.cluster_id {
+            remove_containers(&format!("shoal.cluster={id}"));
+        }
+    }
+}
+
+/// Removes every container carrying `label` (KEY=VALUE).
+pub fn remove_containers(label: &str) {
+    let out = Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label={label}")])
+        .output();
+    let Ok(out) = out else { return };
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    if !ids.is_empty() {
+        let _ = Command::new("docker")
+            .args(["rm", "-f"])
+            .args(&ids)
+            .output();
+    }
 }
 
 impl Cluster {
@@ -137,6 +168,7 @@ impl Cluster {
             root: tempfile::tempdir().unwrap(),
             port: free_port(),
             nodes: Vec::new(),
+            cluster_id: None,
         }
     }
 
@@ -166,6 +198,11 @@ impl Cluster {
             self.nodes[i].json(&["node", "ls"]).ok()
         })
         .unwrap_or_else(|| panic!("init did not come up: {}", self.nodes[i].log_text()));
+        self.cluster_id = self.nodes[i]
+            .json(&["status"])
+            .ok()
+            .and_then(|st| st["cluster_id"].as_str().map(str::to_string));
+        assert!(self.cluster_id.is_some(), "status shows no cluster id");
         i
     }
 

@@ -1,0 +1,886 @@
+//! The scheduler: which node runs each pending task. [`schedule`] filters the nodes
+//! (ready, active, constraints, reservations against the node's resources, host port
+//! conflicts, the per-node maximum), then scores the survivors (spread: fewest tasks
+//! of the service, then fewest tasks overall, then the lowest node id).
+//!
+//! Each filter has a `check` and an `explain`, so a task no node can take carries a
+//! sentence naming the filter that eliminated the most nodes. The pass is pure and
+//! deterministic, and counts its own earlier assignments.
+//!
+//! Cost: node usage is computed once per pass (one walk over the tasks); the tasks
+//! of one service version share a heap of nodes by score, and a node that fails a
+//! filter for that group is dropped for the rest of the group (usage only grows
+//! within a pass), so a pass costs about O(tasks·log nodes + groups·nodes).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+
+use crate::service::{
+    format_bytes, format_cpus, Constraint, DesiredState, PortSpec, Protocol, ServiceSpec, Task,
+    TaskState,
+};
+use crate::state::{Availability, ClusterState, NodeRecord, NodeStatus, TaskChange};
+use crate::types::NodeId;
+
+/// What the tasks already on a node hold.
+#[derive(Debug, Clone, Default)]
+struct NodeUsage {
+    nano_cpus: u64,
+    memory_bytes: u64,
+    ports: BTreeSet<(u16, Protocol)>,
+    /// Tasks that hold the node, per service (including those stopping).
+    per_service: BTreeMap<String, u64>,
+    /// Live tasks (meant to run), for spreading.
+    live_total: u64,
+    live_per_service: BTreeMap<String, u64>,
+}
+
+impl NodeUsage {
+    fn add(&mut self, task: &Task, live: bool) {
+        let r = &task.spec.resources;
+        self.nano_cpus = self.nano_cpus.saturating_add(r.reserve_nano_cpus);
+        self.memory_bytes = self.memory_bytes.saturating_add(r.reserve_memory_bytes);
+        for port in &task.spec.ports {
+            self.ports.insert((port.published, port.protocol));
+        }
+        *self.per_service.entry(task.service.clone()).or_default() += 1;
+        if live {
+            self.live_total += 1;
+            *self
+                .live_per_service
+                .entry(task.service.clone())
+                .or_default() += 1;
+        }
+    }
+
+    fn live_of(&self, service: &str) -> u64 {
+        self.live_per_service.get(service).copied().unwrap_or(0)
+    }
+}
+
+/// One reason a node cannot take a task.
+trait Filter {
+    fn check(&self, node: &NodeRecord, usage: &NodeUsage) -> bool;
+    /// Why `eliminated` of `total` nodes were refused.
+    fn explain(&self, eliminated: usize, total: usize) -> String;
+}
+
+fn nodes(n: usize) -> String {
+    if n == 1 {
+        "1 node".to_owned()
+    } else {
+        format!("{n} nodes")
+    }
+}
+
+struct Ready;
+
+impl Filter for Ready {
+    fn check(&self, node: &NodeRecord, _: &NodeUsage) -> bool {
+        node.status == NodeStatus::Ready
+    }
+    fn explain(&self, eliminated: usize, _: usize) -> String {
+        format!("{} down", nodes(eliminated))
+    }
+}
+
+struct Active;
+
+impl Filter for Active {
+    fn check(&self, node: &NodeRecord, _: &NodeUsage) -> bool {
+        node.availability == Availability::Active
+    }
+    fn explain(&self, eliminated: usize, _: usize) -> String {
+        format!("{} paused or drained", nodes(eliminated))
+    }
+}
+
+struct Satisfies<'a>(&'a Constraint);
+
+impl Filter for Satisfies<'_> {
+    fn check(&self, node: &NodeRecord, _: &NodeUsage) -> bool {
+        self.0.matches(node)
+    }
+    fn explain(&self, eliminated: usize, total: usize) -> String {
+        if eliminated == total {
+            format!("no node satisfies {}: 0 of {}", self.0, nodes(total))
+        } else {
+            format!("{} not satisfied on {}", self.0, nodes(eliminated))
+        }
+    }
+}
+
+struct MaxPerNode<'a> {
+    service: &'a str,
+    max: u64,
+}
+
+impl Filter for MaxPerNode<'_> {
+    fn check(&self, _: &NodeRecord, usage: &NodeUsage) -> bool {
+        self.max == 0 || usage.per_service.get(self.service).copied().unwrap_or(0) < self.max
+    }
+    fn explain(&self, eliminated: usize, _: usize) -> String {
+        format!("max {} per node reached on {}", self.max, nodes(eliminated))
+    }
+}
+
+struct Cpu(u64);
+
+impl Filter for Cpu {
+    fn check(&self, node: &NodeRecord, usage: &NodeUsage) -> bool {
+        self.0 == 0 || usage.nano_cpus.saturating_add(self.0) <= node.resources.nano_cpus
+    }
+    fn explain(&self, eliminated: usize, _: usize) -> String {
+        format!(
+            "insufficient CPU on {} (needs {})",
+            nodes(eliminated),
+            format_cpus(self.0)
+        )
+    }
+}
+
+struct Memory(u64);
+
+impl Filter for Memory {
+    fn check(&self, node: &NodeRecord, usage: &NodeUsage) -> bool {
+        self.0 == 0 || usage.memory_bytes.saturating_add(self.0) <= node.resources.memory_bytes
+    }
+    fn explain(&self, eliminated: usize, _: usize) -> String {
+        format!(
+            "insufficient memory on {} (needs {})",
+            nodes(eliminated),
+            format_bytes(self.0)
+        )
+    }
+}
+
+struct HostPort(PortSpec);
+
+impl Filter for HostPort {
+    fn check(&self, _: &NodeRecord, usage: &NodeUsage) -> bool {
+        !usage.ports.contains(&(self.0.published, self.0.protocol))
+    }
+    fn explain(&self, eliminated: usize, _: usize) -> String {
+        format!(
+            "host port {}/{} in use on {}",
+            self.0.published,
+            self.0.protocol,
+            nodes(eliminated)
+        )
+    }
+}
+
+/// The filters for one spec: those that depend only on the node, and those that
+/// depend on what is already placed on it.
+struct Filters<'a> {
+    fixed: Vec<Box<dyn Filter + 'a>>,
+    usage: Vec<Box<dyn Filter + 'a>>,
+}
+
+impl<'a> Filters<'a> {
+    fn new(service: &'a str, spec: &'a ServiceSpec) -> Self {
+        let mut fixed: Vec<Box<dyn Filter + 'a>> = vec![Box::new(Ready), Box::new(Active)];
+        for constraint in &spec.constraints {
+            fixed.push(Box::new(Satisfies(constraint)));
+        }
+        let mut usage: Vec<Box<dyn Filter + 'a>> = vec![Box::new(MaxPerNode {
+            service,
+            max: spec.max_per_node,
+        })];
+        usage.push(Box::new(Cpu(spec.resources.reserve_nano_cpus)));
+        usage.push(Box::new(Memory(spec.resources.reserve_memory_bytes)));
+        for port in &spec.ports {
+            usage.push(Box::new(HostPort(*port)));
+        }
+        Filters { fixed, usage }
+    }
+
+    fn fixed_ok(&self, node: &NodeRecord, usage: &NodeUsage) -> bool {
+        self.fixed.iter().all(|f| f.check(node, usage))
+    }
+
+    fn usage_ok(&self, node: &NodeRecord, usage: &NodeUsage) -> bool {
+        self.usage.iter().all(|f| f.check(node, usage))
+    }
+
+    /// Blames each refused node on the first filter it fails and explains, the filter
+    /// that eliminated the most nodes first.
+    fn explain<'n>(
+        &self,
+        candidates: impl Iterator<Item = &'n NodeRecord>,
+        usage: &BTreeMap<NodeId, NodeUsage>,
+    ) -> String {
+        let all: Vec<&dyn Filter> = self
+            .fixed
+            .iter()
+            .chain(&self.usage)
+            .map(|f| f.as_ref())
+            .collect();
+        let mut blamed = vec![0usize; all.len()];
+        let mut total = 0;
+        let idle = NodeUsage::default();
+        for node in candidates {
+            total += 1;
+            let used = usage.get(&node.id).unwrap_or(&idle);
+            if let Some(i) = all.iter().position(|f| !f.check(node, used)) {
+                blamed[i] += 1;
+            }
+        }
+        if total == 0 {
+            return "no node in the cluster can run tasks".to_owned();
+        }
+        let mut order: Vec<usize> = (0..all.len()).filter(|&i| blamed[i] > 0).collect();
+        // Most nodes first; among equals, the earlier filter.
+        order.sort_by_key(|&i| (Reverse(blamed[i]), i));
+        if order.is_empty() {
+            return "no node can take this task now".to_owned();
+        }
+        order
+            .iter()
+            .map(|&i| all[i].explain(blamed[i], total))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// Assigns pending tasks meant to run to nodes; tasks no node can take get an
+/// explanation (written only when it changed).
+pub fn schedule(state: &ClusterState) -> Vec<TaskChange> {
+    let mut usage: BTreeMap<NodeId, NodeUsage> = BTreeMap::new();
+    let mut pending: Vec<&Task> = Vec::new();
+    for task in state.tasks.values() {
+        if task.occupies_node() {
+            if let Some(node) = task.node_id {
+                let live = task.desired_state == DesiredState::Running;
+                usage.entry(node).or_default().add(task, live);
+            }
+        } else if task.state == TaskState::Pending && task.desired_state == DesiredState::Running {
+            pending.push(task);
+        }
+    }
+    // Group by service version; within a group by slot (then node, then id).
+    pending.sort_by(|a, b| {
+        (&a.service, a.spec_version, a.slot, a.node_id, &a.id).cmp(&(
+            &b.service,
+            b.spec_version,
+            b.slot,
+            b.node_id,
+            &b.id,
+        ))
+    });
+    let mut changes = Vec::new();
+    let mut rest = pending.as_slice();
+    while let Some(first) = rest.first() {
+        let end = rest
+            .iter()
+            .position(|t| t.service != first.service || t.spec_version != first.spec_version)
+            .unwrap_or(rest.len());
+        let (group, tail) = rest.split_at(end);
+        rest = tail;
+        schedule_group(state, group, &mut usage, &mut changes);
+    }
+    changes
+}
+
+fn unassignable(task: &Task, reason: String, changes: &mut Vec<TaskChange>) {
+    if task.message != reason {
+        changes.push(TaskChange::Unassignable {
+            task_id: task.id.clone(),
+            reason,
+        });
+    }
+}
+
+fn assign(
+    task: &Task,
+    node: NodeId,
+    usage: &mut BTreeMap<NodeId, NodeUsage>,
+    changes: &mut Vec<TaskChange>,
+) {
+    usage.entry(node).or_default().add(task, true);
+    changes.push(TaskChange::Assign {
+        task_id: task.id.clone(),
+        node_id: node,
+    });
+}
+
+/// Places tasks of one service version, which share one spec for placement.
+fn schedule_group(
+    state: &ClusterState,
+    group: &[&Task],
+    usage: &mut BTreeMap<NodeId, NodeUsage>,
+    changes: &mut Vec<TaskChange>,
+) {
+    let first = group[0];
+    let service = first.service.as_str();
+    let filters = Filters::new(service, &first.spec);
+    let idle = NodeUsage::default();
+    let (preset, free): (Vec<&Task>, Vec<&Task>) =
+        group.iter().copied().partition(|t| t.node_id.is_some());
+
+    // Global tasks come with their node: check that node only.
+    for task in preset {
+        let Some(node) = task.node_id.and_then(|id| state.nodes.get(&id)) else {
+            unassignable(task, "its node is no longer a member".to_owned(), changes);
+            continue;
+        };
+        let used = usage.get(&node.id).unwrap_or(&idle);
+        if filters.fixed_ok(node, used) && filters.usage_ok(node, used) {
+            assign(task, node.id, usage, changes);
+        } else {
+            let reason = filters.explain(std::iter::once(node), usage);
+            unassignable(task, reason, changes);
+        }
+    }
+    if free.is_empty() {
+        return;
+    }
+    let score = |id: NodeId, usage: &BTreeMap<NodeId, NodeUsage>| {
+        let used = usage.get(&id).unwrap_or(&idle);
+        Reverse((used.live_of(service), used.live_total, id))
+    };
+    let mut heap: BinaryHeap<Reverse<(u64, u64, NodeId)>> = state
+        .nodes
+        .values()
+        .filter(|node| filters.fixed_ok(node, usage.get(&node.id).unwrap_or(&idle)))
+        .map(|node| score(node.id, usage))
+        .collect();
+    let mut exhausted: Option<String> = None;
+    for task in free {
+        let chosen = loop {
+            let Some(Reverse((_, _, id))) = heap.pop() else {
+                break None;
+            };
+            let node = &state.nodes[&id];
+            if filters.usage_ok(node, usage.get(&id).unwrap_or(&idle)) {
+                break Some(id);
+            }
+            // Usage only grows in a pass: this node is out for the rest of the group.
+        };
+        match chosen {
+            Some(id) => {
+                assign(task, id, usage, changes);
+                heap.push(score(id, usage));
+            }
+            None => {
+                let reason = exhausted
+                    .get_or_insert_with(|| filters.explain(state.nodes.values(), usage))
+                    .clone();
+                unassignable(task, reason, changes);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::{ServiceMode, ServiceSpec};
+    use crate::testing::{add_service, cluster, put_task, render, running, GIB};
+
+    fn spec(replicas: u64, edit: impl Fn(&mut ServiceSpec)) -> ServiceSpec {
+        let mut spec = ServiceSpec {
+            mode: ServiceMode::Replicated { replicas },
+            ..ServiceSpec::default_for("web", "nginx")
+        };
+        edit(&mut spec);
+        spec
+    }
+
+    /// `nodes` ready nodes, "web" as `spec`, and `pending` unassigned tasks.
+    fn pending(nodes: u64, spec: ServiceSpec, pending: u64) -> ClusterState {
+        let mut s = cluster(nodes);
+        add_service(&mut s, spec);
+        for slot in 1..=pending {
+            put_task(
+                &mut s,
+                "web",
+                slot,
+                None,
+                TaskState::Pending,
+                DesiredState::Running,
+            );
+        }
+        s
+    }
+
+    fn check(state: &ClusterState, expected: &[&str]) {
+        let changes = schedule(state);
+        assert_eq!(render(&changes), expected);
+        assert_eq!(schedule(&state.clone()), changes, "deterministic");
+    }
+
+    #[test]
+    fn spreads_over_nodes() {
+        check(
+            &pending(3, spec(4, |_| {}), 4),
+            &[
+                "assign t0 to 1",
+                "assign t1 to 2",
+                "assign t2 to 3",
+                "assign t3 to 1",
+            ],
+        );
+        // Fewest tasks of the service first, then fewest tasks overall.
+        let mut s = pending(3, spec(2, |_| {}), 2);
+        add_service(&mut s, ServiceSpec::default_for("db", "postgres"));
+        running(&mut s, "db", 1, 1);
+        running(&mut s, "db", 1, 2);
+        running(&mut s, "web", 3, 3);
+        check(&s, &["assign t0 to 1", "assign t1 to 2"]);
+    }
+
+    #[test]
+    fn skips_nodes_that_cannot_take_tasks() {
+        let mut s = pending(4, spec(3, |_| {}), 3);
+        s.nodes.get_mut(&1).unwrap().status = NodeStatus::Down;
+        s.nodes.get_mut(&2).unwrap().availability = Availability::Drain;
+        s.nodes.get_mut(&3).unwrap().availability = Availability::Pause;
+        check(&s, &["assign t0 to 4", "assign t1 to 4", "assign t2 to 4"]);
+    }
+
+    #[test]
+    fn explains_unplaceable_tasks() {
+        let zone =
+            |s: &mut ServiceSpec| s.constraints = vec!["node.labels.zone==eu".parse().unwrap()];
+        let mut s = pending(3, spec(1, zone), 1);
+        check(
+            &s,
+            &["unassignable t0: no node satisfies node.labels.zone==eu: 0 of 3 nodes"],
+        );
+        // The same explanation is not written again.
+        s.tasks.get_mut("t0").unwrap().message =
+            "no node satisfies node.labels.zone==eu: 0 of 3 nodes".to_owned();
+        check(&s, &[]);
+        // A label on one node makes it the only candidate.
+        s.nodes
+            .get_mut(&2)
+            .unwrap()
+            .labels
+            .insert("zone".to_owned(), "eu".to_owned());
+        check(&s, &["assign t0 to 2"]);
+
+        let memory = |s: &mut ServiceSpec| s.resources.reserve_memory_bytes = 3 * GIB;
+        check(
+            &pending(3, spec(1, memory), 1),
+            &["unassignable t0: insufficient memory on 3 nodes (needs 3GiB)"],
+        );
+        // Reservations add up over the pass: two 1.5 GiB tasks do not share a node.
+        let half = |s: &mut ServiceSpec| s.resources.reserve_memory_bytes = 3 * GIB / 2;
+        check(
+            &pending(2, spec(3, half), 3),
+            &[
+                "assign t0 to 1",
+                "assign t1 to 2",
+                "unassignable t2: insufficient memory on 2 nodes (needs 1.5GiB)",
+            ],
+        );
+        let mut mixed = pending(3, spec(1, memory), 1);
+        mixed.nodes.get_mut(&3).unwrap().status = NodeStatus::Down;
+        check(
+            &mixed,
+            &["unassignable t0: insufficient memory on 2 nodes (needs 3GiB); 1 node down"],
+        );
+        check(
+            &pending(0, spec(1, |_| {}), 1),
+            &["unassignable t0: no node in the cluster can run tasks"],
+        );
+    }
+
+    #[test]
+    fn host_ports_and_max_per_node() {
+        let port = |s: &mut ServiceSpec| {
+            s.ports = vec![PortSpec {
+                published: 8080,
+                target: 80,
+                protocol: Protocol::Tcp,
+            }]
+        };
+        check(
+            &pending(2, spec(3, port), 3),
+            &[
+                "assign t0 to 1",
+                "assign t1 to 2",
+                "unassignable t2: host port 8080/tcp in use on 2 nodes",
+            ],
+        );
+        // A stopping task still holds its port.
+        let mut s = pending(1, spec(1, port), 1);
+        put_task(
+            &mut s,
+            "web",
+            1,
+            Some(1),
+            TaskState::Running,
+            DesiredState::Shutdown,
+        );
+        check(
+            &s,
+            &["unassignable t0: host port 8080/tcp in use on 1 node"],
+        );
+        let one = |s: &mut ServiceSpec| s.max_per_node = 1;
+        check(
+            &pending(2, spec(3, one), 3),
+            &[
+                "assign t0 to 1",
+                "assign t1 to 2",
+                "unassignable t2: max 1 per node reached on 2 nodes",
+            ],
+        );
+    }
+
+    #[test]
+    fn global_tasks_are_checked_on_their_node() {
+        let mut s = cluster(2);
+        let mut global = ServiceSpec::default_for("agent", "busybox");
+        global.mode = ServiceMode::Global;
+        global.resources.reserve_nano_cpus = 3 * crate::testing::CPU;
+        add_service(&mut s, global);
+        s.nodes.get_mut(&2).unwrap().resources.nano_cpus = 4 * crate::testing::CPU;
+        for node in 1..=2 {
+            put_task(
+                &mut s,
+                "agent",
+                0,
+                Some(node),
+                TaskState::Pending,
+                DesiredState::Running,
+            );
+        }
+        check(
+            &s,
+            &[
+                "unassignable t0: insufficient CPU on 1 node (needs 3)",
+                "assign t1 to 2",
+            ],
+        );
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    //! Random clusters and services driven to convergence through the simulated
+    //! leader loop; the invariants must hold at every converged point.
+
+    use proptest::prelude::*;
+
+    use crate::service::{
+        Constraint, DesiredState, PortSpec, Protocol, ServiceMode, ServiceSpec, TaskState,
+        TaskStatusUpdate,
+    };
+    use crate::state::{apply, Availability, ClusterState, Command, NodeStatus};
+    use crate::testing::{add_service, cluster, tick, CPU, GIB};
+    use crate::{codec, orchestrator, scheduler};
+
+    #[derive(Debug, Clone)]
+    struct NodeSetup {
+        down: bool,
+        availability: Availability,
+        zone: Option<&'static str>,
+        cpus: u64,
+        memory_gib: u64,
+    }
+
+    #[derive(Debug, Clone)]
+    struct ServiceSetup {
+        global: bool,
+        replicas: u64,
+        zone: Option<&'static str>,
+        reserve_cpu_tenths: u64,
+        reserve_memory_mib: u64,
+        port: Option<u16>,
+        max_per_node: u64,
+    }
+
+    #[derive(Debug, Clone)]
+    enum Event {
+        NodeDown(u64),
+        NodeUp(u64),
+        Drain(u64),
+        Activate(u64),
+        Scale(usize, u64),
+        FailOne(usize),
+    }
+
+    fn node_setup() -> impl Strategy<Value = NodeSetup> {
+        (
+            prop::bool::weighted(0.15),
+            prop_oneof![
+                6 => Just(Availability::Active),
+                1 => Just(Availability::Pause),
+                1 => Just(Availability::Drain),
+            ],
+            prop_oneof![Just(None), Just(Some("eu")), Just(Some("us"))],
+            1..4u64,
+            1..4u64,
+        )
+            .prop_map(|(down, availability, zone, cpus, memory_gib)| NodeSetup {
+                down,
+                availability,
+                zone,
+                cpus,
+                memory_gib,
+            })
+    }
+
+    fn service_setup() -> impl Strategy<Value = ServiceSetup> {
+        (
+            prop::bool::weighted(0.25),
+            0..8u64,
+            prop_oneof![3 => Just(None), 1 => Just(Some("eu"))],
+            prop_oneof![Just(0u64), 1..15u64],
+            prop_oneof![Just(0u64), 256..2048u64],
+            prop_oneof![3 => Just(None), 1 => Just(Some(8080u16))],
+            0..3u64,
+        )
+            .prop_map(|(global, replicas, zone, cpu, mem, port, max_per_node)| {
+                ServiceSetup {
+                    global,
+                    replicas,
+                    zone,
+                    reserve_cpu_tenths: cpu,
+                    reserve_memory_mib: mem,
+                    port,
+                    max_per_node: if global { 0 } else { max_per_node },
+                }
+            })
+    }
+
+    fn event() -> impl Strategy<Value = Event> {
+        prop_oneof![
+            (1..7u64).prop_map(Event::NodeDown),
+            (1..7u64).prop_map(Event::NodeUp),
+            (1..7u64).prop_map(Event::Drain),
+            (1..7u64).prop_map(Event::Activate),
+            (0..3usize, 0..8u64).prop_map(|(s, r)| Event::Scale(s, r)),
+            (0..3usize).prop_map(Event::FailOne),
+        ]
+    }
+
+    fn build(nodes: &[NodeSetup], services: &[ServiceSetup]) -> ClusterState {
+        let mut state = cluster(nodes.len() as u64);
+        for (i, setup) in nodes.iter().enumerate() {
+            let node = state.nodes.get_mut(&(i as u64 + 1)).unwrap();
+            if setup.down {
+                node.status = NodeStatus::Down;
+            }
+            node.availability = setup.availability;
+            if let Some(zone) = setup.zone {
+                node.labels.insert("zone".to_owned(), zone.to_owned());
+            }
+            node.resources.nano_cpus = setup.cpus * CPU;
+            node.resources.memory_bytes = setup.memory_gib * GIB;
+        }
+        for (i, setup) in services.iter().enumerate() {
+            let mut spec = ServiceSpec::default_for(&format!("s{i}"), "busybox");
+            spec.mode = if setup.global {
+                ServiceMode::Global
+            } else {
+                ServiceMode::Replicated {
+                    replicas: setup.replicas,
+                }
+            };
+            if let Some(zone) = setup.zone {
+                spec.constraints = vec![format!("node.labels.zone=={zone}")
+                    .parse::<Constraint>()
+                    .unwrap()];
+            }
+            spec.resources.reserve_nano_cpus = setup.reserve_cpu_tenths * CPU / 10;
+            spec.resources.reserve_memory_bytes = setup.reserve_memory_mib << 20;
+            if let Some(published) = setup.port {
+                spec.ports = vec![PortSpec {
+                    published,
+                    target: 80,
+                    protocol: Protocol::Tcp,
+                }];
+            }
+            spec.max_per_node = setup.max_per_node;
+            spec.restart.delay_ms = 2_000;
+            add_service(&mut state, spec);
+        }
+        state
+    }
+
+    fn perturb(state: &mut ClusterState, event: &Event, now_ms: u64) {
+        let node_update = |id: u64, availability| Command::UpdateNode {
+            id,
+            availability: Some(availability),
+            labels_add: Default::default(),
+            labels_rm: Vec::new(),
+            name: None,
+            now_ms,
+        };
+        let status = |id: u64, status| Command::SetNodeStatus {
+            updates: vec![(id, status, String::new())],
+            now_ms,
+        };
+        let command = match *event {
+            Event::NodeDown(id) => status(id, NodeStatus::Down),
+            Event::NodeUp(id) => status(id, NodeStatus::Ready),
+            Event::Drain(id) => node_update(id, Availability::Drain),
+            Event::Activate(id) => node_update(id, Availability::Active),
+            Event::Scale(service, replicas) => Command::ScaleService {
+                name: format!("s{service}"),
+                replicas,
+                now_ms,
+            },
+            Event::FailOne(service) => {
+                let name = format!("s{service}");
+                let Some(task) = state
+                    .tasks
+                    .values()
+                    .find(|t| t.service == name && t.state == TaskState::Running)
+                else {
+                    return;
+                };
+                Command::ReportTaskStatus {
+                    node_id: task.node_id.unwrap(),
+                    updates: vec![TaskStatusUpdate {
+                        task_id: task.id.clone(),
+                        state: TaskState::Failed,
+                        message: "exited".to_owned(),
+                        error: "exit status 1".to_owned(),
+                        exit_code: Some(1),
+                        container_id: None,
+                        at_ms: now_ms,
+                    }],
+                    now_ms,
+                }
+            }
+        };
+        // Refusals (unknown node, global scale) are part of the game.
+        apply(state, &command);
+    }
+
+    /// Ticks once a second until a tick changes nothing after restart delays passed.
+    fn converge(state: &mut ClusterState, now_ms: &mut u64) {
+        let mut quiet = 0;
+        for _ in 0..60 {
+            *now_ms += 1_000;
+            if tick(state, *now_ms) {
+                quiet = 0;
+            } else {
+                quiet += 1;
+                if quiet > 3 {
+                    return;
+                }
+            }
+        }
+        panic!("no convergence within 60 ticks");
+    }
+
+    fn check_invariants(state: &ClusterState, now_ms: u64) {
+        assert!(orchestrator::reconcile(state, now_ms).is_empty());
+        for (name, service) in &state.services {
+            let live = state.tasks_of(name).filter(|t| t.is_live()).count() as u64;
+            let desired = match service.spec.replicas() {
+                Some(replicas) => replicas,
+                None => state
+                    .nodes
+                    .values()
+                    .filter(|n| {
+                        n.status == NodeStatus::Ready
+                            && n.availability != Availability::Drain
+                            && service.spec.allows(n)
+                    })
+                    .count() as u64,
+            };
+            assert!(
+                live <= desired,
+                "{name}: {live} live tasks, {desired} desired"
+            );
+        }
+        for node in state.nodes.values() {
+            let on_node: Vec<_> = state
+                .tasks
+                .values()
+                .filter(|t| t.node_id == Some(node.id) && !t.state.is_terminal())
+                .collect();
+            let lost = node.status == NodeStatus::Down || node.availability == Availability::Drain;
+            assert!(
+                !lost || on_node.is_empty(),
+                "tasks left on down or drained node {}",
+                node.id
+            );
+            let mut ports = std::collections::BTreeSet::new();
+            let (mut cpu, mut memory) = (0, 0);
+            for task in on_node.iter().filter(|t| t.state >= TaskState::Assigned) {
+                assert!(task.spec.allows(node), "{} breaks its constraints", task.id);
+                cpu += task.spec.resources.reserve_nano_cpus;
+                memory += task.spec.resources.reserve_memory_bytes;
+                for port in &task.spec.ports {
+                    assert!(ports.insert((port.published, port.protocol)), "port clash");
+                }
+                let of_service = on_node.iter().filter(|t| t.service == task.service).count();
+                let max = task.spec.max_per_node;
+                assert!(max == 0 || of_service as u64 <= max, "max per node broken");
+            }
+            assert!(cpu <= node.resources.nano_cpus, "CPU overcommitted");
+            assert!(
+                memory <= node.resources.memory_bytes,
+                "memory overcommitted"
+            );
+        }
+        // Nothing runs without its spec's service, and everything meant to run runs
+        // when placement is unconstrained.
+        for task in state.tasks.values().filter(|t| t.is_live()) {
+            let service = &state.services[&task.service];
+            let spec = &service.spec;
+            let free = spec.constraints.is_empty()
+                && spec.ports.is_empty()
+                && spec.max_per_node == 0
+                && spec.resources.reserve_nano_cpus == 0
+                && spec.resources.reserve_memory_bytes == 0;
+            let any_node = state
+                .nodes
+                .values()
+                .any(|n| n.status == NodeStatus::Ready && n.availability == Availability::Active);
+            if free && any_node {
+                assert_eq!(task.state, TaskState::Running, "{} not running", task.id);
+            }
+        }
+    }
+
+    fn run(
+        nodes: &[NodeSetup],
+        services: &[ServiceSetup],
+        events: &[Event],
+    ) -> (ClusterState, u64) {
+        let mut state = build(nodes, services);
+        let mut now_ms = 1_000_000;
+        converge(&mut state, &mut now_ms);
+        check_invariants(&state, now_ms);
+        for event in events {
+            perturb(&mut state, event, now_ms);
+            converge(&mut state, &mut now_ms);
+            check_invariants(&state, now_ms);
+        }
+        (state, now_ms)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        #[test]
+        fn converged_clusters_keep_their_invariants(
+            nodes in prop::collection::vec(node_setup(), 1..7),
+            services in prop::collection::vec(service_setup(), 1..4),
+            events in prop::collection::vec(event(), 0..6),
+        ) {
+            let (first, now_ms) = run(&nodes, &services, &events);
+            let (second, _) = run(&nodes, &services, &events);
+            prop_assert_eq!(codec::encode(&first).unwrap(), codec::encode(&second).unwrap());
+            prop_assert_eq!(scheduler::schedule(&first), scheduler::schedule(&second));
+            prop_assert_eq!(
+                orchestrator::reconcile(&first, now_ms + 10_000),
+                orchestrator::reconcile(&second, now_ms + 10_000)
+            );
+            // Desired shutdown means the task is gone or on its way out.
+            for task in first.tasks.values() {
+                if task.desired_state == DesiredState::Shutdown {
+                    prop_assert!(task.state.is_terminal(), "{} still {}", task.id, task.state);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Builds the local test image shoal-test:latest without a registry: a root
+# filesystem holding Debian's busybox-static (sh, sleep, httpd, nc, ...) is
+# handed to `docker import`. Skips the build when the image already exists
+# (SHOAL_TEST_IMAGE_REBUILD=1 forces it). Prints the image id at the end.
+set -euo pipefail
+
+IMAGE="${SHOAL_TEST_IMAGE:-shoal-test:latest}"
+
+if [ "${SHOAL_TEST_IMAGE_REBUILD:-0}" != "1" ] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
+  docker image inspect --format '{{.Id}}' "$IMAGE"
+  exit 0
+fi
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+# apt-get download fetches as the _apt user when that user can write the
+# directory; otherwise it warns and fetches as root.
+chmod 755 "$work"
+mkdir "$work/deb"
+if id _apt >/dev/null 2>&1; then chown _apt "$work/deb"; fi
+
+# `apt-get download` writes into the current directory and needs the package
+# lists; fetch them only when the package is not known yet (fresh machine).
+if ! apt-cache show busybox-static >/dev/null 2>&1; then
+  apt-get update -qq
+fi
+(cd "$work/deb" && apt-get download -qq busybox-static)
+deb="$(ls "$work"/deb/busybox-static_*.deb)"
+
+root="$work/root"
+mkdir -p "$root"
+dpkg-deb -x "$deb" "$root"
+busybox="$root/bin/busybox"
+[ -x "$busybox" ] || { echo "busybox-static did not contain bin/busybox" >&2; exit 1; }
+
+# The equivalent of `busybox --install -s`, done from outside the image: one
+# symlink per applet. The binary is static, so it runs on the build host.
+mkdir -p "$root/bin" "$root/sbin" "$root/usr/bin" "$root/usr/sbin" "$root/tmp" \
+  "$root/etc" "$root/www" "$root/proc" "$root/sys" "$root/dev"
+chmod 1777 "$root/tmp"
+for applet in $("$busybox" --list); do
+  [ "$applet" = "busybox" ] && continue
+  [ -e "$root/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
+done
+# The applets the tests rely on must be there whatever --list printed.
+for applet in sh sleep httpd nc true false echo cat ls kill wget; do
+  [ -e "$root/bin/$applet" ] || { echo "busybox has no $applet applet" >&2; exit 1; }
+done
+
+printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$root/etc/passwd"
+printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
+echo "shoal test image" >"$root/www/index.html"
+
+tar -C "$root" -c . | docker import \
+  --change 'ENV PATH=/bin:/sbin:/usr/bin:/usr/sbin' \
+  --change 'CMD ["/bin/sh"]' \
+  --message "shoal test image (busybox-static)" \
+  - "$IMAGE" >/dev/null
+
+docker image inspect --format '{{.Id}}' "$IMAGE"

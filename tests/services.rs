@@ -1,0 +1,324 @@
+//! Services on Docker, end to end: three real daemons on 127.0.0.1-3 share
+//! the machine's Docker engine and run the locally built test image
+//! (`scripts/test-image.sh`). Each cluster labels its containers with its
+//! own id, and the harness removes exactly those afterwards.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{wait_for, Cluster};
+use serde_json::Value;
+
+const IMAGE: &str = "shoal-test:latest";
+
+fn three_nodes() -> Cluster {
+    let status = Command::new("docker")
+        .args(["image", "inspect", IMAGE])
+        .output()
+        .expect("docker is installed");
+    assert!(
+        status.status.success(),
+        "the test image {IMAGE} is missing: run scripts/test-image.sh"
+    );
+    let mut c = Cluster::new();
+    c.init("node-a", "127.0.0.1");
+    c.join("node-b", "127.0.0.2", "worker");
+    c.join("node-c", "127.0.0.3", "worker");
+    c
+}
+
+fn deploy(c: &Cluster, name: &str, extra: &[&str]) {
+    let mut args = vec![
+        "deploy",
+        name,
+        "--image",
+        IMAGE,
+        "--stop-grace-period",
+        "1s",
+        "--restart-delay",
+        "0s",
+        "--detach",
+    ];
+    args.extend_from_slice(extra);
+    if !extra.contains(&"--") {
+        args.extend_from_slice(&["--", "sleep", "100000"]);
+    }
+    c.nodes[0].ok(&args);
+}
+
+fn tasks(c: &Cluster, service: &str) -> Vec<Value> {
+    c.nodes[0]
+        .json(&["service", "ps", service])
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// Running tasks (desired running) per node name.
+fn running_per_node(c: &Cluster, service: &str) -> BTreeMap<String, usize> {
+    let mut per = BTreeMap::new();
+    for t in tasks(c, service) {
+        if t["state"] == "running" && t["desired_state"] == "running" {
+            let node = t["node_id"].as_u64().unwrap_or(0);
+            let name = c.nodes[0]
+                .json(&["node", "inspect", &node.to_string()])
+                .ok()
+                .and_then(|n| n["name"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            *per.entry(name).or_insert(0) += 1;
+        }
+    }
+    per
+}
+
+fn running_count(c: &Cluster, service: &str) -> usize {
+    tasks(c, service)
+        .iter()
+        .filter(|t| t["state"] == "running" && t["desired_state"] == "running")
+        .count()
+}
+
+/// Containers of this cluster and service that Docker reports running.
+fn docker_running(c: &Cluster, service: &str) -> Vec<String> {
+    let id = c.cluster_id.clone().unwrap();
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-q",
+            "--no-trunc",
+            "--filter",
+            &format!("label=shoal.cluster={id}"),
+            "--filter",
+            &format!("label=shoal.service={service}"),
+        ])
+        .output()
+        .unwrap();
+    let mut ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn wait_running(c: &Cluster, service: &str, n: usize, within: Duration) {
+    wait_for(within, || {
+        (running_count(c, service) == n && docker_running(c, service).len() == n).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{service}: expected {n} running; tasks: {:#?}\nlog a: {}",
+            tasks(c, service),
+            c.nodes[0].log_text()
+        )
+    });
+}
+
+#[test]
+fn replicas_spread_evenly_and_a_killed_container_is_replaced() {
+    let c = three_nodes();
+    deploy(&c, "web", &["--replicas", "6"]);
+    wait_running(&c, "web", 6, Duration::from_secs(60));
+    let per = running_per_node(&c, "web");
+    assert_eq!(
+        per.values().copied().collect::<Vec<_>>(),
+        vec![2, 2, 2],
+        "{per:?}"
+    );
+
+    // `service ls --json` shows it converged.
+    let ls = c.nodes[1].json(&["service", "ls"]).unwrap();
+    let web = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "web")
+        .unwrap();
+    assert_eq!(web["replicas_running"], 6);
+    assert_eq!(web["replicas_desired"], 6);
+    assert_eq!(web["image"], IMAGE);
+
+    // docker kill one container: it is replaced.
+    let victim = docker_running(&c, "web")[0].clone();
+    let killed = Instant::now();
+    assert!(Command::new("docker")
+        .args(["kill", &victim])
+        .output()
+        .unwrap()
+        .status
+        .success());
+    wait_for(Duration::from_secs(30), || {
+        let now = docker_running(&c, "web");
+        (now.len() == 6 && !now.contains(&victim)).then_some(())
+    })
+    .expect("killed container replaced");
+    println!("replacement running after {:?}", killed.elapsed());
+    let failed = tasks(&c, "web")
+        .into_iter()
+        .find(|t| t["container_id"] == victim.as_str())
+        .expect("the killed task stays in history");
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert_eq!(failed["desired_state"], "shutdown", "{failed}");
+
+    // Scale down, then remove: the containers go.
+    c.nodes[0].ok(&["service", "scale", "web=2", "--detach"]);
+    wait_running(&c, "web", 2, Duration::from_secs(30));
+    c.nodes[0].ok(&["service", "rm", "web"]);
+    assert!(docker_running(&c, "web").is_empty());
+    let out = c.nodes[0].cli(&["service", "ps", "web"]);
+    assert!(!out.status.success(), "ps of a removed service fails");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no service named"));
+}
+
+#[test]
+fn a_lost_node_has_its_tasks_rescheduled_and_stops_the_extras_on_return() {
+    let mut c = three_nodes();
+    deploy(&c, "web", &["--replicas", "6"]);
+    wait_running(&c, "web", 6, Duration::from_secs(60));
+
+    // SIGKILL node-c's daemon: its containers keep running, but the leader
+    // marks it down and starts its tasks elsewhere.
+    let lost = Instant::now();
+    c.nodes[2].kill();
+    wait_for(Duration::from_secs(20), || {
+        let per = running_per_node(&c, "web");
+        (!per.contains_key("node-c") && per.values().sum::<usize>() == 6).then_some(())
+    })
+    .unwrap_or_else(|| panic!("tasks not rescheduled: {:#?}", tasks(&c, "web")));
+    let took = lost.elapsed();
+    println!("rescheduled after {took:?}");
+    // Down period (2 s) plus a margin.
+    assert!(took < Duration::from_secs(10), "rescheduling took {took:?}");
+    // Its old containers still run (6 + 2 extras), as nobody stopped them.
+    assert_eq!(docker_running(&c, "web").len(), 8);
+
+    // When it returns, its agent stops what the leader no longer assigns.
+    c.nodes[2].restart();
+    wait_for(Duration::from_secs(30), || {
+        (docker_running(&c, "web").len() == 6).then_some(())
+    })
+    .unwrap_or_else(|| panic!("extras not stopped: {}", c.nodes[2].log_text()));
+    assert_eq!(running_count(&c, "web"), 6);
+}
+
+#[test]
+fn drain_moves_tasks_and_a_daemon_restart_keeps_containers() {
+    let mut c = three_nodes();
+    deploy(&c, "web", &["--replicas", "3"]);
+    wait_running(&c, "web", 3, Duration::from_secs(60));
+    let before = docker_running(&c, "web");
+
+    // Restart node-b's daemon (SIGKILL, then `shoal run`): the containers
+    // are adopted, not restarted.
+    c.nodes[1].kill();
+    c.nodes[1].restart();
+    wait_for(Duration::from_secs(20), || {
+        let nodes = c.nodes[0].json(&["node", "ls"]).ok()?;
+        let b = nodes
+            .as_array()?
+            .iter()
+            .find(|n| n["name"] == "node-b")?
+            .clone();
+        (b["status"] == "ready").then_some(())
+    })
+    .expect("node-b ready again");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        docker_running(&c, "web"),
+        before,
+        "containers kept their ids"
+    );
+    assert_eq!(running_count(&c, "web"), 3);
+
+    // Drain node-a: its task moves away.
+    c.nodes[0].ok(&["node", "update", "node-a", "--availability", "drain"]);
+    wait_for(Duration::from_secs(30), || {
+        let per = running_per_node(&c, "web");
+        (!per.contains_key("node-a") && per.values().sum::<usize>() == 3).then_some(())
+    })
+    .unwrap_or_else(|| panic!("drain did not move tasks: {:#?}", tasks(&c, "web")));
+    wait_running(&c, "web", 3, Duration::from_secs(30));
+}
+
+#[test]
+fn unplaceable_and_unrunnable_tasks_say_why() {
+    let c = three_nodes();
+
+    // A constraint no node satisfies: pending, with the explanation.
+    deploy(
+        &c,
+        "eu",
+        &["--replicas", "1", "--constraint", "node.labels.zone==eu"],
+    );
+    let pending = wait_for(Duration::from_secs(20), || {
+        let t = tasks(&c, "eu").into_iter().next()?;
+        (t["state"] == "pending" && t["message"].as_str()?.contains("zone")).then_some(t)
+    })
+    .unwrap_or_else(|| panic!("no pending explanation: {:#?}", tasks(&c, "eu")));
+    let why = pending["message"].as_str().unwrap();
+    assert!(why.contains("node.labels.zone==eu"), "{why}");
+    assert!(why.contains("0 of 3"), "{why}");
+
+    // Labelling a node makes it placeable.
+    c.nodes[0].ok(&["node", "update", "node-b", "--label-add", "zone=eu"]);
+    wait_running(&c, "eu", 1, Duration::from_secs(30));
+    assert_eq!(
+        running_per_node(&c, "eu").keys().collect::<Vec<_>>(),
+        vec!["node-b"]
+    );
+
+    // An image that is not present and cannot be pulled: rejected with the
+    // engine's error, and `deploy` (waiting) exits non-zero saying so.
+    let out = c.nodes[0].cli(&[
+        "deploy",
+        "ghost",
+        "--image",
+        "shoal-missing:1",
+        "--pull",
+        "never",
+        "--timeout",
+        "30s",
+    ]);
+    assert!(!out.status.success());
+    let err =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(err.contains("rejected"), "{err}");
+    assert!(err.contains("shoal-missing:1"), "{err}");
+    let rejected = tasks(&c, "ghost")
+        .into_iter()
+        .find(|t| t["state"] == "rejected")
+        .expect("a rejected task");
+    assert!(
+        rejected["error"]
+            .as_str()
+            .unwrap()
+            .contains("shoal-missing:1"),
+        "{rejected}"
+    );
+
+    // Bad input is refused with one line naming the field.
+    for (args, fragment) in [
+        (vec!["service", "scale", "eu=many"], "eu=many"),
+        (vec!["service", "scale", "nope=2"], "no service named"),
+        (
+            vec![
+                "deploy",
+                "bad",
+                "--image",
+                IMAGE,
+                "--constraint",
+                "node.foo==x",
+            ],
+            "node.foo==x",
+        ),
+    ] {
+        let out = c.nodes[0].cli(&args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(fragment), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    }
+}
