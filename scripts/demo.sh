@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Builds shoal and starts a local 3-manager cluster on 127.0.0.1-3:4500, then
-# shows `shoal node ls` and `shoal status`. `scripts/demo.sh stop` stops it.
+# Builds shoal and the local test image, starts a local 3-manager cluster on
+# 127.0.0.1-3:4500 that shares this machine's Docker engine, deploys a
+# 3-replica web service and shows `shoal node ls`, `shoal status` and
+# `shoal service ps web`. `scripts/demo.sh stop` stops the daemons and removes
+# the service's containers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/shoal-target}"
@@ -17,12 +20,15 @@ stop() {
 }
 
 if [ "${1:-}" = "stop" ]; then
+  "$BIN" --data-dir "$DEMO/node-a" service rm web >/dev/null 2>&1 || true
   stop
   echo "stopped; data and logs are in $DEMO"
   exit 0
 fi
 
 cargo build --quiet --bin shoal
+scripts/test-image.sh >/dev/null
+"$BIN" --data-dir "$DEMO/node-a" service rm web >/dev/null 2>&1 || true
 stop
 rm -rf "$DEMO"
 mkdir -p "$DEMO"
@@ -56,11 +62,18 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 
+echo "\$ shoal deploy web --image shoal-test:latest --replicas 3 -- httpd -f -p 80"
+"$BIN" --data-dir "$DEMO/node-a" deploy web --image shoal-test:latest --replicas 3 \
+  --stop-grace-period 1s -- httpd -f -p 80
+echo
 echo "\$ shoal node ls"
 "$BIN" --data-dir "$DEMO/node-b" node ls
 echo
 echo "\$ shoal status"
 "$BIN" --data-dir "$DEMO/node-c" status
+echo
+echo "\$ shoal service ps web"
+"$BIN" --data-dir "$DEMO/node-a" service ps web
 echo
 echo "cluster running; try: $BIN --data-dir $DEMO/node-a node ls"
 echo "stop it with: scripts/demo.sh stop"
