@@ -262,6 +262,12 @@ async fn start(
         .context("cannot start Raft")?;
     let peers = Peers::new(endpoint.clone(), timing.connect_timeout);
     let socket = dd.socket_path();
+    let (proposer, proposals) = tokio::sync::mpsc::channel(crate::node::PROPOSAL_QUEUE);
+    tokio::spawn(crate::node::run_proposer(
+        raft.clone(),
+        proposals,
+        timing.commit_timeout,
+    ));
     let node = Arc::new(Node {
         id: meta.node_id,
         cluster_id: meta.cluster_id.clone(),
@@ -276,6 +282,8 @@ async fn start(
         liveness: Mutex::new(Default::default()),
         leader_hint: Mutex::new(None),
         known_managers: Mutex::new(meta.managers.clone()),
+        proposer,
+        engine_error: Mutex::new(None),
     });
     let _ = network.node.set(Arc::downgrade(&node));
 
@@ -320,6 +328,7 @@ async fn run_agent(node: Arc<Node>) {
         match crate::agent::DockerRuntime::connect().await {
             Ok(rt) => break rt,
             Err(e) => {
+                node.set_engine_error(Some(e.to_string()));
                 if !warned {
                     tracing::error!(error = %e, "the Docker engine is unreachable: this node runs no tasks until it answers");
                     warned = true;
@@ -328,6 +337,7 @@ async fn run_agent(node: Arc<Node>) {
             }
         }
     };
+    node.set_engine_error(None);
     tracing::info!(api = %runtime.api_version(), "connected to the Docker engine");
     crate::agent::driver::run(node, Arc::new(runtime)).await;
 }

@@ -63,8 +63,10 @@ impl Timing {
             election_timeout_min: self.election_timeout_min.as_millis() as u64,
             election_timeout_max: self.election_timeout_max.as_millis() as u64,
             install_snapshot_timeout: 10_000,
-            // Bounded batches on the wire: well below the frame limit.
-            max_payload_entries: 1024,
+            // Bounded batches on the wire: an entry holds up to 256 commands
+            // (see node::run_proposer), so 64 entries stay well below the
+            // frame limit for ordinary commands.
+            max_payload_entries: 64,
             snapshot_max_chunk_size: 4 * 1024 * 1024,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5_000),
             max_in_snapshot_log_to_keep: 1_000,

@@ -37,6 +37,7 @@ pub async fn run(node: Arc<Node>) {
         let beat = PeerRequest::Heartbeat(Heartbeat {
             node_id: node.id,
             version: VERSION.to_string(),
+            engine_error: node.engine_error.lock().unwrap().clone(),
         });
         let timeout = node
             .timing
@@ -72,7 +73,7 @@ fn learn(node: &Node, asked: u64, reply: HeartbeatReply) {
 
 /// The leader's side: record the heartbeat. Another manager answers with
 /// where the leader is, so the sender can go there.
-pub fn handle(node: &Node, from: u64, beat: Heartbeat) -> Result<HeartbeatReply, OpError> {
+pub fn handle(node: &Arc<Node>, from: u64, beat: Heartbeat) -> Result<HeartbeatReply, OpError> {
     if beat.node_id != from {
         return Err(OpError::new(
             OpErrorKind::Forbidden,
@@ -92,6 +93,7 @@ pub fn handle(node: &Node, from: u64, beat: Heartbeat) -> Result<HeartbeatReply,
             ));
         }
         node.liveness.lock().unwrap().record(from, Instant::now());
+        node.note_engine(from, beat.engine_error);
         return Ok(HeartbeatReply {
             leader_id: node.id,
             managers,

@@ -115,6 +115,7 @@ mod tests {
             joined_at_ms: 0,
             status_changed_at_ms: 0,
             updated_at_ms: 0,
+            engine_error: None,
         }
     }
 

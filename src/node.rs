@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
 
 use openraft::error::{ClientWriteError, RaftError};
 use shoal_net::pool::Peers;
@@ -36,6 +38,101 @@ pub struct Node {
     pub leader_hint: Mutex<Option<(NodeId, String)>>,
     /// Last known managers, persisted in node.json for restarts.
     pub known_managers: Mutex<Vec<(NodeId, String)>>,
+    /// Where writes queue for the proposer.
+    pub proposer: mpsc::Sender<Proposal>,
+    /// Why this node's container engine cannot be used, as the agent last
+    /// found; sent to the leader with every heartbeat.
+    pub engine_error: Mutex<Option<String>>,
+}
+
+/// One command waiting to be proposed, and where its outcome goes.
+pub struct Proposal {
+    cmd: Command,
+    reply: oneshot::Sender<Result<Response, OpError>>,
+}
+
+/// Writes waiting for the proposer; a full queue makes writers wait.
+pub const PROPOSAL_QUEUE: usize = 4096;
+/// Most commands in one log entry.
+const MAX_BATCH: usize = 256;
+
+/// Proposes queued commands, all that are waiting (up to [`MAX_BATCH`]) as
+/// one log entry, one entry at a time.
+///
+/// openraft 0.9 waits for each entry's fsync before it takes the next client
+/// write, so without this every concurrent write costs its own fsync; with
+/// it, writers that arrive while an entry commits share the next one.
+pub async fn run_proposer(
+    raft: Raft,
+    mut queue: mpsc::Receiver<Proposal>,
+    commit_timeout: Duration,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let (cmds, replies): (Vec<Command>, Vec<_>) =
+            batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
+        let count = cmds.len();
+        let payload = if count == 1 {
+            LogPayload::V1(cmds.into_iter().next().expect("one command"))
+        } else {
+            LogPayload::V1Batch(cmds)
+        };
+        let outcome = propose(&raft, payload, commit_timeout).await;
+        match outcome {
+            Ok(Response::Batch(responses)) if responses.len() == count => {
+                for (reply, response) in replies.into_iter().zip(responses) {
+                    let _ = reply.send(answer(response));
+                }
+            }
+            Ok(response) if count == 1 => {
+                let reply = replies.into_iter().next().expect("one reply");
+                let _ = reply.send(answer(response));
+            }
+            Ok(other) => {
+                let e =
+                    OpError::internal(format!("a batch of {count} was answered with {other:?}"));
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn answer(response: Response) -> Result<Response, OpError> {
+    match response {
+        Response::Rejected { reason } => Err(OpError::conflict(reason)),
+        other => Ok(other),
+    }
+}
+
+async fn propose(
+    raft: &Raft,
+    payload: LogPayload,
+    commit_timeout: Duration,
+) -> Result<Response, OpError> {
+    match tokio::time::timeout(commit_timeout, raft.client_write(payload)).await {
+        Err(_) => Err(OpError::unavailable(format!(
+            "the change was not committed within {commit_timeout:?}: the leader may have lost its quorum (it may still be applied later)"
+        ))),
+        Ok(Ok(resp)) => Ok(resp.data),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(OpError::new(
+            OpErrorKind::NotLeader,
+            format!("this node is not the leader (leader: {:?})", f.leader_id),
+        )),
+        Ok(Err(e)) => Err(OpError::unavailable(format!("write failed: {e}"))),
+    }
 }
 
 impl Node {
@@ -166,26 +263,17 @@ impl Node {
         result
     }
 
-    /// Commits one command through Raft. Must run on the leader.
+    /// Commits one command through Raft (via the proposer, which batches
+    /// concurrent writes into one log entry). Must run on the leader.
     pub async fn write(&self, cmd: Command) -> Result<Response, OpError> {
-        let fut = self.raft.client_write(LogPayload::V1(cmd));
-        match tokio::time::timeout(self.timing.commit_timeout, fut).await {
-            Err(_) => Err(OpError::unavailable(format!(
-                "the change was not committed within {:?}: the leader may have lost its quorum (it may still be applied later)",
-                self.timing.commit_timeout
-            ))),
-            Ok(Ok(resp)) => match resp.data {
-                Response::Rejected { reason } => Err(OpError::conflict(reason)),
-                other => Ok(other),
-            },
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(OpError::new(
-                    OpErrorKind::NotLeader,
-                    format!("this node is not the leader (leader: {:?})", f.leader_id),
-                ))
-            }
-            Ok(Err(e)) => Err(OpError::unavailable(format!("write failed: {e}"))),
-        }
+        let (reply, answer) = oneshot::channel();
+        self.proposer
+            .send(Proposal { cmd, reply })
+            .await
+            .map_err(|_| OpError::unavailable("this node is shutting down"))?;
+        answer
+            .await
+            .map_err(|_| OpError::unavailable("this node is shutting down"))?
     }
 
     /// Confirms leadership with a quorum, so a read of local state that
@@ -233,6 +321,37 @@ impl Node {
             }
             Err(e) => tracing::warn!(error = %e, "cannot read node.json"),
         }
+    }
+}
+
+impl Node {
+    pub fn set_engine_error(&self, error: Option<String>) {
+        *self.engine_error.lock().unwrap() = error;
+    }
+
+    /// On the leader: records a node's engine state when it differs from the
+    /// replicated one (in the background, so a heartbeat is answered at once).
+    pub fn note_engine(self: &Arc<Self>, id: NodeId, error: Option<String>) {
+        let differs = self
+            .state
+            .read(|s| s.nodes.get(&id).is_some_and(|n| n.engine_error != error));
+        if !differs {
+            return;
+        }
+        let node = self.clone();
+        tokio::spawn(async move {
+            if let Some(e) = &error {
+                tracing::warn!(node = id, error = %e, "container engine unavailable on a node: it gets no new tasks");
+            }
+            let cmd = Command::SetNodeEngine {
+                id,
+                error,
+                now_ms: now_ms(),
+            };
+            if let Err(e) = node.write(cmd).await {
+                tracing::debug!(error = %e, "cannot record a node's engine state");
+            }
+        });
     }
 }
 

@@ -613,6 +613,7 @@ pub fn node_view(n: &NodeRecord, leader: Option<NodeId>, voters: &BTreeSet<NodeI
         status_message: n.status_message.clone(),
         joined_at_ms: n.joined_at_ms,
         status_changed_at_ms: n.status_changed_at_ms,
+        engine_error: n.engine_error.clone(),
     }
 }
 

@@ -99,6 +99,8 @@ pub struct Heartbeat {
     pub node_id: NodeId,
     /// The sender's software version, so the leader can report mixed versions.
     pub version: String,
+    /// Why the sender's container engine cannot be used; `None` while it answers.
+    pub engine_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -322,3 +322,28 @@ fn unplaceable_and_unrunnable_tasks_say_why() {
         assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
     }
 }
+
+#[test]
+fn a_node_without_a_container_engine_reports_it_and_gets_no_tasks() {
+    let mut c = Cluster::new();
+    c.init("node-a", "127.0.0.1");
+    c.join_with_env(
+        "node-x",
+        "127.0.0.2",
+        "worker",
+        &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")],
+    );
+    let engine = wait_for(Duration::from_secs(20), || {
+        let n = c.nodes[0].json(&["node", "inspect", "node-x"]).ok()?;
+        n["engine_error"].as_str().map(str::to_string)
+    })
+    .expect("node-x reports its engine unavailable");
+    assert!(engine.contains("nonexistent"), "{engine}");
+    let a = c.nodes[0].json(&["node", "inspect", "node-a"]).unwrap();
+    assert!(a["engine_error"].is_null(), "{a}");
+
+    deploy(&c, "web", &["--replicas", "2"]);
+    wait_running(&c, "web", 2, Duration::from_secs(60));
+    let per = running_per_node(&c, "web");
+    assert_eq!(per.keys().collect::<Vec<_>>(), vec!["node-a"], "{per:?}");
+}

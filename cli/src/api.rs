@@ -140,6 +140,8 @@ pub struct NodeView {
     pub status_message: String,
     pub joined_at_ms: u64,
     pub status_changed_at_ms: u64,
+    /// Why the node's container engine cannot be used; `null` while it answers.
+    pub engine_error: Option<String>,
 }
 
 /// The body of `POST /v1/nodes/{node}/update`. Absent fields change nothing.
@@ -976,6 +978,7 @@ mod tests {
             status_message: String::new(),
             joined_at_ms: 1_700_000_000_000,
             status_changed_at_ms: 1_700_000_000_500,
+            engine_error: None,
         }
     }
 
@@ -1017,7 +1020,8 @@ mod tests {
                 "status": "ready", "availability": "active", "leader": true, "voter": true,
                 "labels": {"zone": "eu"}, "nano_cpus": 2_000_000_000u64,
                 "memory_bytes": 1u64 << 30, "version": "0.1.0", "status_message": "",
-                "joined_at_ms": 1_700_000_000_000u64, "status_changed_at_ms": 1_700_000_000_500u64
+                "joined_at_ms": 1_700_000_000_000u64, "status_changed_at_ms": 1_700_000_000_500u64,
+                "engine_error": null
             })
         );
         let back: NodeView = serde_json::from_value(value).unwrap();

@@ -519,6 +519,7 @@ pub(crate) mod tests {
             status_message: String::new(),
             joined_at_ms: 1_700_000_000_000,
             status_changed_at_ms: 1_700_000_000_000,
+            engine_error: None,
         }
     }
 

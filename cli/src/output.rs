@@ -71,6 +71,13 @@ pub fn node_block(node: &NodeView) -> String {
     line("Status", &status);
     line("Since", &format_unix_millis(node.status_changed_at_ms));
     line("Availability", &node.availability);
+    line(
+        "Engine",
+        node.engine_error
+            .as_deref()
+            .map_or("ready".to_owned(), |e| format!("unavailable ({e})"))
+            .as_str(),
+    );
     line("CPUs", &format_cpus(node.nano_cpus));
     line("Memory", &format_bytes(node.memory_bytes));
     line("Version", &node.version);

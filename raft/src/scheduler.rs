@@ -1,5 +1,5 @@
 //! The scheduler: which node runs each pending task. [`schedule`] filters the nodes
-//! (ready, active, constraints, reservations against the node's resources, host port
+//! (ready, engine up, active, constraints, reservations against the node's resources, host port
 //! conflicts, the per-node maximum), then scores the survivors (spread: fewest tasks
 //! of the service, then fewest tasks overall, then the lowest node id).
 //!
@@ -81,6 +81,17 @@ impl Filter for Ready {
     }
     fn explain(&self, eliminated: usize, _: usize) -> String {
         format!("{} down", nodes(eliminated))
+    }
+}
+
+struct EngineUp;
+
+impl Filter for EngineUp {
+    fn check(&self, node: &NodeRecord, _: &NodeUsage) -> bool {
+        node.engine_error.is_none()
+    }
+    fn explain(&self, eliminated: usize, _: usize) -> String {
+        format!("container engine unavailable on {}", nodes(eliminated))
     }
 }
 
@@ -179,7 +190,8 @@ struct Filters<'a> {
 
 impl<'a> Filters<'a> {
     fn new(service: &'a str, spec: &'a ServiceSpec) -> Self {
-        let mut fixed: Vec<Box<dyn Filter + 'a>> = vec![Box::new(Ready), Box::new(Active)];
+        let mut fixed: Vec<Box<dyn Filter + 'a>> =
+            vec![Box::new(Ready), Box::new(EngineUp), Box::new(Active)];
         for constraint in &spec.constraints {
             fixed.push(Box::new(Satisfies(constraint)));
         }
@@ -437,6 +449,15 @@ mod tests {
         s.nodes.get_mut(&2).unwrap().availability = Availability::Drain;
         s.nodes.get_mut(&3).unwrap().availability = Availability::Pause;
         check(&s, &["assign t0 to 4", "assign t1 to 4", "assign t2 to 4"]);
+        // A node whose agent cannot reach its container engine takes nothing.
+        let mut s = pending(2, spec(1, |_| {}), 1);
+        s.nodes.get_mut(&1).unwrap().engine_error = Some("connection refused".to_owned());
+        check(&s, &["assign t0 to 2"]);
+        s.nodes.get_mut(&2).unwrap().engine_error = Some("connection refused".to_owned());
+        check(
+            &s,
+            &["unassignable t0: container engine unavailable on 2 nodes"],
+        );
     }
 
     #[test]

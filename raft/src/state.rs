@@ -20,11 +20,30 @@ use crate::service::{
 };
 use crate::types::NodeId;
 
-/// The log entry payload: one versioned envelope around a [`Command`]. A later
-/// format is added as `V2` beside `V1`, so old logs stay readable.
+/// The log entry payload: a versioned envelope around commands. A later
+/// format is added beside the existing variants (never in their place), so
+/// old logs stay readable.
+// Entries are built once and moved into the log; boxing `V1` would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LogPayload {
     V1(Command),
+    /// Commands proposed together by concurrent writers, applied in order as
+    /// one entry: one log write and one fsync for the lot. Answered with
+    /// [`Response::Batch`], one response per command.
+    V1Batch(Vec<Command>),
+}
+
+impl LogPayload {
+    /// Applies every command of the entry in order.
+    pub fn apply(&self, state: &mut ClusterState) -> Response {
+        match self {
+            LogPayload::V1(command) => apply(state, command),
+            LogPayload::V1Batch(commands) => {
+                Response::Batch(commands.iter().map(|c| apply(state, c)).collect())
+            }
+        }
+    }
 }
 
 /// The state every manager agrees on.
@@ -183,6 +202,10 @@ pub struct NodeRecord {
     pub joined_at_ms: u64,
     pub status_changed_at_ms: u64,
     pub updated_at_ms: u64,
+    /// Why the node's container engine cannot be used, as its agent last
+    /// reported; `None` while the engine answers. Such a node gets no new
+    /// tasks.
+    pub engine_error: Option<String>,
 }
 
 /// What a joining node tells about itself.
@@ -292,6 +315,13 @@ pub enum Command {
         updates: Vec<TaskStatusUpdate>,
         now_ms: u64,
     },
+    /// A node's agent reached its container engine again (`error` None) or
+    /// lost it (`error` says why). A node without an engine gets no new tasks.
+    SetNodeEngine {
+        id: NodeId,
+        error: Option<String>,
+        now_ms: u64,
+    },
 }
 
 /// One decision of the orchestrator or the scheduler.
@@ -344,7 +374,8 @@ impl Command {
             | Command::ScaleService { now_ms, .. }
             | Command::RemoveService { now_ms, .. }
             | Command::ApplyTaskChanges { now_ms, .. }
-            | Command::ReportTaskStatus { now_ms, .. } => *now_ms,
+            | Command::ReportTaskStatus { now_ms, .. }
+            | Command::SetNodeEngine { now_ms, .. } => *now_ms,
         }
     }
 }
@@ -361,6 +392,8 @@ pub enum Response {
     Rejected {
         reason: String,
     },
+    /// The responses to a [`LogPayload::V1Batch`], in command order.
+    Batch(Vec<Response>),
 }
 
 impl Response {
@@ -480,6 +513,7 @@ impl ClusterState {
                 joined_at_ms: now_ms,
                 status_changed_at_ms: now_ms,
                 updated_at_ms: now_ms,
+                engine_error: None,
             },
         );
         self.next_node_id = next;
@@ -754,6 +788,14 @@ fn apply_or_refuse(state: &mut ClusterState, cmd: &Command) -> Result<Response, 
         } => {
             for update in updates {
                 state.report_task_status(*node_id, update, *now_ms);
+            }
+            Ok(Response::Ok)
+        }
+        Command::SetNodeEngine { id, error, now_ms } => {
+            let node = state.node_mut(*id)?;
+            if node.engine_error != *error {
+                node.engine_error = error.clone();
+                node.updated_at_ms = *now_ms;
             }
             Ok(Response::Ok)
         }
@@ -1133,10 +1175,11 @@ mod tests {
             Command::RemoveService { .. } => "RemoveService",
             Command::ApplyTaskChanges { .. } => "ApplyTaskChanges",
             Command::ReportTaskStatus { .. } => "ReportTaskStatus",
+            Command::SetNodeEngine { .. } => "SetNodeEngine",
         }
     }
 
-    const ALL_VARIANTS: [&str; 15] = [
+    const ALL_VARIANTS: [&str; 16] = [
         "InitCluster",
         "RegisterNode",
         "SetNodeStatus",
@@ -1152,6 +1195,7 @@ mod tests {
         "RemoveService",
         "ApplyTaskChanges",
         "ReportTaskStatus",
+        "SetNodeEngine",
     ];
 
     fn web_spec() -> ServiceSpec {
@@ -1594,6 +1638,33 @@ mod tests {
                 expect: Expect::Rejected("not initialised"),
                 change: unchanged,
             },
+            // SetNodeEngine
+            Case {
+                name: "a node reports its engine unreachable",
+                before: manager_and_worker,
+                cmd: Command::SetNodeEngine {
+                    id: 2,
+                    error: Some("docker: connection refused".to_owned()),
+                    now_ms: NOW,
+                },
+                expect: Expect::Ok,
+                change: |s| {
+                    let n = s.nodes.get_mut(&2).unwrap();
+                    n.engine_error = Some("docker: connection refused".to_owned());
+                    n.updated_at_ms = NOW;
+                },
+            },
+            Case {
+                name: "an unknown node's engine report is refused",
+                before: manager_and_worker,
+                cmd: Command::SetNodeEngine {
+                    id: 9,
+                    error: None,
+                    now_ms: NOW,
+                },
+                expect: Expect::Rejected("node 9 is not a member"),
+                change: unchanged,
+            },
             // ReportTaskStatus
             Case {
                 name: "an agent reports its task running",
@@ -1697,6 +1768,7 @@ mod tests {
                             joined_at_ms: NOW,
                             status_changed_at_ms: NOW,
                             updated_at_ms: NOW,
+                            engine_error: None,
                         },
                     );
                     s.next_node_id = 2;
@@ -2250,6 +2322,25 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_entry_applies_like_its_commands_one_by_one() {
+        let commands = history();
+        let mut one_by_one = ClusterState::default();
+        let singles: Vec<Response> = commands
+            .iter()
+            .map(|c| LogPayload::V1(c.clone()).apply(&mut one_by_one))
+            .collect();
+        assert!(
+            singles.iter().any(Response::is_rejected),
+            "the history has a refusal"
+        );
+        let mut batched = ClusterState::default();
+        let batch = LogPayload::V1Batch(commands);
+        let batch: LogPayload = codec::decode(&codec::encode(&batch).unwrap()).unwrap();
+        assert_eq!(batch.apply(&mut batched), Response::Batch(singles));
+        assert_eq!(batched, one_by_one);
+    }
+
+    #[test]
     fn apply_is_deterministic() {
         let run = |commands: &[Command]| {
             let mut state = ClusterState::default();
@@ -2266,7 +2357,10 @@ mod tests {
         let decoded: Vec<LogPayload> = codec::decode(&codec::encode(&logged).unwrap()).unwrap();
         let replayed: Vec<Command> = decoded
             .into_iter()
-            .map(|LogPayload::V1(command)| command)
+            .flat_map(|payload| match payload {
+                LogPayload::V1(command) => vec![command],
+                LogPayload::V1Batch(commands) => commands,
+            })
             .collect();
         assert_eq!(run(&replayed), first);
 

@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::codec::{self, CodecError};
-use crate::state::{self, ClusterState, LogPayload, Response};
+use crate::state::{ClusterState, Response};
 use crate::types::{
     Entry, LogId, RaftStorageError, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, Vote,
 };
@@ -1053,9 +1053,7 @@ impl StateMachineStore {
                 applied.last_applied = Some(entry.log_id);
                 let response = match entry.payload {
                     EntryPayload::Blank => Response::Ok,
-                    EntryPayload::Normal(LogPayload::V1(command)) => {
-                        state::apply(&mut applied.state, &command)
-                    }
+                    EntryPayload::Normal(payload) => payload.apply(&mut applied.state),
                     EntryPayload::Membership(membership) => {
                         applied.membership = StoredMembership::new(Some(entry.log_id), membership);
                         Response::Ok
@@ -1136,7 +1134,7 @@ mod tests {
     use tempfile::TempDir;
 
     use super::*;
-    use crate::state::{CaMaterial, Command, NewNode, Resources, Role};
+    use crate::state::{CaMaterial, Command, LogPayload, NewNode, Resources, Role};
     use crate::types::NodeId;
 
     struct RedbStoreBuilder;

@@ -33,6 +33,7 @@ pub fn node(id: NodeId, status: NodeStatus, availability: Availability) -> NodeR
         joined_at_ms: 0,
         status_changed_at_ms: 0,
         updated_at_ms: 0,
+        engine_error: None,
     }
 }
 

@@ -55,6 +55,7 @@ pub async fn run(node: Arc<Node>, runtime: Arc<dyn ContainerRuntime>) {
             .collect();
         match executor.reconcile(&list).await {
             Ok(outcome) => {
+                node.set_engine_error(None);
                 for e in &outcome.errors {
                     tracing::warn!(action = %e.action, error = %e.error, "container action failed; retrying on the next pass");
                 }
@@ -67,6 +68,7 @@ pub async fn run(node: Arc<Node>, runtime: Arc<dyn ContainerRuntime>) {
                 }
             }
             Err(e) if e.is_retryable() => {
+                node.set_engine_error(Some(e.to_string()));
                 tracing::warn!(error = %e, "container engine unavailable; retrying")
             }
             Err(e) => tracing::error!(error = %e, "cannot list this node's containers"),

@@ -106,6 +106,10 @@ impl Drop for Daemon {
 }
 
 fn spawn_daemon(log: &Path, dir: &Path, args: &[&str]) -> Child {
+    spawn_daemon_with_env(log, dir, args, &[])
+}
+
+fn spawn_daemon_with_env(log: &Path, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Child {
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -117,6 +121,7 @@ fn spawn_daemon(log: &Path, dir: &Path, args: &[&str]) -> Child {
         .arg("--log-level")
         .arg("info")
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(log_file.try_clone().unwrap())
         .stderr(log_file)
@@ -216,10 +221,21 @@ impl Cluster {
     /// `shoal join` through node 0 with the given role's token; waits until
     /// node 0 lists the new node as ready.
     pub fn join(&mut self, name: &str, ip: &str, role: &str) -> usize {
+        self.join_with_env(name, ip, role, &[])
+    }
+
+    /// [`Cluster::join`] with extra environment for the daemon.
+    pub fn join_with_env(
+        &mut self,
+        name: &str,
+        ip: &str,
+        role: &str,
+        env: &[(&str, &str)],
+    ) -> usize {
         let token = self.token(role);
         let via = self.nodes[0].addr();
         let mut d = self.daemon(name, ip);
-        d.child = Some(spawn_daemon(
+        d.child = Some(spawn_daemon_with_env(
             &d.log,
             &d.dir,
             &[
@@ -232,6 +248,7 @@ impl Cluster {
                 "--name",
                 name,
             ],
+            env,
         ));
         self.nodes.push(d);
         let i = self.nodes.len() - 1;
