@@ -1,6 +1,7 @@
-//! Cluster-core benchmarks on real processes: commit latency and throughput
-//! (through the control API and through the leader's in-process Raft
-//! client), SIGKILL-the-leader failover, and the idle footprint of a daemon.
+//! Cluster-core benchmarks on real processes: the idle footprint of a fresh
+//! daemon (and elections while idle), commit latency and throughput (through
+//! the control API and through the leader's in-process Raft client), and
+//! SIGKILL-the-leader failover.
 //!
 //! `cargo bench --bench cluster` (release build). Knobs, for quicker runs:
 //! `BENCH_FAILOVER_ROUNDS` (20), `BENCH_IDLE_SECS` (60), `BENCH_WRITES` (20000).
@@ -105,6 +106,43 @@ fn main() {
 
     let mut report = serde_json::Map::new();
 
+    // --- idle, on the fresh cluster: spurious elections and footprint ---
+    let (_, term_before) = leader_term(&c).expect("leader before idle");
+    let before: Vec<(f64, u64)> = c
+        .nodes
+        .iter()
+        .map(|d| cpu_and_rss(d.child.as_ref().unwrap().id()))
+        .collect();
+    std::thread::sleep(Duration::from_secs(idle_secs));
+    let after: Vec<(f64, u64)> = c
+        .nodes
+        .iter()
+        .map(|d| cpu_and_rss(d.child.as_ref().unwrap().id()))
+        .collect();
+    let (_, term_after) = leader_term(&c).expect("leader after idle");
+    println!(
+        "\nidle {idle_secs} s: term {term_before} -> {term_after} ({} elections)",
+        term_after - term_before
+    );
+    let mut idle = Vec::new();
+    for (i, d) in c.nodes.iter().enumerate() {
+        let cpu_pct = (after[i].0 - before[i].0) / idle_secs as f64 * 100.0;
+        let rss_mb = after[i].1 as f64 / 1024.0 / 1024.0;
+        let role = if Some(i) == c.leader() {
+            "leader"
+        } else {
+            "follower"
+        };
+        println!(
+            "  {} ({role}): RSS {rss_mb:.1} MB, CPU {cpu_pct:.2}%",
+            d.name
+        );
+        idle.push(json!({"node": d.name, "role": role, "rss_mb": rss_mb, "cpu_pct": cpu_pct}));
+    }
+    report.insert("idle_secs".into(), json!(idle_secs));
+    report.insert("idle_elections".into(), json!(term_after - term_before));
+    report.insert("idle".into(), json!(idle));
+
     // --- commit latency and throughput ---------------------------------
     println!(
         "\n{:<44} {:>10} {:>9} {:>9} {:>9}",
@@ -155,43 +193,6 @@ fn main() {
             json!({"commits_per_sec": per_sec, "p50_ms": ms(percentile(&lat, 0.5)), "p99_ms": ms(percentile(&lat, 0.99))}),
         );
     }
-
-    // --- idle: spurious elections and footprint ------------------------
-    let (_, term_before) = leader_term(&c).expect("leader before idle");
-    let before: Vec<(f64, u64)> = c
-        .nodes
-        .iter()
-        .map(|d| cpu_and_rss(d.child.as_ref().unwrap().id()))
-        .collect();
-    std::thread::sleep(Duration::from_secs(idle_secs));
-    let after: Vec<(f64, u64)> = c
-        .nodes
-        .iter()
-        .map(|d| cpu_and_rss(d.child.as_ref().unwrap().id()))
-        .collect();
-    let (_, term_after) = leader_term(&c).expect("leader after idle");
-    println!(
-        "\nidle {idle_secs} s: term {term_before} -> {term_after} ({} elections)",
-        term_after - term_before
-    );
-    let mut idle = Vec::new();
-    for (i, d) in c.nodes.iter().enumerate() {
-        let cpu_pct = (after[i].0 - before[i].0) / idle_secs as f64 * 100.0;
-        let rss_mb = after[i].1 as f64 / 1024.0 / 1024.0;
-        let role = if Some(i) == c.leader() {
-            "leader"
-        } else {
-            "follower"
-        };
-        println!(
-            "  {} ({role}): RSS {rss_mb:.1} MB, CPU {cpu_pct:.2}%",
-            d.name
-        );
-        idle.push(json!({"node": d.name, "role": role, "rss_mb": rss_mb, "cpu_pct": cpu_pct}));
-    }
-    report.insert("idle_secs".into(), json!(idle_secs));
-    report.insert("idle_elections".into(), json!(term_after - term_before));
-    report.insert("idle".into(), json!(idle));
 
     // --- failover -------------------------------------------------------
     let mut failovers = Vec::new();

@@ -39,10 +39,10 @@ pub async fn run(node: Arc<Node>) {
             version: VERSION.to_string(),
             engine_error: node.engine_error.lock().unwrap().clone(),
         });
-        let timeout = node
-            .timing
-            .heartbeat_interval
-            .max(node.timing.connect_timeout);
+        // A beat not answered within one interval counts as lost: a worker
+        // then asks the next manager where the leader is, instead of
+        // waiting on a leader that may be dead.
+        let timeout = node.timing.heartbeat_interval;
         match node.call_peer(target.0, &target.1, &beat, timeout).await {
             Ok(PeerResponse::Heartbeat(Ok(reply))) => learn(&node, target.0, reply),
             Ok(PeerResponse::Heartbeat(Err(e))) => {

@@ -142,10 +142,17 @@ impl Node {
         {
             let metrics = self.raft.metrics();
             let m = metrics.borrow();
+            let membership = m.membership_config.membership();
             if let Some(leader) = m.current_leader {
-                if let Some(node) = m.membership_config.membership().get_node(&leader) {
+                if let Some(node) = membership.get_node(&leader) {
                     return Some((leader, node.addr.clone()));
                 }
+            }
+            // A member of the Raft group trusts Raft alone: during an
+            // election there is no leader, and an older hint would send
+            // requests to the leader that just died.
+            if membership.get_node(&self.id).is_some() {
+                return None;
             }
         }
         self.leader_hint.lock().unwrap().clone()

@@ -1028,6 +1028,8 @@ mod engine_tests {
                 task.desired_state = DesiredState::Shutdown;
             }
             let before = Instant::now();
+            executor.reconcile(&desired).await.unwrap();
+            executor.settle().await;
             let outcome = executor.reconcile(&desired).await.unwrap();
             let took = before.elapsed();
             assert!(outcome.errors.is_empty(), "{:?}", outcome.errors);

@@ -15,8 +15,9 @@ use super::{ContainerRuntime, DesiredTask, Executor, ExecutorConfig, Scope, Task
 use crate::node::{now_ms, resolve, Node};
 use crate::wire::{PeerRequest, PeerResponse, TaskFeed, TaskReport};
 
-/// A pass runs at least this often, to catch anything an event missed.
-const RESYNC_EVERY: Duration = Duration::from_secs(2);
+/// A pass runs at least this often, to catch anything an engine event or a
+/// task change did not announce (they trigger passes at once).
+const RESYNC_EVERY: Duration = Duration::from_secs(10);
 /// A task stream silent for this long (the leader sends `Idle` every 5 s)
 /// is considered dead.
 const FEED_SILENCE: Duration = Duration::from_secs(12);
@@ -27,9 +28,10 @@ type Desired = Arc<Mutex<BTreeMap<TaskId, Task>>>;
 
 pub async fn run(node: Arc<Node>, runtime: Arc<dyn ContainerRuntime>) {
     let scope = Scope::new(node.cluster_id.clone(), node.id.to_string());
-    let executor = Executor::new(runtime.clone(), scope, ExecutorConfig::default());
     let desired: Desired = Arc::new(Mutex::new(BTreeMap::new()));
     let wake = Arc::new(Notify::new());
+    let executor =
+        Executor::new(runtime.clone(), scope, ExecutorConfig::default()).with_wake(wake.clone());
     // No pass before the first full set has arrived: an empty desired set
     // would stop every container this node runs.
     let synced = Arc::new(tokio::sync::Semaphore::new(0));

@@ -62,6 +62,7 @@ struct FakeState {
     next_id: u64,
     clock: u64,
     start_delay: Duration,
+    stop_delay: Duration,
     events: broadcast::Sender<ScopedEvent>,
     calls: FakeCalls,
 }
@@ -153,6 +154,7 @@ impl FakeRuntime {
                 next_id: 0,
                 clock: 0,
                 start_delay: Duration::ZERO,
+                stop_delay: Duration::ZERO,
                 events,
                 calls: FakeCalls::default(),
             }),
@@ -180,6 +182,11 @@ impl FakeRuntime {
     /// Makes an image available from the (simulated) registry.
     pub fn add_pullable(&self, image: &str) {
         self.lock().pullable.insert(normalize_image(image));
+    }
+
+    /// How long a stopped process takes to exit (a long grace period).
+    pub fn set_stop_delay(&self, delay: Duration) {
+        self.lock().stop_delay = delay;
     }
 
     pub fn set_start_delay(&self, delay: Duration) {
@@ -403,11 +410,17 @@ impl ContainerRuntime for FakeRuntime {
         _signal: Option<&'a str>,
     ) -> BoxFuture<'a, Result<(), RuntimeError>> {
         Box::pin(async move {
-            let mut state = self.lock();
-            state.check_available()?;
-            state.calls.stops += 1;
-            // Fake processes honour the stop signal at once.
-            state.exit(id, EXIT_SIGTERM, false)
+            let delay = {
+                let mut state = self.lock();
+                state.check_available()?;
+                state.calls.stops += 1;
+                state.stop_delay
+            };
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            // Fake processes honour the stop signal (after the delay).
+            self.lock().exit(id, EXIT_SIGTERM, false)
         })
     }
 

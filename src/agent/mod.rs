@@ -110,12 +110,26 @@ impl Step {
     }
 }
 
+/// Stops waiting out their grace period at once, per executor: a stop is
+/// mostly waiting, so more than the general parallelism may run.
+const MAX_STOPS_IN_FLIGHT: usize = 64;
+
 /// Runs plans against one runtime, in one label scope.
+///
+/// Stops run in the background: a grace period of one service must not hold
+/// back the next pass (a killed container of another service is replaced
+/// while the stop is still waiting). A container being stopped is left out
+/// of later plans until its stop has finished, and the stop's status is
+/// handed out by the first pass after it.
 #[derive(Clone)]
 pub struct Executor {
     runtime: Arc<dyn ContainerRuntime>,
     scope: Scope,
     config: ExecutorConfig,
+    stopping: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+    stopped: Arc<std::sync::Mutex<Vec<(String, Step)>>>,
+    stop_slots: Arc<tokio::sync::Semaphore>,
+    wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Executor {
@@ -127,7 +141,53 @@ impl Executor {
                 parallelism: config.parallelism.max(1),
                 ..config
             },
+            stopping: Default::default(),
+            stopped: Default::default(),
+            stop_slots: Arc::new(tokio::sync::Semaphore::new(MAX_STOPS_IN_FLIGHT)),
+            wake: None,
         }
+    }
+
+    /// Notified whenever a background stop finishes, so the caller runs a
+    /// pass and reports it.
+    pub fn with_wake(mut self, wake: Arc<tokio::sync::Notify>) -> Self {
+        self.wake = Some(wake);
+        self
+    }
+
+    /// Whether an action touches a container whose stop is in flight.
+    fn touches(action: &Action, busy: &std::collections::BTreeSet<String>) -> bool {
+        match action {
+            Action::Start { container_id, .. }
+            | Action::Stop { container_id, .. }
+            | Action::Remove { container_id } => busy.contains(container_id),
+            Action::Report(status) => status
+                .container_id
+                .as_ref()
+                .is_some_and(|id| busy.contains(id)),
+            Action::Create(_) => false,
+        }
+    }
+
+    fn spawn_stop(&self, action: Action) {
+        let Action::Stop { container_id, .. } = &action else {
+            return;
+        };
+        let id = container_id.clone();
+        self.stopping.lock().unwrap().insert(id.clone());
+        let this = self.clone();
+        tokio::spawn(async move {
+            let line = action.to_string();
+            let step = match this.stop_slots.clone().acquire_owned().await {
+                Ok(_permit) => this.execute(action).await,
+                Err(_) => Step::nothing(),
+            };
+            this.stopped.lock().unwrap().push((line, step));
+            this.stopping.lock().unwrap().remove(&id);
+            if let Some(wake) = &this.wake {
+                wake.notify_one();
+            }
+        });
     }
 
     /// One pass: list the scope's containers, plan, execute.
@@ -140,7 +200,53 @@ impl Executor {
                     .list(&self.scope.cluster_id, &self.scope.node_id),
             )
             .await?;
-        Ok(self.run(plan(desired, &observed)).await)
+        // Stops that ended since the last pass: their reports stand for
+        // those tasks in this pass.
+        let finished = std::mem::take(&mut *self.stopped.lock().unwrap());
+        let reported: std::collections::BTreeSet<String> = finished
+            .iter()
+            .filter_map(|(_, step)| step.status.as_ref().map(|s| s.task_id.clone()))
+            .collect();
+        let busy = self.stopping.lock().unwrap().clone();
+        let mut now = Vec::new();
+        for action in plan(desired, &observed) {
+            if Self::touches(&action, &busy) {
+                continue;
+            }
+            if let Action::Report(status) = &action {
+                if reported.contains(&status.task_id) {
+                    continue;
+                }
+            }
+            if matches!(action, Action::Stop { .. }) {
+                self.spawn_stop(action);
+            } else {
+                now.push(action);
+            }
+        }
+        let mut outcome = self.run(now).await;
+        for (action, step) in finished {
+            Self::record(&mut outcome, action, step);
+        }
+        Ok(outcome)
+    }
+
+    /// Waits until no stop is in flight.
+    #[cfg(test)]
+    pub async fn settle(&self) {
+        while !self.stopping.lock().unwrap().is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    fn record(outcome: &mut Outcome, action: String, step: Step) {
+        if let Some(status) = step.status {
+            outcome.statuses.push(status);
+        }
+        if let Some(error) = step.error {
+            tracing::warn!(%action, %error, "container action failed");
+            outcome.errors.push(ActionError { action, error });
+        }
     }
 
     /// Executes actions, at most `parallelism` at once. The plan holds at
@@ -160,13 +266,7 @@ impl Executor {
         steps.sort_by_key(|(index, _, _)| *index);
         let mut outcome = Outcome::default();
         for (_, action, step) in steps {
-            if let Some(status) = step.status {
-                outcome.statuses.push(status);
-            }
-            if let Some(error) = step.error {
-                tracing::warn!(%action, %error, "container action failed");
-                outcome.errors.push(ActionError { action, error });
-            }
+            Self::record(&mut outcome, action, step);
         }
         outcome
     }
@@ -514,6 +614,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_slow_stop_does_not_hold_back_other_work() {
+        let (fake, executor) = setup(ExecutorConfig::default());
+        let mut desired = vec![task("eeee000000000001", 1, TaskState::Assigned)];
+        let outcome = executor.reconcile(&desired).await.unwrap();
+        echo(&mut desired, &outcome);
+        desired[0].desired_state = DesiredState::Shutdown;
+        desired[0].spec.stop_grace_period_ms = 60_000;
+        fake.set_stop_delay(Duration::from_secs(60));
+        desired.push(task("eeee000000000002", 2, TaskState::Assigned));
+        let started = Instant::now();
+        let outcome = executor.reconcile(&desired).await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the pass waited for the stop"
+        );
+        assert_eq!(
+            states(&outcome),
+            [("eeee000000000002".to_string(), TaskState::Running)]
+        );
+        // While it is being stopped, the container is left alone.
+        let again = executor.reconcile(&desired).await.unwrap();
+        assert!(again
+            .statuses
+            .iter()
+            .all(|s| s.task_id != "eeee000000000001"));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while fake.calls().stops == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        executor.reconcile(&desired).await.unwrap();
+        assert_eq!(fake.calls().stops, 1, "one stop, not one per pass");
+    }
+
+    #[tokio::test]
     async fn shutdown_and_unassigned_containers_are_stopped_and_removed() {
         let (fake, executor) = setup(ExecutorConfig::default());
         let mut desired = vec![
@@ -526,6 +660,13 @@ mod tests {
         // while this node was away, so it is no longer assigned here.
         desired[0].desired_state = DesiredState::Shutdown;
         desired.truncate(1);
+        // Stops run in the background; their outcome comes with the next pass.
+        let outcome = executor.reconcile(&desired).await.unwrap();
+        assert!(
+            states(&outcome).is_empty(),
+            "nothing reported before the stops end"
+        );
+        executor.settle().await;
         let outcome = executor.reconcile(&desired).await.unwrap();
         assert!(outcome.errors.is_empty(), "{:?}", outcome.errors);
         assert_eq!(
