@@ -226,15 +226,16 @@ fn main() {
             ms(took)
         );
         c.nodes[old].restart();
-        // Wait until the restarted node is a caught-up voter and all agree.
+        // As the etcd baseline does: wait until the restarted node is a voter
+        // again and every member's log matches the leader's (lag 0).
         wait_for(Duration::from_secs(60), || {
             let st = c.nodes[old].json(&["status"]).ok()?;
             let healthy = st["quorum"]["healthy"] == true && st["quorum"]["voters_ready"] == 3;
-            let lagging = st["members"]
+            let caught_up = st["members"]
                 .as_array()?
                 .iter()
-                .any(|m| m["lag"].as_u64().unwrap_or(0) > 5);
-            (healthy && !lagging).then_some(())
+                .all(|m| m["lag"].as_u64() == Some(0));
+            (healthy && caught_up).then_some(())
         })
         .expect("cluster healthy again after restart");
     }

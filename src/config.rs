@@ -4,14 +4,14 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-/// How fast the cluster reacts. The defaults favour fast failover on a LAN:
-/// a leader silent for 250–500 ms is replaced.
+/// How fast the cluster reacts. The defaults favour fast failover on a LAN.
 ///
-/// openraft 0.9 sets the leader lease to the maximum election timeout: a
-/// follower that heard from the leader within that time refuses to vote, so
-/// the first candidate is usually refused and wins on its second timeout.
-/// Failover therefore takes about two election timeouts, and the timeouts
-/// are kept short to bring that under a second.
+/// openraft 0.9 makes a follower that follows a leader wait the leader lease
+/// (the maximum election timeout) plus a random election timeout before it
+/// campaigns, so a dead leader is replaced after about 400 + 200..400 ms
+/// with these values; a follower whose log is behind waits twice the maximum
+/// more, which lets the up-to-date one win. The 60 ms Raft heartbeat leaves
+/// room for several lost heartbeats before anyone campaigns.
 #[derive(Debug, Clone)]
 pub struct Timing {
     /// Raft leader heartbeat.
@@ -42,12 +42,14 @@ impl Timing {
         // mark a node down.
         let heartbeat_interval = (heartbeat_timeout / 4).max(Duration::from_millis(50));
         Timing {
-            raft_heartbeat: Duration::from_millis(50),
-            election_timeout_min: Duration::from_millis(250),
-            election_timeout_max: Duration::from_millis(500),
+            raft_heartbeat: Duration::from_millis(60),
+            election_timeout_min: Duration::from_millis(200),
+            election_timeout_max: Duration::from_millis(400),
             heartbeat_interval,
             heartbeat_timeout,
-            leader_tick: Duration::from_millis(100),
+            // Orchestration also runs on every applied change; the tick is
+            // for what time alone changes (liveness, restart delays).
+            leader_tick: Duration::from_millis(250),
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(10),
             commit_timeout: Duration::from_secs(5),

@@ -192,12 +192,16 @@ async fn follow_feed(
     }
 }
 
+/// Completes when this node no longer sees `leader` as the leader: woken by
+/// Raft's metrics on a manager; a worker's view (from heartbeats) is checked
+/// every half second.
 async fn leader_changes(node: &Node, leader: u64) {
+    let mut metrics = node.raft.metrics();
     loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
         if node.leader().map(|l| l.0) != Some(leader) {
             return;
         }
+        let _ = tokio::time::timeout(Duration::from_millis(500), metrics.changed()).await;
     }
 }
 
