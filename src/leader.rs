@@ -90,7 +90,7 @@ pub async fn run(node: Arc<Node>) {
         if !leading {
             node.liveness.lock().unwrap().stop_leading();
             // A follower has nothing to do here until Raft's view changes.
-            let mut metrics = node.raft.metrics();
+            let mut metrics = node.raft.server_metrics();
             let _ = tokio::time::timeout(Duration::from_secs(1), metrics.changed()).await;
             continue;
         }

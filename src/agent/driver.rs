@@ -193,10 +193,11 @@ async fn follow_feed(
 }
 
 /// Completes when this node no longer sees `leader` as the leader: woken by
-/// Raft's metrics on a manager; a worker's view (from heartbeats) is checked
-/// every half second.
+/// Raft's server metrics on a manager (they change only with leadership and
+/// membership, not with every heartbeat); a worker's view (from heartbeats)
+/// is checked every half second.
 async fn leader_changes(node: &Node, leader: u64) {
-    let mut metrics = node.raft.metrics();
+    let mut metrics = node.raft.server_metrics();
     loop {
         if node.leader().map(|l| l.0) != Some(leader) {
             return;
