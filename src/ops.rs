@@ -105,7 +105,7 @@ pub async fn execute(node: &Arc<Node>, op: LeaderOp) -> Result<LeaderReply, OpEr
                     created_at_ms: svc.created_at_ms,
                     updated_at_ms: svc.updated_at_ms,
                     replicas_running: services::running_count(s, &name),
-                    replicas_desired: services::desired_count(s, svc),
+                    replicas_desired: s.desired_task_count(svc),
                 }))
             })
         }

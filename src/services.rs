@@ -7,9 +7,8 @@ use std::str::FromStr;
 use shoal_cli::api::{PortDoc, ServiceSpecDoc, ServiceView, TaskView};
 use shoal_cli::units;
 use shoal_raft::{
-    Availability, ClusterState, Constraint, DesiredState, NodeStatus, PortSpec, Protocol,
-    PullPolicy, ResourceSpec, RestartCondition, RestartPolicy, Service, ServiceMode, ServiceSpec,
-    Task, TaskState,
+    ClusterState, Constraint, DesiredState, PortSpec, Protocol, PullPolicy, ResourceSpec,
+    RestartCondition, RestartPolicy, Service, ServiceMode, ServiceSpec, Task, TaskState,
 };
 
 use crate::wire::OpError;
@@ -224,23 +223,6 @@ fn mode_str(spec: &ServiceSpec) -> &'static str {
     }
 }
 
-/// How many tasks the service should run now: its replicas, or for a
-/// global service the nodes that can take one.
-pub fn desired_count(state: &ClusterState, service: &Service) -> u64 {
-    match service.spec.replicas() {
-        Some(n) => n,
-        None => state
-            .nodes
-            .values()
-            .filter(|n| {
-                n.status == NodeStatus::Ready
-                    && n.availability != Availability::Drain
-                    && service.spec.allows(n)
-            })
-            .count() as u64,
-    }
-}
-
 pub fn running_count(state: &ClusterState, name: &str) -> u64 {
     state
         .tasks_of(name)
@@ -253,7 +235,7 @@ pub fn service_view(state: &ClusterState, service: &Service) -> ServiceView {
     ServiceView {
         name: spec.name.clone(),
         mode: mode_str(spec).to_string(),
-        replicas_desired: desired_count(state, service),
+        replicas_desired: state.desired_task_count(service),
         replicas_running: running_count(state, &spec.name),
         image: spec.image.clone(),
         ports: spec

@@ -347,3 +347,47 @@ fn a_node_without_a_container_engine_reports_it_and_gets_no_tasks() {
     let per = running_per_node(&c, "web");
     assert_eq!(per.keys().collect::<Vec<_>>(), vec!["node-a"], "{per:?}");
 }
+
+#[test]
+fn a_new_leader_finishes_a_deploy_without_losing_or_duplicating_tasks() {
+    let mut c = Cluster::new();
+    c.init("node-a", "127.0.0.1");
+    c.join("node-b", "127.0.0.2", "manager");
+    c.join("node-c", "127.0.0.3", "manager");
+    deploy(&c, "web", &["--replicas", "6"]);
+    // Kill the leader right after the deploy was committed.
+    let leader = c.leader().expect("a leader");
+    c.nodes[leader].kill();
+    let survivor = (0..3).find(|i| *i != leader).unwrap();
+
+    // The new leader carries on from the replicated state: every slot ends
+    // with exactly one running task, none lost and none doubled.
+    let slots = wait_for(Duration::from_secs(60), || {
+        let tasks = c.nodes[survivor].json(&["service", "ps", "web"]).ok()?;
+        let mut slots: Vec<u64> = tasks
+            .as_array()?
+            .iter()
+            .filter(|t| t["desired_state"] == "running" && t["state"] == "running")
+            .map(|t| t["slot"].as_u64().unwrap_or(0))
+            .collect();
+        slots.sort_unstable();
+        (slots.len() == 6).then_some(slots)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the deploy did not converge after the failover: {}",
+            c.nodes[survivor].log_text()
+        )
+    });
+    assert_eq!(slots, vec![1, 2, 3, 4, 5, 6]);
+    // And it stays that way (no late duplicate from a stale batch).
+    std::thread::sleep(Duration::from_secs(3));
+    let tasks = c.nodes[survivor].json(&["service", "ps", "web"]).unwrap();
+    let live = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["desired_state"] == "running")
+        .count();
+    assert_eq!(live, 6, "{tasks:#}");
+}

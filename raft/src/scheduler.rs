@@ -794,18 +794,7 @@ mod properties {
         assert!(orchestrator::reconcile(state, now_ms).is_empty());
         for (name, service) in &state.services {
             let live = state.tasks_of(name).filter(|t| t.is_live()).count() as u64;
-            let desired = match service.spec.replicas() {
-                Some(replicas) => replicas,
-                None => state
-                    .nodes
-                    .values()
-                    .filter(|n| {
-                        n.status == NodeStatus::Ready
-                            && n.availability != Availability::Drain
-                            && service.spec.allows(n)
-                    })
-                    .count() as u64,
-            };
+            let desired = state.desired_task_count(service);
             assert!(
                 live <= desired,
                 "{name}: {live} live tasks, {desired} desired"

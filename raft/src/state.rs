@@ -842,6 +842,23 @@ impl ClusterState {
             .filter(move |task| task.service == service)
     }
 
+    /// How many tasks a service should run now: its replicas, or for a
+    /// global service the ready, undrained nodes its constraints allow.
+    pub fn desired_task_count(&self, service: &Service) -> u64 {
+        match service.spec.replicas() {
+            Some(replicas) => replicas,
+            None => self
+                .nodes
+                .values()
+                .filter(|n| {
+                    n.status == NodeStatus::Ready
+                        && n.availability != Availability::Drain
+                        && service.spec.allows(n)
+                })
+                .count() as u64,
+        }
+    }
+
     fn service_mut(&mut self, name: &str) -> Result<&mut Service, String> {
         self.services
             .get_mut(name)
