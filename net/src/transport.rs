@@ -43,7 +43,7 @@ pub const ALPN_JOIN: &[u8] = b"shoal-join/1";
 
 /// Keep-alives make a dead peer visible within the idle timeout even when no
 /// request is in flight.
-pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(3);
 /// A connection with no packets from the peer for this long is dead.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent requests (bidirectional streams) a peer may have open on one connection.

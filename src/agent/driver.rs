@@ -140,6 +140,17 @@ async fn send_reports(node: &Arc<Node>, unsent: &mut Vec<TaskStatusUpdate>) {
     let Some((leader, addr)) = node.leader() else {
         return;
     };
+    if leader == node.id {
+        let report = TaskReport {
+            node_id: node.id,
+            updates: unsent.clone(),
+        };
+        match crate::ops::report_tasks(node, node.id, report).await {
+            Ok(()) => unsent.clear(),
+            Err(e) => tracing::debug!(error = %e, "task report not committed; will resend"),
+        }
+        return;
+    }
     let report = PeerRequest::ReportTasks(TaskReport {
         node_id: node.id,
         updates: unsent.clone(),
@@ -177,9 +188,18 @@ async fn follow_feed(
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let outcome = tokio::select! {
-            r = read_feed(&node, leader, &addr, &desired, &wake, &synced, &mut first_sync) => r,
-            () = leader_changes(&node, leader) => Ok(()),
+        let outcome = if leader == node.id {
+            // The leader's own agent reads the state directly: no QUIC
+            // connection to itself.
+            tokio::select! {
+                () = follow_own_state(&node, &desired, &wake, &synced, &mut first_sync) => Ok(()),
+                () = leader_changes(&node, leader) => Ok(()),
+            }
+        } else {
+            tokio::select! {
+                r = read_feed(&node, leader, &addr, &desired, &wake, &synced, &mut first_sync) => r,
+                () = leader_changes(&node, leader) => Ok(()),
+            }
         };
         match outcome {
             Ok(()) => backoff = Duration::from_millis(50),
@@ -188,6 +208,37 @@ async fn follow_feed(
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
+        }
+    }
+}
+
+/// On the leader: the desired set is read from the applied state, again
+/// after every applied change.
+async fn follow_own_state(
+    node: &Node,
+    desired: &Desired,
+    wake: &Notify,
+    synced: &tokio::sync::Semaphore,
+    first_sync: &mut bool,
+) {
+    let mut applied = node.state.subscribe();
+    loop {
+        let now = node
+            .state
+            .read(|s| crate::dispatcher::tasks_for(s, node.id));
+        let changed = *desired.lock().unwrap() != now;
+        if changed {
+            *desired.lock().unwrap() = now;
+        }
+        if *first_sync {
+            *first_sync = false;
+            synced.add_permits(1);
+        }
+        if changed {
+            wake.notify_one();
+        }
+        if applied.changed().await.is_err() {
+            return;
         }
     }
 }
