@@ -110,10 +110,7 @@ fn desired_task(task: &Task, reported: Option<TaskState>) -> DesiredTask {
                 .map(|p| super::PortSpec {
                     published: p.published,
                     target: p.target,
-                    protocol: match p.protocol {
-                        shoal_raft::Protocol::Tcp => super::Protocol::Tcp,
-                        shoal_raft::Protocol::Udp => super::Protocol::Udp,
-                    },
+                    protocol: p.protocol,
                 })
                 .collect(),
             resources: spec.resources,

@@ -32,7 +32,7 @@ pub use docker::DockerRuntime;
 pub use plan::{
     container_spec, plan, Action, DesiredTask, PullPolicy, TaskSpec, TaskState, TaskStatus,
 };
-pub use runtime::{ContainerRuntime, PortSpec, Protocol, RuntimeError, Scope};
+pub use runtime::{ContainerRuntime, PortSpec, RuntimeError, Scope};
 
 /// Limits for one executor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

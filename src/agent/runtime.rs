@@ -25,22 +25,9 @@ pub const LABEL_SLOT: &str = "shoal.slot";
 /// Label carrying the task id; how an observed container maps back to its task.
 pub const LABEL_TASK: &str = "shoal.task";
 
-/// Transport protocol of a published port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
-
-impl Protocol {
-    /// The lowercase name the engine uses in port keys (`80/tcp`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        }
-    }
-}
+/// Transport protocol of a published port: the replicated model's own type
+/// (its lowercase name is what the engine uses in port keys, `80/tcp`).
+pub use shoal_raft::Protocol;
 
 /// A port published on the node (host mode): `published` on every host
 /// address forwards to `target` inside the container.
