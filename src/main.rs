@@ -81,10 +81,10 @@ async fn run_daemon(cli: Cli) -> anyhow::Result<()> {
         Command::Init(a) => {
             bootstrap::init(StartOptions {
                 data_dir,
-                listen: Some(a.listen.to_string()),
-                advertise: a.advertise_addr.map(|s| s.to_string()),
-                name: Some(a.name),
-                timing: Timing::with_heartbeat_timeout(a.heartbeat_timeout),
+                listen: Some(a.node.listen.to_string()),
+                advertise: a.node.advertise_addr.map(|s| s.to_string()),
+                name: Some(a.node.name),
+                timing: Timing::with_heartbeat_timeout(a.node.heartbeat_timeout),
             })
             .await
         }
@@ -92,10 +92,10 @@ async fn run_daemon(cli: Cli) -> anyhow::Result<()> {
             bootstrap::join(
                 StartOptions {
                     data_dir,
-                    listen: Some(a.listen.to_string()),
-                    advertise: a.advertise_addr.map(|s| s.to_string()),
-                    name: Some(a.name),
-                    timing: Timing::with_heartbeat_timeout(a.heartbeat_timeout),
+                    listen: Some(a.node.listen.to_string()),
+                    advertise: a.node.advertise_addr.map(|s| s.to_string()),
+                    name: Some(a.node.name),
+                    timing: Timing::with_heartbeat_timeout(a.node.heartbeat_timeout),
                 },
                 a.addr.to_string(),
                 a.token,

@@ -129,8 +129,10 @@ impl Command {
     }
 }
 
+/// What a node that starts from an empty data directory is told: `init`
+/// and `join` share these.
 #[derive(Args, Debug, Clone, PartialEq)]
-pub struct InitArgs {
+pub struct NewNodeArgs {
     /// Address to accept peer connections on
     #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_LISTEN, value_parser = parse_socket_addr)]
     pub listen: SocketAddr,
@@ -149,6 +151,12 @@ pub struct InitArgs {
 }
 
 #[derive(Args, Debug, Clone, PartialEq)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub node: NewNodeArgs,
+}
+
+#[derive(Args, Debug, Clone, PartialEq)]
 pub struct JoinArgs {
     /// Address of a manager of the cluster
     #[arg(value_name = "ADDR", value_parser = parse_socket_addr)]
@@ -158,21 +166,8 @@ pub struct JoinArgs {
     #[arg(long, value_name = "TOKEN", value_parser = parse_token)]
     pub token: String,
 
-    /// Address to accept peer connections on
-    #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_LISTEN, value_parser = parse_socket_addr)]
-    pub listen: SocketAddr,
-
-    /// Address other nodes use to reach this one [default: the listen address]
-    #[arg(long, value_name = "HOST:PORT", value_parser = parse_socket_addr)]
-    pub advertise_addr: Option<SocketAddr>,
-
-    /// Node name [default: the host name]
-    #[arg(long, value_name = "NAME", default_value_t = default_node_name(), hide_default_value = true, value_parser = parse_node_name)]
-    pub name: String,
-
-    /// How long a node may stay silent before it is marked down, when this node leads (e.g. 500ms, 2s)
-    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_heartbeat_timeout)]
-    pub heartbeat_timeout: Duration,
+    #[command(flatten)]
+    pub node: NewNodeArgs,
 }
 
 #[derive(Args, Debug, Clone, PartialEq)]
@@ -892,10 +887,10 @@ mod tests {
     fn daemon_subcommands() {
         check_ok("init", |cli| match &cli.command {
             Command::Init(args) => {
-                args.listen == "0.0.0.0:4500".parse().unwrap()
-                    && args.advertise_addr.is_none()
-                    && args.heartbeat_timeout == Duration::from_secs(2)
-                    && !args.name.is_empty()
+                args.node.listen == "0.0.0.0:4500".parse().unwrap()
+                    && args.node.advertise_addr.is_none()
+                    && args.node.heartbeat_timeout == Duration::from_secs(2)
+                    && !args.node.name.is_empty()
                     && cli.command.is_daemon()
             }
             _ => false,
@@ -905,10 +900,12 @@ mod tests {
             |cli| {
                 cli.command
                     == Command::Init(InitArgs {
-                        listen: "127.0.0.2:4600".parse().unwrap(),
-                        advertise_addr: Some("127.0.0.2:4600".parse().unwrap()),
-                        name: "n2".into(),
-                        heartbeat_timeout: Duration::from_millis(500),
+                        node: NewNodeArgs {
+                            listen: "127.0.0.2:4600".parse().unwrap(),
+                            advertise_addr: Some("127.0.0.2:4600".parse().unwrap()),
+                            name: "n2".into(),
+                            heartbeat_timeout: Duration::from_millis(500),
+                        },
                     })
             },
         );
@@ -918,8 +915,8 @@ mod tests {
                 Command::Join(args) => {
                     args.addr == "127.0.0.1:4500".parse().unwrap()
                         && args.token == "SWMTKN-abc"
-                        && args.name == "w1"
-                        && args.listen == "0.0.0.0:4500".parse().unwrap()
+                        && args.node.name == "w1"
+                        && args.node.listen == "0.0.0.0:4500".parse().unwrap()
                 }
                 _ => false,
             },
