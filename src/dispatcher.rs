@@ -140,6 +140,8 @@ mod tests {
             created_at_ms: 0,
             updated_at_ms: 0,
             state_changed_at_ms: 0,
+            running_since_ms: None,
+            health: None,
         }
     }
 

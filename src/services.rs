@@ -156,6 +156,10 @@ pub fn spec_from_doc(doc: &ServiceSpecDoc) -> Result<ServiceSpec, OpError> {
         )?,
         stop_signal: doc.stop_signal.clone(),
         pull,
+        healthcheck: None,
+        update: defaults.update,
+        rollback: defaults.rollback,
+        force_update: 0,
     };
     spec.validate()
         .map_err(|e| OpError::bad_request(e.to_string()))?;

@@ -1,8 +1,11 @@
 //! The orchestrator: which tasks must exist. [`reconcile`] compares the services with
 //! their tasks and returns the [`TaskChange`]s that bring them together: missing
 //! slots, extra slots after scaling down, ended tasks to replace under the restart
-//! policy, tasks to move off lost or drained nodes, outdated tasks after an update,
-//! the tasks of removed services, and a bounded history per slot.
+//! policy, tasks to move off lost or drained nodes, the tasks of removed services,
+//! and a bounded history per slot. Which outdated tasks are replaced, and when, is
+//! the rolling updater's decision ([`crate::updater`]), called from here; the
+//! orchestrator only finishes a slot's replacement, stopping its old task once the
+//! new one runs.
 //!
 //! It decides nothing about placement (that is the scheduler's) and reads no clock:
 //! `now_ms` is an input. It is pure and converges: applying its output and calling
@@ -13,6 +16,7 @@ use std::collections::BTreeMap;
 use crate::service::{DesiredState, RestartCondition, Service, Task, TaskState};
 use crate::state::{slot_key, Availability, ClusterState, NodeStatus, TaskChange};
 use crate::types::NodeId;
+use crate::updater;
 
 /// Ended tasks kept per slot (global services: per node) for `service ps`.
 pub const TASK_HISTORY_PER_SLOT: usize = 5;
@@ -43,7 +47,7 @@ pub(crate) fn node_fit(state: &ClusterState, node_id: NodeId) -> NodeFit {
 
 /// What a slot should have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Want {
+pub(crate) enum Want {
     /// A live task, created if missing.
     Run,
     /// Keep a live task if there is one, create none (a paused node).
@@ -52,7 +56,32 @@ enum Want {
     Nothing,
 }
 
-type SlotKey = (u64, Option<NodeId>);
+pub(crate) type SlotKey = (u64, Option<NodeId>);
+
+/// The slots `service` should have now: its replicas, or one per node for a
+/// global service.
+pub(crate) fn wanted_slots(state: &ClusterState, service: &Service) -> BTreeMap<SlotKey, Want> {
+    let mut wanted = BTreeMap::new();
+    match service.spec.replicas() {
+        Some(replicas) => {
+            for slot in 1..=replicas {
+                wanted.insert((slot, None), Want::Run);
+            }
+        }
+        None => {
+            for node in state.nodes.values() {
+                let want = match node_fit(state, node.id) {
+                    _ if !service.spec.allows(node) => Want::Nothing,
+                    NodeFit::Active => Want::Run,
+                    NodeFit::Paused => Want::Keep,
+                    _ => Want::Nothing,
+                };
+                wanted.insert((0, Some(node.id)), want);
+            }
+        }
+    }
+    wanted
+}
 
 /// The changes that bring the tasks in line with the services at `now_ms`.
 pub fn reconcile(state: &ClusterState, now_ms: u64) -> Vec<TaskChange> {
@@ -82,25 +111,8 @@ pub fn reconcile(state: &ClusterState, now_ms: u64) -> Vec<TaskChange> {
     let empty = BTreeMap::new();
     for (name, service) in &state.services {
         let slots = by_service.get(name.as_str()).unwrap_or(&empty);
-        let mut wanted: BTreeMap<SlotKey, Want> = BTreeMap::new();
-        match service.spec.replicas() {
-            Some(replicas) => {
-                for slot in 1..=replicas {
-                    wanted.insert((slot, None), Want::Run);
-                }
-            }
-            None => {
-                for node in state.nodes.values() {
-                    let want = match node_fit(state, node.id) {
-                        _ if !service.spec.allows(node) => Want::Nothing,
-                        NodeFit::Active => Want::Run,
-                        NodeFit::Paused => Want::Keep,
-                        _ => Want::Nothing,
-                    };
-                    wanted.insert((0, Some(node.id)), want);
-                }
-            }
-        }
+        let mut wanted = wanted_slots(state, service);
+        updater::plan_service(service, slots, &wanted, now_ms, &mut changes);
         for key in slots.keys() {
             wanted.entry(*key).or_insert(Want::Nothing);
         }
@@ -177,9 +189,12 @@ struct Slot<'a> {
 
 impl Slot<'_> {
     fn reconcile(&self, want: Want, changes: &mut Vec<TaskChange>) {
-        let mut live = false;
         let mut ordered: Vec<&Task> = self.tasks.to_vec();
         ordered.sort_by(newest_first);
+        // The newest live task of the current template and of an older one; a slot
+        // being updated start-first holds one of each until the new one runs.
+        let mut current: Option<&Task> = None;
+        let mut outdated: Vec<&Task> = Vec::new();
         for task in &ordered {
             if task.state.is_terminal() {
                 continue;
@@ -188,11 +203,28 @@ impl Slot<'_> {
                 stop(self.state, task, "", changes);
                 continue;
             }
-            match self.reason_to_stop(task, want, live) {
+            let is_current = self.service.is_current(task);
+            let seen = if is_current {
+                current.is_some()
+            } else {
+                !outdated.is_empty()
+            };
+            match self.reason_to_stop(task, want, seen) {
                 Some(reason) => stop(self.state, task, &reason, changes),
-                None => live = true,
+                None if is_current => current = Some(task),
+                None => outdated.push(task),
             }
         }
+        if current.is_some_and(|t| t.state == TaskState::Running) {
+            let reason = format!(
+                "replaced by version {} (rolling update)",
+                self.service.version
+            );
+            for task in outdated.drain(..) {
+                stop(self.state, task, &reason, changes);
+            }
+        }
+        let live = current.is_some() || !outdated.is_empty();
         // Ended by themselves and not yet replaced.
         let unreplaced: Vec<&Task> = ordered
             .iter()
@@ -218,7 +250,7 @@ impl Slot<'_> {
             self.create(0, changes);
             return;
         };
-        if latest.spec_version < self.service.version {
+        if !self.service.is_current(latest) {
             retire(changes);
             self.create(0, changes);
             return;
@@ -277,9 +309,6 @@ impl Slot<'_> {
             } else {
                 "service scaled down".to_owned()
             });
-        }
-        if task.spec_version < self.service.version {
-            return Some("replaced by a service update".to_owned());
         }
         if let Some(node) = task.node_id {
             match node_fit(self.state, node) {
@@ -525,7 +554,7 @@ mod tests {
     }
 
     #[test]
-    fn lost_drained_and_outdated_tasks_move() {
+    fn lost_and_drained_tasks_move() {
         let mut s = web_running(3, 3);
         s.nodes.get_mut(&1).unwrap().status = NodeStatus::Down;
         s.nodes.get_mut(&2).unwrap().availability = Availability::Drain;
@@ -544,19 +573,12 @@ mod tests {
                 "create web.3 attempt 0",
             ],
         );
+        // Outdated tasks are the updater's: without an update run they stay.
         let mut s = web_running(2, 2);
-        s.nodes.get_mut(&1).unwrap().availability = Availability::Pause;
-        s.services.get_mut("web").unwrap().version = 2;
-        check(
-            &s,
-            NOW,
-            &[
-                "desire shutdown t0: replaced by a service update",
-                "create web.1 attempt 0",
-                "desire shutdown t1: replaced by a service update",
-                "create web.2 attempt 0",
-            ],
-        );
+        let web = s.services.get_mut("web").unwrap();
+        web.version = 2;
+        web.spec.image = "nginx:2".to_owned();
+        check(&s, NOW, &[]);
         // A node that stops satisfying a constraint loses its tasks.
         let mut s = web_running(1, 1);
         s.services.get_mut("web").unwrap().spec.constraints =

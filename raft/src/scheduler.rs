@@ -763,6 +763,7 @@ mod properties {
                         error: "exit status 1".to_owned(),
                         exit_code: Some(1),
                         container_id: None,
+                        health: None,
                         at_ms: now_ms,
                     }],
                     now_ms,

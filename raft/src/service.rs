@@ -32,6 +32,14 @@ pub const MAX_STOP_GRACE_PERIOD_MS: u64 = 3_600_000;
 pub const MIN_MEMORY_LIMIT_BYTES: u64 = 6 << 20;
 /// At most this many CPUs may be limited or reserved.
 pub const MAX_NANO_CPUS: u64 = 1_024 * 1_000_000_000;
+/// Longest health check interval, timeout or start period: one day.
+pub const MAX_HEALTH_DURATION_MS: u64 = 24 * 3_600_000;
+/// Most consecutive failed health checks before a container counts as unhealthy.
+pub const MAX_HEALTH_RETRIES: u64 = 100;
+/// Longest update delay or monitor window: one day.
+pub const MAX_UPDATE_DURATION_MS: u64 = 24 * 3_600_000;
+/// A failure ratio of 1 (every task may fail), in millionths.
+pub const RATIO_ONE_PPM: u32 = 1_000_000;
 const MAX_NAME_LEN: usize = 63;
 const MAX_IMAGE_LEN: usize = 1_024;
 const MAX_LIST_LEN: usize = 1_024;
@@ -286,6 +294,199 @@ pub enum PullPolicy {
     Never,
 }
 
+/// A container health check in Docker's terms. `test` is Docker's form:
+/// `["CMD-SHELL", "command"]`, `["CMD", "program", "arg", ...]`, or `["NONE"]`,
+/// which turns off a check the image defines. A zero duration or retry count
+/// takes Docker's default (30 s interval, 30 s timeout, 3 retries, no start period).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthCheck {
+    pub test: Vec<String>,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub retries: u64,
+    pub start_period_ms: u64,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            test: vec!["NONE".to_owned()],
+            interval_ms: 0,
+            timeout_ms: 0,
+            retries: 0,
+            start_period_ms: 0,
+        }
+    }
+}
+
+impl HealthCheck {
+    /// Whether this check turns health checking off.
+    pub fn is_disabled(&self) -> bool {
+        self.test.first().map(String::as_str) == Some("NONE")
+    }
+
+    fn check(&self) -> Result<(), SpecError> {
+        let field = "healthcheck.test";
+        let allowed =
+            "allowed: [\"CMD-SHELL\", COMMAND], [\"CMD\", PROGRAM, ARGS...] or [\"NONE\"]";
+        match self.test.first().map(String::as_str) {
+            Some("NONE") if self.test.len() == 1 => {}
+            Some("CMD-SHELL") if self.test.len() == 2 && !self.test[1].trim().is_empty() => {}
+            Some("CMD") if self.test.len() >= 2 && !self.test[1].is_empty() => {}
+            _ => {
+                return Err(invalid(
+                    field,
+                    format!("{:?} is not a health check; {allowed}", self.test),
+                ))
+            }
+        }
+        if self.test.len() > MAX_LIST_LEN
+            || self
+                .test
+                .iter()
+                .any(|s| s.len() > MAX_STRING_LEN || s.contains('\0'))
+        {
+            return Err(invalid(
+                field,
+                format!("at most {MAX_LIST_LEN} items of at most {MAX_STRING_LEN} bytes, without NUL characters"),
+            ));
+        }
+        for (name, value) in [
+            ("healthcheck.interval", self.interval_ms),
+            ("healthcheck.timeout", self.timeout_ms),
+            ("healthcheck.start_period", self.start_period_ms),
+        ] {
+            if value > MAX_HEALTH_DURATION_MS {
+                return Err(invalid(
+                    name,
+                    format!("{value} ms is too long; allowed 0 (Docker's default) to {MAX_HEALTH_DURATION_MS} ms (one day)"),
+                ));
+            }
+        }
+        if self.retries > MAX_HEALTH_RETRIES {
+            return Err(invalid(
+                "healthcheck.retries",
+                format!(
+                    "{} is too many; allowed 0 (Docker's default of 3) to {MAX_HEALTH_RETRIES}",
+                    self.retries
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Which task of a slot runs while the slot is updated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateOrder {
+    /// The old task is stopped, then the new one started (Docker Swarm's default).
+    #[default]
+    StopFirst,
+    /// The new task must be running (and healthy) before the old one is stopped.
+    StartFirst,
+}
+
+impl UpdateOrder {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateOrder::StopFirst => "stop-first",
+            UpdateOrder::StartFirst => "start-first",
+        }
+    }
+}
+
+/// What a rolling update does when too many of its new tasks fail.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureAction {
+    #[default]
+    Pause,
+    Continue,
+    /// Roll back to the previous spec (update settings only).
+    Rollback,
+}
+
+impl FailureAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureAction::Pause => "pause",
+            FailureAction::Continue => "continue",
+            FailureAction::Rollback => "rollback",
+        }
+    }
+}
+
+/// How a change of the task template rolls out (and, as `rollback`, how it is
+/// undone): slot by slot, `parallelism` at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpdateConfig {
+    /// Slots updated at once; 0 = all at once.
+    pub parallelism: u64,
+    /// Wait after a batch of slots is done before the next one starts.
+    pub delay_ms: u64,
+    pub order: UpdateOrder,
+    /// How long a new task must stay running (and healthy) to count as a
+    /// success; a failure within it counts against the update.
+    pub monitor_ms: u64,
+    pub failure_action: FailureAction,
+    /// The share of the slots to update that may fail before the failure
+    /// action is taken, in millionths (0: the first failure takes it).
+    pub max_failure_ratio_ppm: u32,
+}
+
+impl Default for UpdateConfig {
+    /// Docker Swarm's defaults: one at a time, no delay, stop-first, 5 s
+    /// monitor, pause on the first failure.
+    fn default() -> Self {
+        UpdateConfig {
+            parallelism: 1,
+            delay_ms: 0,
+            order: UpdateOrder::StopFirst,
+            monitor_ms: 5_000,
+            failure_action: FailureAction::Pause,
+            max_failure_ratio_ppm: 0,
+        }
+    }
+}
+
+impl UpdateConfig {
+    fn check(&self, prefix: &str) -> Result<(), SpecError> {
+        for (name, value) in [("delay", self.delay_ms), ("monitor", self.monitor_ms)] {
+            if value > MAX_UPDATE_DURATION_MS {
+                return Err(invalid(
+                    format!("{prefix}.{name}"),
+                    format!("{value} ms is too long; allowed 0 to {MAX_UPDATE_DURATION_MS} ms (one day)"),
+                ));
+            }
+        }
+        if self.parallelism > MAX_REPLICAS {
+            return Err(invalid(
+                format!("{prefix}.parallelism"),
+                format!(
+                    "{} is too many; allowed 0 (all at once) to {MAX_REPLICAS}",
+                    self.parallelism
+                ),
+            ));
+        }
+        if self.max_failure_ratio_ppm > RATIO_ONE_PPM {
+            return Err(invalid(
+                format!("{prefix}.max_failure_ratio"),
+                "a ratio is from 0 to 1",
+            ));
+        }
+        if prefix == "rollback" && self.failure_action == FailureAction::Rollback {
+            return Err(invalid(
+                "rollback.failure_action",
+                "a rollback cannot roll back; allowed: pause, continue",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// What a user asks for. Missing fields in a spec file take Docker Swarm's defaults.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -308,6 +509,12 @@ pub struct ServiceSpec {
     pub stop_grace_period_ms: u64,
     pub stop_signal: Option<String>,
     pub pull: PullPolicy,
+    /// `None` keeps the image's own health check (if it has one).
+    pub healthcheck: Option<HealthCheck>,
+    pub update: UpdateConfig,
+    pub rollback: UpdateConfig,
+    /// Bumped by `--force`: a changed task template that redeploys every task.
+    pub force_update: u64,
 }
 
 impl Default for ServiceSpec {
@@ -336,7 +543,31 @@ impl ServiceSpec {
             stop_grace_period_ms: 10_000,
             stop_signal: None,
             pull: PullPolicy::Missing,
+            healthcheck: None,
+            update: UpdateConfig::default(),
+            rollback: UpdateConfig::default(),
+            force_update: 0,
         }
+    }
+
+    /// Whether the two specs run the same tasks: equal in everything but the
+    /// replica count and the update and rollback settings. A change of
+    /// anything else (the task template) rolls out as an update.
+    pub fn same_template(&self, other: &ServiceSpec) -> bool {
+        let strip = |spec: &ServiceSpec| ServiceSpec {
+            mode: match spec.mode {
+                ServiceMode::Replicated { .. } => ServiceMode::Replicated { replicas: 0 },
+                ServiceMode::Global => ServiceMode::Global,
+            },
+            update: UpdateConfig::default(),
+            rollback: UpdateConfig::default(),
+            ..spec.clone()
+        };
+        // Cheap fields first: most differing specs differ in these.
+        self.image == other.image
+            && self.force_update == other.force_update
+            && self.is_global() == other.is_global()
+            && strip(self) == strip(other)
     }
 
     /// The replica count of a replicated service; `None` for a global one.
@@ -419,6 +650,11 @@ impl ServiceSpec {
             })?;
         }
         self.validate_restart()?;
+        if let Some(check) = &self.healthcheck {
+            check.check()?;
+        }
+        self.update.check("update")?;
+        self.rollback.check("rollback")?;
         if self.stop_grace_period_ms > MAX_STOP_GRACE_PERIOD_MS {
             return Err(invalid(
                 "stop_grace_period",
@@ -610,6 +846,89 @@ pub struct Service {
     pub version: u64,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
+    /// The spec before the last change of the task template: what a rollback
+    /// returns to.
+    pub previous_spec: Option<ServiceSpec>,
+    /// The rolling update (or rollback) in progress, or the last one.
+    pub update: Option<UpdateStatus>,
+}
+
+impl Service {
+    /// Whether `task` runs this service's current task template. Tasks made
+    /// from an identical template under another version (a rollback returns
+    /// to an earlier template) are current too, so they are not restarted.
+    pub fn is_current(&self, task: &Task) -> bool {
+        task.spec_version == self.version || task.spec.same_template(&self.spec)
+    }
+
+    /// The update settings of the run in progress: `rollback` while rolling back.
+    pub fn active_update_config(&self) -> Option<&UpdateConfig> {
+        let status = self.update.as_ref()?;
+        match status.state {
+            UpdateState::Updating => Some(&self.spec.update),
+            UpdateState::RollingBack => Some(&self.spec.rollback),
+            _ => None,
+        }
+    }
+}
+
+/// Where a rolling update stands. `Updating` and `RollingBack` are running;
+/// the others are final until the next change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateState {
+    Updating,
+    /// Stopped by its failure action; the service keeps its mix of old and new
+    /// tasks until the next deploy, update or rollback.
+    Paused,
+    Completed,
+    RollingBack,
+    RollbackPaused,
+    RolledBack,
+}
+
+impl UpdateState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateState::Updating => "updating",
+            UpdateState::Paused => "paused",
+            UpdateState::Completed => "completed",
+            UpdateState::RollingBack => "rolling-back",
+            UpdateState::RollbackPaused => "rollback-paused",
+            UpdateState::RolledBack => "rolled-back",
+        }
+    }
+
+    /// Updating or rolling back.
+    pub fn is_running(self) -> bool {
+        matches!(self, UpdateState::Updating | UpdateState::RollingBack)
+    }
+}
+
+impl fmt::Display for UpdateState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One run of a rolling update or rollback, as replicated. Which slots are
+/// done is not stored: it follows from the tasks (a slot is updated once it
+/// has a task of the current template that has run through the monitor
+/// window), so a new leader carries on where the old one stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateStatus {
+    pub state: UpdateState,
+    /// The service version the run rolls out; identifies the run.
+    pub version: u64,
+    pub started_at_ms: u64,
+    /// When it reached a final state; 0 while running.
+    pub completed_at_ms: u64,
+    /// Why it is where it is, e.g. why it paused.
+    pub message: String,
+    /// Slots to update when the run started (the denominator of the failure ratio).
+    pub total_slots: u64,
+    /// Slots whose new task failed in its monitor window, each counted once.
+    pub failed_slots: BTreeSet<(u64, Option<NodeId>)>,
 }
 
 /// A task's lifecycle, in order: a task only ever moves forward, and a terminal
@@ -710,6 +1029,29 @@ pub struct Task {
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
     pub state_changed_at_ms: u64,
+    /// When the task was first reported running (and healthy, if checked).
+    pub running_since_ms: Option<u64>,
+    /// The container's health, when it has a health check.
+    pub health: Option<Health>,
+}
+
+/// A container's health as its health check reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Starting => "starting",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
 }
 
 impl Task {
@@ -734,6 +1076,8 @@ pub struct TaskStatusUpdate {
     pub error: String,
     pub exit_code: Option<i64>,
     pub container_id: Option<String>,
+    /// The container's health, when it has a health check.
+    pub health: Option<Health>,
     /// The agent's clock; informational only (the leader's `now_ms` stamps the task).
     pub at_ms: u64,
 }

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::service::{
     DesiredState, Service, ServiceMode, ServiceSpec, Task, TaskId, TaskState, TaskStatusUpdate,
-    MAX_REPLICAS,
+    UpdateState, UpdateStatus, MAX_REPLICAS,
 };
 use crate::types::NodeId;
 
@@ -282,9 +282,10 @@ pub enum Command {
         spec: ServiceSpec,
         now_ms: u64,
     },
-    /// Replaces the spec of an existing service. The version (and so every task) only
-    /// changes when the task template does: a spec that differs in its replica count
-    /// alone scales, an identical one changes nothing.
+    /// Replaces the spec of an existing service. A change of the task template
+    /// bumps the version, keeps the old spec for a rollback and starts a rolling
+    /// update; a spec that differs only in its replica count or update settings
+    /// changes no task, and an identical one changes nothing.
     UpdateService {
         spec: ServiceSpec,
         now_ms: u64,
@@ -294,6 +295,12 @@ pub enum Command {
     ScaleService {
         name: String,
         replicas: u64,
+        now_ms: u64,
+    },
+    /// Returns the service to its previous spec by a rolling update with its
+    /// rollback settings. Refused when there is no previous spec.
+    RollbackService {
+        name: String,
         now_ms: u64,
     },
     /// Removes the service; its tasks are asked to shut down and stay until they are
@@ -354,6 +361,24 @@ pub enum TaskChange {
     },
     /// Forgets a terminal task.
     Delete { task_id: TaskId },
+    /// The new task of `slot` failed within its monitor window during the update
+    /// run of `run_version`.
+    UpdateSlotFailed {
+        service: String,
+        run_version: u64,
+        slot: u64,
+        node_id: Option<NodeId>,
+    },
+    /// The update run of `run_version` moves from `from` to `to`. To
+    /// [`UpdateState::RollingBack`] it also returns the service to its previous
+    /// spec, which starts a rollback run.
+    UpdateTransition {
+        service: String,
+        run_version: u64,
+        from: UpdateState,
+        to: UpdateState,
+        message: String,
+    },
 }
 
 impl Command {
@@ -372,6 +397,7 @@ impl Command {
             | Command::CreateService { now_ms, .. }
             | Command::UpdateService { now_ms, .. }
             | Command::ScaleService { now_ms, .. }
+            | Command::RollbackService { now_ms, .. }
             | Command::RemoveService { now_ms, .. }
             | Command::ApplyTaskChanges { now_ms, .. }
             | Command::ReportTaskStatus { now_ms, .. }
@@ -713,6 +739,8 @@ fn apply_or_refuse(state: &mut ClusterState, cmd: &Command) -> Result<Response, 
                     version: 1,
                     created_at_ms: *now_ms,
                     updated_at_ms: *now_ms,
+                    previous_spec: None,
+                    update: None,
                 },
             );
             Ok(Response::Ok)
@@ -723,21 +751,37 @@ fn apply_or_refuse(state: &mut ClusterState, cmd: &Command) -> Result<Response, 
             if service.spec == *spec {
                 return Ok(Response::Ok);
             }
-            let scaled_only = matches!(
-                (service.spec.mode, spec.mode),
-                (
-                    ServiceMode::Replicated { .. },
-                    ServiceMode::Replicated { .. }
-                )
-            ) && ServiceSpec {
-                mode: spec.mode,
-                ..service.spec.clone()
-            } == *spec;
-            if !scaled_only {
-                service.version += 1;
+            if service.spec.is_global() != spec.is_global() {
+                return Err(format!(
+                    "service {:?} is {}; its mode cannot change (remove it and deploy it again)",
+                    spec.name,
+                    if service.spec.is_global() {
+                        "global"
+                    } else {
+                        "replicated"
+                    }
+                ));
             }
-            service.spec = spec.clone();
+            let template_changed = !service.spec.same_template(spec);
+            let old = std::mem::replace(&mut service.spec, spec.clone());
             service.updated_at_ms = *now_ms;
+            if template_changed {
+                service.version += 1;
+                service.previous_spec = Some(old);
+                let message = format!("updating to version {}", service.version);
+                state.start_update_run(&spec.name, UpdateState::Updating, message, *now_ms);
+            }
+            Ok(Response::Ok)
+        }
+        Command::RollbackService { name, now_ms } => {
+            let service = state.service_mut(name)?;
+            if service.previous_spec.is_none() {
+                return Err(format!(
+                    "service {name:?} has no previous spec to roll back to; it has not been \
+                     updated since it was created"
+                ));
+            }
+            state.start_rollback(name, "rollback requested".to_owned(), *now_ms);
             Ok(Response::Ok)
         }
         Command::ScaleService {
@@ -881,7 +925,7 @@ impl ClusterState {
                 let current = self
                     .services
                     .get(&task.service)
-                    .is_some_and(|s| s.version == task.spec_version);
+                    .is_some_and(|s| s.is_current(task));
                 if task.is_live() && current {
                     let (slot, node) = slot_key(task);
                     filled.insert((task.service.clone(), slot, node));
@@ -929,6 +973,8 @@ impl ClusterState {
                         created_at_ms: now_ms,
                         updated_at_ms: now_ms,
                         state_changed_at_ms: now_ms,
+                        running_since_ms: None,
+                        health: None,
                     };
                     self.tasks.insert(id, task);
                 }
@@ -1009,9 +1055,93 @@ impl ClusterState {
                         self.tasks.remove(task_id);
                     }
                 }
+                TaskChange::UpdateSlotFailed {
+                    service,
+                    run_version,
+                    slot,
+                    node_id,
+                } => {
+                    if let Some(run) = self.update_run_mut(service, *run_version) {
+                        run.failed_slots.insert((*slot, *node_id));
+                    }
+                }
+                TaskChange::UpdateTransition {
+                    service,
+                    run_version,
+                    from,
+                    to,
+                    message,
+                } => {
+                    let applies = self
+                        .update_run_mut(service, *run_version)
+                        .is_some_and(|run| run.state == *from && from != to);
+                    if !applies {
+                        continue;
+                    }
+                    if *to == UpdateState::RollingBack {
+                        if self.services[service].previous_spec.is_some() {
+                            self.start_rollback(service, message.clone(), now_ms);
+                        }
+                        continue;
+                    }
+                    let run = self
+                        .update_run_mut(service, *run_version)
+                        .expect("checked above");
+                    run.state = *to;
+                    run.message = message.clone();
+                    if !to.is_running() {
+                        run.completed_at_ms = now_ms;
+                    }
+                }
             }
         }
         Ok(())
+    }
+
+    /// The update run of `service` for `version`, if it is still the service's latest.
+    fn update_run_mut(&mut self, service: &str, version: u64) -> Option<&mut UpdateStatus> {
+        self.services
+            .get_mut(service)?
+            .update
+            .as_mut()
+            .filter(|run| run.version == version)
+    }
+
+    /// Starts a new update run of `name` (which exists) in `state`.
+    fn start_update_run(&mut self, name: &str, state: UpdateState, message: String, now_ms: u64) {
+        let total_slots = self.desired_task_count(&self.services[name]);
+        let service = self.services.get_mut(name).expect("the caller checked");
+        service.update = Some(UpdateStatus {
+            state,
+            version: service.version,
+            started_at_ms: now_ms,
+            completed_at_ms: 0,
+            message,
+            total_slots,
+            failed_slots: BTreeSet::new(),
+        });
+    }
+
+    /// Returns `name` (which has a previous spec) to its previous task template and
+    /// update settings, keeping its replica count, and starts a rollback run. The
+    /// spec rolled back from becomes the previous one, so a rollback can be undone.
+    fn start_rollback(&mut self, name: &str, message: String, now_ms: u64) {
+        let service = self.services.get_mut(name).expect("the caller checked");
+        let previous = service.previous_spec.take().expect("the caller checked");
+        let restored = ServiceSpec {
+            mode: match (previous.mode, service.spec.mode) {
+                (ServiceMode::Replicated { .. }, current @ ServiceMode::Replicated { .. }) => {
+                    current
+                }
+                (mode, _) => mode,
+            },
+            ..previous
+        };
+        let old = std::mem::replace(&mut service.spec, restored);
+        service.previous_spec = Some(old);
+        service.version += 1;
+        service.updated_at_ms = now_ms;
+        self.start_update_run(name, UpdateState::RollingBack, message, now_ms);
     }
 
     fn report_task_status(&mut self, node_id: NodeId, update: &TaskStatusUpdate, now_ms: u64) {
@@ -1026,6 +1156,7 @@ impl ClusterState {
             && update.message == task.message
             && update.error == task.error
             && update.exit_code == task.exit_code
+            && update.health == task.health
             && container_id == task.container_id
         {
             return;
@@ -1033,7 +1164,11 @@ impl ClusterState {
         if update.state != task.state {
             task.state = update.state;
             task.state_changed_at_ms = now_ms;
+            if update.state == TaskState::Running {
+                task.running_since_ms = Some(now_ms);
+            }
         }
+        task.health = update.health;
         task.message = update.message.clone();
         task.error = update.error.clone();
         task.exit_code = update.exit_code;
@@ -1189,6 +1324,7 @@ mod tests {
             Command::CreateService { .. } => "CreateService",
             Command::UpdateService { .. } => "UpdateService",
             Command::ScaleService { .. } => "ScaleService",
+            Command::RollbackService { .. } => "RollbackService",
             Command::RemoveService { .. } => "RemoveService",
             Command::ApplyTaskChanges { .. } => "ApplyTaskChanges",
             Command::ReportTaskStatus { .. } => "ReportTaskStatus",
@@ -1196,7 +1332,7 @@ mod tests {
         }
     }
 
-    const ALL_VARIANTS: [&str; 16] = [
+    const ALL_VARIANTS: [&str; 17] = [
         "InitCluster",
         "RegisterNode",
         "SetNodeStatus",
@@ -1209,6 +1345,7 @@ mod tests {
         "CreateService",
         "UpdateService",
         "ScaleService",
+        "RollbackService",
         "RemoveService",
         "ApplyTaskChanges",
         "ReportTaskStatus",
@@ -1278,6 +1415,8 @@ mod tests {
             created_at_ms: now_ms,
             updated_at_ms: now_ms,
             state_changed_at_ms: now_ms,
+            running_since_ms: None,
+            health: None,
         }
     }
 
@@ -1295,6 +1434,7 @@ mod tests {
                 error: String::new(),
                 exit_code: None,
                 container_id: Some("c0ffee".to_owned()),
+                health: None,
                 at_ms: 1,
             }],
             now_ms: NOW,
@@ -1327,6 +1467,8 @@ mod tests {
                             version: 1,
                             created_at_ms: NOW,
                             updated_at_ms: NOW,
+                            previous_spec: None,
+                            update: None,
                         },
                     );
                 },
@@ -1375,10 +1517,108 @@ mod tests {
                 expect: Expect::Ok,
                 change: |s| {
                     let web = s.services.get_mut("web").unwrap();
+                    web.previous_spec = Some(web.spec.clone());
                     web.spec.image = "nginx:1.28".to_owned();
                     web.version = 2;
                     web.updated_at_ms = NOW;
+                    web.update = Some(UpdateStatus {
+                        state: UpdateState::Updating,
+                        version: 2,
+                        started_at_ms: NOW,
+                        completed_at_ms: 0,
+                        message: "updating to version 2".to_owned(),
+                        total_slots: 3,
+                        failed_slots: BTreeSet::new(),
+                    });
                 },
+            },
+            Case {
+                name: "new update settings change no task and start no update",
+                before: with_web,
+                cmd: Command::UpdateService {
+                    spec: ServiceSpec {
+                        update: crate::service::UpdateConfig {
+                            parallelism: 3,
+                            ..Default::default()
+                        },
+                        ..web_spec()
+                    },
+                    now_ms: NOW,
+                },
+                expect: Expect::Ok,
+                change: |s| {
+                    let web = s.services.get_mut("web").unwrap();
+                    web.spec.update.parallelism = 3;
+                    web.updated_at_ms = NOW;
+                },
+            },
+            Case {
+                name: "a service's mode cannot change",
+                before: with_web,
+                cmd: Command::UpdateService {
+                    spec: ServiceSpec {
+                        mode: ServiceMode::Global,
+                        ..web_spec()
+                    },
+                    now_ms: NOW,
+                },
+                expect: Expect::Rejected("its mode cannot change"),
+                change: unchanged,
+            },
+            // RollbackService
+            Case {
+                name: "a rollback restores the previous template, keeps the replicas",
+                before: || {
+                    let s = applied(
+                        with_web(),
+                        Command::UpdateService {
+                            spec: ServiceSpec {
+                                image: "nginx:1.28".to_owned(),
+                                ..web_spec()
+                            },
+                            now_ms: T0,
+                        },
+                    );
+                    applied(
+                        s,
+                        Command::ScaleService {
+                            name: "web".to_owned(),
+                            replicas: 5,
+                            now_ms: T0,
+                        },
+                    )
+                },
+                cmd: Command::RollbackService {
+                    name: "web".to_owned(),
+                    now_ms: NOW,
+                },
+                expect: Expect::Ok,
+                change: |s| {
+                    let web = s.services.get_mut("web").unwrap();
+                    web.previous_spec = Some(web.spec.clone());
+                    web.spec.image = web_spec().image;
+                    web.version = 3;
+                    web.updated_at_ms = NOW;
+                    web.update = Some(UpdateStatus {
+                        state: UpdateState::RollingBack,
+                        version: 3,
+                        started_at_ms: NOW,
+                        completed_at_ms: 0,
+                        message: "rollback requested".to_owned(),
+                        total_slots: 5,
+                        failed_slots: BTreeSet::new(),
+                    });
+                },
+            },
+            Case {
+                name: "a service never updated has nothing to roll back to",
+                before: with_web,
+                cmd: Command::RollbackService {
+                    name: "web".to_owned(),
+                    now_ms: NOW,
+                },
+                expect: Expect::Rejected("no previous spec"),
+                change: unchanged,
             },
             Case {
                 name: "an update of the replica count alone is a scale",
@@ -1695,6 +1935,7 @@ mod tests {
                     t.container_id = Some("c0ffee".to_owned());
                     t.updated_at_ms = NOW;
                     t.state_changed_at_ms = NOW;
+                    t.running_since_ms = Some(NOW);
                 },
             },
             Case {

@@ -55,8 +55,10 @@ const KEY_LAST_PURGED: &str = "last_purged_log_id";
 const KEY_FORMAT: &str = "format";
 const KEY_CURRENT: &str = "current";
 
-/// The layout of the tables above. Bump it (and migrate) when the layout changes.
-const FORMAT: u32 = 1;
+/// The layout of the tables above and of the records in them. Bump it (and migrate)
+/// when either changes. 2: services carry update runs and health checks (1.0 will be
+/// the first version that migrates older stores).
+const FORMAT: u32 = 2;
 
 /// redb's page cache. The state of a cluster is small; the log is read mostly at its
 /// tail.

@@ -61,6 +61,8 @@ pub fn add_service(state: &mut ClusterState, spec: ServiceSpec) {
             version: 1,
             created_at_ms: 0,
             updated_at_ms: 0,
+            previous_spec: None,
+            update: None,
         },
     );
 }
@@ -93,6 +95,8 @@ pub fn put_task(
         created_at_ms: 0,
         updated_at_ms: 0,
         state_changed_at_ms: 0,
+        running_since_ms: (task_state == TaskState::Running).then_some(0),
+        health: None,
     };
     state.tasks.insert(id.clone(), task);
     id
@@ -138,6 +142,22 @@ pub fn render(changes: &[TaskChange]) -> Vec<String> {
                 message,
             } => format!("mark {state} {task_id}: {message}"),
             TaskChange::Delete { task_id } => format!("delete {task_id}"),
+            TaskChange::UpdateSlotFailed {
+                service,
+                run_version,
+                slot,
+                node_id,
+            } => match node_id {
+                Some(node) => format!("update v{run_version} failed {service} on {node}"),
+                None => format!("update v{run_version} failed {service}.{slot}"),
+            },
+            TaskChange::UpdateTransition {
+                service,
+                run_version,
+                from,
+                to,
+                message,
+            } => format!("update v{run_version} {service} {from} -> {to}: {message}"),
         })
         .collect()
 }
@@ -180,6 +200,7 @@ pub fn tick(state: &mut ClusterState, now_ms: u64) -> bool {
             error: String::new(),
             exit_code: None,
             container_id: Some(format!("ctr-{}", task.id)),
+            health: None,
             at_ms: now_ms,
         });
     }

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, EventMessage,
-    HealthStatusEnum, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    HealthConfig, HealthStatusEnum, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
@@ -27,7 +27,8 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 
 use super::runtime::{
     ContainerInfo, ContainerRuntime, ContainerSpec, ContainerState, EventStream, Health,
-    RuntimeError, RuntimeEvent, RuntimeEventKind, Scope, LABEL_CLUSTER, LABEL_NODE, LABEL_TASK,
+    HealthCheck, RuntimeError, RuntimeEvent, RuntimeEventKind, Scope, LABEL_CLUSTER, LABEL_NODE,
+    LABEL_TASK,
 };
 
 /// Limit for one engine call that does not wait on a container or registry.
@@ -202,6 +203,7 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         exposed_ports: (!exposed_ports.is_empty()).then_some(exposed_ports),
         stop_signal: spec.stop_signal.clone(),
         stop_timeout: Some(to_i64(grace_seconds(spec.stop_grace))),
+        healthcheck: spec.healthcheck.as_ref().map(health_config),
         host_config: Some(HostConfig {
             nano_cpus: positive(spec.nano_cpus),
             memory: positive(spec.memory_bytes),
@@ -214,6 +216,19 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// Docker's health check settings; durations in nanoseconds, 0 for the default.
+fn health_config(check: &HealthCheck) -> HealthConfig {
+    let nanos = |ms: u64| Some(to_i64(ms.saturating_mul(1_000_000)));
+    HealthConfig {
+        test: Some(check.test.clone()),
+        interval: nanos(check.interval_ms),
+        timeout: nanos(check.timeout_ms),
+        retries: Some(to_i64(check.retries)),
+        start_period: nanos(check.start_period_ms),
+        start_interval: None,
     }
 }
 
@@ -609,6 +624,7 @@ mod tests {
             ],
             stop_signal: Some("SIGINT".to_string()),
             stop_grace: Duration::from_millis(1_500),
+            healthcheck: None,
         };
         let body = create_body(&spec);
         assert_eq!(body.entrypoint, None, "empty entrypoint keeps the image's");
@@ -752,6 +768,7 @@ mod engine_tests {
             ports: Vec::new(),
             stop_signal: None,
             stop_grace: Duration::from_secs(1),
+            healthcheck: None,
         }
     }
 

@@ -117,6 +117,7 @@ fn desired_task(task: &Task, reported: Option<TaskState>) -> DesiredTask {
             stop_grace_period_ms: spec.stop_grace_period_ms,
             stop_signal: spec.stop_signal.clone(),
             pull: spec.pull,
+            healthcheck: spec.healthcheck.clone(),
         },
     }
 }
@@ -129,6 +130,7 @@ fn update_of(status: &TaskStatus) -> TaskStatusUpdate {
         error: status.error.clone(),
         exit_code: status.exit_code,
         container_id: status.container_id.clone(),
+        health: status.health,
         at_ms: now_ms(),
     }
 }

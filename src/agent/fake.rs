@@ -495,6 +495,7 @@ mod tests {
             ports: Vec::new(),
             stop_signal: None,
             stop_grace: Duration::from_secs(1),
+            healthcheck: None,
         }
     }
 

@@ -32,7 +32,7 @@ pub use docker::DockerRuntime;
 pub use plan::{
     container_spec, plan, Action, DesiredTask, PullPolicy, TaskSpec, TaskState, TaskStatus,
 };
-pub use runtime::{ContainerRuntime, PortSpec, RuntimeError, Scope};
+pub use runtime::{ContainerRuntime, Health, PortSpec, RuntimeError, Scope};
 
 /// Limits for one executor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -438,10 +438,7 @@ impl Executor {
             )
             .await;
         match started {
-            Ok(()) => Step::status(
-                TaskStatus::new(task_id, TaskState::Running, "running")
-                    .with_container(container_id),
-            ),
+            Ok(()) => self.started(task_id, container_id).await,
             // Engine down or container gone: the next pass sees the truth.
             Err(error @ (RuntimeError::Unavailable { .. } | RuntimeError::NotFound { .. })) => {
                 Step::error(error)
@@ -452,6 +449,34 @@ impl Executor {
                     .with_container(container_id);
                 Step::both(status, error)
             }
+        }
+    }
+
+    /// The status of a container that just started: running, or starting while
+    /// a health check (the spec's or the image's) has not yet passed. When the
+    /// engine cannot say, nothing is reported and the next pass looks again.
+    async fn started(&self, task_id: &str, container_id: &str) -> Step {
+        let inspected = self
+            .limit(
+                self.config.call_timeout,
+                "inspect",
+                self.runtime.inspect(container_id),
+            )
+            .await;
+        match inspected {
+            Ok(info) => match info.health {
+                None | Some(Health::Healthy) => Step::status(
+                    TaskStatus::new(task_id, TaskState::Running, "running")
+                        .with_container(container_id)
+                        .with_health(info.health),
+                ),
+                Some(health) => Step::status(
+                    TaskStatus::new(task_id, TaskState::Starting, "waiting for health check")
+                        .with_container(container_id)
+                        .with_health(Some(health)),
+                ),
+            },
+            Err(error) => Step::error(error),
         }
     }
 

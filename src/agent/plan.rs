@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
-pub use shoal_raft::{DesiredState, PullPolicy, ResourceSpec, TaskId, TaskState};
+pub use shoal_raft::{DesiredState, HealthCheck, PullPolicy, ResourceSpec, TaskId, TaskState};
 
 use super::runtime::{
     ContainerInfo, ContainerSpec, ContainerState, Health, PortSpec, LABEL_CLUSTER, LABEL_NODE,
@@ -64,6 +64,8 @@ pub struct TaskSpec {
     pub stop_grace_period_ms: u64,
     pub stop_signal: Option<String>,
     pub pull: PullPolicy,
+    /// `None` keeps the image's health check.
+    pub healthcheck: Option<HealthCheck>,
 }
 
 impl TaskSpec {
@@ -81,6 +83,7 @@ impl TaskSpec {
             stop_grace_period_ms: 10_000,
             stop_signal: None,
             pull: PullPolicy::Missing,
+            healthcheck: None,
         }
     }
 
@@ -111,6 +114,8 @@ pub struct TaskStatus {
     pub error: String,
     pub exit_code: Option<i64>,
     pub container_id: Option<String>,
+    /// The container's health, when it has a health check.
+    pub health: Option<Health>,
 }
 
 impl TaskStatus {
@@ -122,7 +127,13 @@ impl TaskStatus {
             error: String::new(),
             exit_code: None,
             container_id: None,
+            health: None,
         }
+    }
+
+    pub fn with_health(mut self, health: Option<Health>) -> Self {
+        self.health = health;
+        self
     }
 
     pub fn with_error(mut self, error: impl Into<String>) -> Self {
@@ -249,7 +260,8 @@ fn plan_running(task: &DesiredTask, containers: &[&ContainerInfo], actions: &mut
                         let status =
                             TaskStatus::new(&task.id, TaskState::Failed, "health check failed")
                                 .with_error("the container's health check reported unhealthy")
-                                .with_container(&container.id);
+                                .with_container(&container.id)
+                                .with_health(Some(Health::Unhealthy));
                         actions.push(Action::Report(status));
                         actions.push(stop_action(container, Some(task), None));
                     }
@@ -257,13 +269,15 @@ fn plan_running(task: &DesiredTask, containers: &[&ContainerInfo], actions: &mut
                 Some(Health::Starting) => report(
                     task,
                     TaskStatus::new(&task.id, TaskState::Starting, "waiting for health check")
-                        .with_container(&container.id),
+                        .with_container(&container.id)
+                        .with_health(Some(Health::Starting)),
                     actions,
                 ),
-                Some(Health::Healthy) | None => report(
+                health @ (Some(Health::Healthy) | None) => report(
                     task,
                     TaskStatus::new(&task.id, TaskState::Running, "running")
-                        .with_container(&container.id),
+                        .with_container(&container.id)
+                        .with_health(health),
                     actions,
                 ),
             }
@@ -398,6 +412,7 @@ pub fn container_spec(task: &DesiredTask, cluster_id: &str, node_id: &str) -> Co
         ports: task.spec.ports.clone(),
         stop_signal: task.spec.stop_signal.clone(),
         stop_grace: task.spec.stop_grace(),
+        healthcheck: task.spec.healthcheck.clone(),
     }
 }
 

@@ -58,6 +58,8 @@ pub struct ContainerSpec {
     pub stop_signal: Option<String>,
     /// Time between the stop signal and SIGKILL.
     pub stop_grace: Duration,
+    /// `None` keeps the image's health check.
+    pub healthcheck: Option<HealthCheck>,
 }
 
 /// Lifecycle state of a container as the engine reports it.
@@ -83,13 +85,12 @@ impl ContainerState {
     }
 }
 
-/// Health check status of a container that has a health check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Health {
-    Starting,
-    Healthy,
-    Unhealthy,
-}
+/// Health check status of a container that has a health check: the
+/// replicated model's own type, since agents report it as it is.
+pub use shoal_raft::Health;
+
+/// A container health check: the replicated model's own type (Docker's form).
+pub use shoal_raft::HealthCheck;
 
 /// What the engine knows about one container.
 #[derive(Debug, Clone, PartialEq, Eq)]
