@@ -1249,6 +1249,75 @@ mod tests {
                 |s| s.args = vec!["ok".to_owned(), "nul\0".to_owned()],
                 Some("args[1]"),
             ),
+            (
+                |s| {
+                    s.healthcheck = Some(HealthCheck {
+                        test: vec!["CMD-SHELL".to_owned(), "wget -q localhost".to_owned()],
+                        interval_ms: 1_000,
+                        ..HealthCheck::default()
+                    })
+                },
+                None,
+            ),
+            (|s| s.healthcheck = Some(HealthCheck::default()), None),
+            (
+                |s| {
+                    s.healthcheck = Some(HealthCheck {
+                        test: vec!["CMD".to_owned(), "/bin/check".to_owned(), "-q".to_owned()],
+                        ..HealthCheck::default()
+                    })
+                },
+                None,
+            ),
+            (
+                |s| {
+                    s.healthcheck = Some(HealthCheck {
+                        test: vec!["SHELL".to_owned(), "x".to_owned()],
+                        ..HealthCheck::default()
+                    })
+                },
+                Some("invalid healthcheck.test: [\"SHELL\", \"x\"] is not a health check"),
+            ),
+            (
+                |s| {
+                    s.healthcheck = Some(HealthCheck {
+                        test: vec!["CMD-SHELL".to_owned()],
+                        ..HealthCheck::default()
+                    })
+                },
+                Some("invalid healthcheck.test"),
+            ),
+            (
+                |s| {
+                    s.healthcheck = Some(HealthCheck {
+                        retries: 101,
+                        ..HealthCheck::default()
+                    })
+                },
+                Some("invalid healthcheck.retries"),
+            ),
+            (
+                |s| {
+                    s.healthcheck = Some(HealthCheck {
+                        timeout_ms: MAX_HEALTH_DURATION_MS + 1,
+                        ..HealthCheck::default()
+                    })
+                },
+                Some("invalid healthcheck.timeout"),
+            ),
+            (
+                |s| s.update.max_failure_ratio_ppm = RATIO_ONE_PPM + 1,
+                Some("invalid update.max_failure_ratio: a ratio is from 0 to 1"),
+            ),
+            (
+                |s| s.update.monitor_ms = MAX_UPDATE_DURATION_MS + 1,
+                Some("invalid update.monitor"),
+            ),
+            (
+                |s| s.rollback.failure_action = FailureAction::Rollback,
+                Some("invalid rollback.failure_action: a rollback cannot roll back"),
+            ),
+            (|s| s.update.failure_action = FailureAction::Rollback, None),
         ];
         for (i, (edit, want)) in cases.into_iter().enumerate() {
             let mut s = spec();
@@ -1264,6 +1333,36 @@ mod tests {
                 }
                 (got, want) => panic!("case {i}: got {got:?}, want {want:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn the_task_template_is_all_but_replicas_and_update_settings() {
+        let base = spec();
+        let same: [fn(&mut ServiceSpec); 3] = [
+            |s| s.mode = ServiceMode::Replicated { replicas: 9 },
+            |s| s.update.parallelism = 4,
+            |s| s.rollback.order = UpdateOrder::StartFirst,
+        ];
+        for edit in same {
+            let mut other = base.clone();
+            edit(&mut other);
+            assert!(base.same_template(&other), "{other:?}");
+        }
+        let changed: [fn(&mut ServiceSpec); 6] = [
+            |s| s.image = "nginx:2".to_owned(),
+            |s| s.force_update = 1,
+            |s| s.mode = ServiceMode::Global,
+            |s| s.healthcheck = Some(HealthCheck::default()),
+            |s| s.stop_grace_period_ms = 1,
+            |s| {
+                s.labels.insert("a".to_owned(), "b".to_owned());
+            },
+        ];
+        for edit in changed {
+            let mut other = base.clone();
+            edit(&mut other);
+            assert!(!base.same_template(&other), "{other:?}");
         }
     }
 

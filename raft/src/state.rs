@@ -1123,18 +1123,16 @@ impl ClusterState {
     }
 
     /// Returns `name` (which has a previous spec) to its previous task template and
-    /// update settings, keeping its replica count, and starts a rollback run. The
-    /// spec rolled back from becomes the previous one, so a rollback can be undone.
+    /// starts a rollback run, paced by the current rollback settings. The replica
+    /// count and the update and rollback settings stay as they are; the spec rolled
+    /// back from becomes the previous one, so a rollback can be undone.
     fn start_rollback(&mut self, name: &str, message: String, now_ms: u64) {
         let service = self.services.get_mut(name).expect("the caller checked");
         let previous = service.previous_spec.take().expect("the caller checked");
         let restored = ServiceSpec {
-            mode: match (previous.mode, service.spec.mode) {
-                (ServiceMode::Replicated { .. }, current @ ServiceMode::Replicated { .. }) => {
-                    current
-                }
-                (mode, _) => mode,
-            },
+            mode: service.spec.mode,
+            update: service.spec.update,
+            rollback: service.spec.rollback,
             ..previous
         };
         let old = std::mem::replace(&mut service.spec, restored);

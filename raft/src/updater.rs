@@ -325,3 +325,459 @@ pub fn progress(state: &ClusterState, name: &str, now_ms: u64) -> Option<UpdateP
     }
     Some(progress)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+    use crate::orchestrator::reconcile;
+    use crate::scheduler::schedule;
+    use crate::service::{ServiceMode, ServiceSpec, TaskStatusUpdate, RATIO_ONE_PPM};
+    use crate::state::{apply, Command};
+    use crate::testing::{add_service, cluster, render};
+    use crate::types::NodeId;
+
+    const TICK: u64 = 100;
+
+    /// A leader and agents on a clock: every step reconciles, schedules, and moves
+    /// tasks forward after fixed delays. Tasks of `bad_image` fail once started.
+    struct Sim {
+        state: ClusterState,
+        now: u64,
+        start_ms: u64,
+        stop_ms: u64,
+        bad_image: &'static str,
+        /// Fewest tasks that were running and meant to, over every step.
+        min_running: u64,
+        /// Task ids by slot, in creation order.
+        created: BTreeMap<u64, Vec<String>>,
+    }
+
+    impl Sim {
+        fn new(replicas: u64, config: UpdateConfig) -> Sim {
+            let mut state = cluster(3);
+            add_service(
+                &mut state,
+                ServiceSpec {
+                    mode: ServiceMode::Replicated { replicas },
+                    update: config,
+                    rollback: UpdateConfig {
+                        failure_action: FailureAction::Pause,
+                        ..config
+                    },
+                    ..ServiceSpec::default_for("web", "app:1")
+                },
+            );
+            let mut sim = Sim {
+                state,
+                now: 1_000,
+                start_ms: 300,
+                stop_ms: 200,
+                bad_image: "app:bad",
+                min_running: u64::MAX,
+                created: BTreeMap::new(),
+            };
+            sim.run_until(|s| s.running() == replicas, 100);
+            sim.min_running = u64::MAX;
+            sim
+        }
+
+        fn commit(&mut self, command: Command) {
+            let response = apply(&mut self.state, &command);
+            assert!(!response.is_rejected(), "{response:?}");
+        }
+
+        fn service(&self) -> &Service {
+            &self.state.services["web"]
+        }
+
+        fn run(&self) -> &crate::service::UpdateStatus {
+            self.service().update.as_ref().expect("an update run")
+        }
+
+        fn running(&self) -> u64 {
+            self.state
+                .tasks
+                .values()
+                .filter(|t| {
+                    t.state == TaskState::Running && t.desired_state == DesiredState::Running
+                })
+                .count() as u64
+        }
+
+        fn update(&mut self, edit: impl FnOnce(&mut ServiceSpec)) {
+            let mut spec = self.service().spec.clone();
+            edit(&mut spec);
+            let now_ms = self.now;
+            self.commit(Command::UpdateService { spec, now_ms });
+        }
+
+        fn step(&mut self) {
+            let now_ms = self.now;
+            let changes = reconcile(&self.state, now_ms);
+            assert_eq!(reconcile(&self.state, now_ms), changes, "deterministic");
+            self.commit(Command::ApplyTaskChanges { changes, now_ms });
+            let changes = schedule(&self.state);
+            self.commit(Command::ApplyTaskChanges { changes, now_ms });
+            for task in self.state.tasks.values() {
+                let ids = self.created.entry(task.slot).or_default();
+                if !ids.contains(&task.id) {
+                    ids.push(task.id.clone());
+                }
+            }
+            let mut reports: BTreeMap<NodeId, Vec<TaskStatusUpdate>> = BTreeMap::new();
+            for task in self.state.tasks.values() {
+                let (Some(node), false) = (task.node_id, task.state.is_terminal()) else {
+                    continue;
+                };
+                let waited = now_ms - task.updated_at_ms.max(task.state_changed_at_ms);
+                let next = match task.desired_state {
+                    DesiredState::Shutdown if waited >= self.stop_ms => TaskState::Shutdown,
+                    DesiredState::Running
+                        if task.state == TaskState::Assigned && waited >= self.start_ms =>
+                    {
+                        if task.spec.image == self.bad_image {
+                            TaskState::Failed
+                        } else {
+                            TaskState::Running
+                        }
+                    }
+                    _ => continue,
+                };
+                reports.entry(node).or_default().push(TaskStatusUpdate {
+                    task_id: task.id.clone(),
+                    state: next,
+                    message: if next == TaskState::Failed {
+                        "failed".to_owned()
+                    } else {
+                        next.to_string()
+                    },
+                    error: String::new(),
+                    exit_code: (next == TaskState::Failed).then_some(1),
+                    container_id: None,
+                    health: None,
+                    at_ms: now_ms,
+                });
+            }
+            for (node_id, updates) in reports {
+                self.commit(Command::ReportTaskStatus {
+                    node_id,
+                    updates,
+                    now_ms,
+                });
+            }
+            self.min_running = self.min_running.min(self.running());
+            self.now += TICK;
+        }
+
+        fn run_until(&mut self, done: impl Fn(&Sim) -> bool, max_steps: u32) {
+            for _ in 0..max_steps {
+                if done(self) {
+                    return;
+                }
+                self.step();
+            }
+            panic!(
+                "not done after {max_steps} steps: {:?}\n{:#?}",
+                self.service().update,
+                self.state
+                    .tasks
+                    .values()
+                    .map(|t| (&t.id, t.slot, &t.spec.image, t.state, t.desired_state))
+                    .collect::<Vec<_>>()
+            );
+        }
+
+        fn until_final(&mut self) {
+            self.run_until(|s| !s.run().state.is_running(), 1_000);
+        }
+
+        /// Slot by slot, the images of its live tasks.
+        fn live_images(&self) -> BTreeMap<u64, Vec<String>> {
+            let mut images: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+            for task in self.state.tasks.values().filter(|t| t.is_live()) {
+                images
+                    .entry(task.slot)
+                    .or_default()
+                    .push(task.spec.image.clone());
+            }
+            images
+        }
+
+        /// How many tasks each slot had created since `since` (by slot).
+        fn created_per_slot(&self, before: &BTreeMap<u64, Vec<String>>) -> BTreeMap<u64, usize> {
+            self.created
+                .iter()
+                .map(|(slot, ids)| (*slot, ids.len() - before.get(slot).map_or(0, Vec::len)))
+                .collect()
+        }
+    }
+
+    fn config(parallelism: u64, order: UpdateOrder, monitor_ms: u64) -> UpdateConfig {
+        UpdateConfig {
+            parallelism,
+            order,
+            monitor_ms,
+            ..UpdateConfig::default()
+        }
+    }
+
+    fn all(slots: u64, image: &str) -> BTreeMap<u64, Vec<String>> {
+        (1..=slots).map(|s| (s, vec![image.to_owned()])).collect()
+    }
+
+    #[test]
+    fn stop_first_keeps_all_but_parallelism_running_and_updates_each_slot_once() {
+        let mut sim = Sim::new(6, config(2, UpdateOrder::StopFirst, 500));
+        let before = sim.created.clone();
+        sim.update(|s| s.image = "app:2".to_owned());
+        sim.until_final();
+        assert_eq!(sim.run().state, UpdateState::Completed);
+        assert_eq!(sim.run().message, "update completed");
+        assert_eq!(sim.live_images(), all(6, "app:2"));
+        assert_eq!(
+            sim.min_running, 4,
+            "never fewer than replicas - parallelism"
+        );
+        assert!(sim.created_per_slot(&before).values().all(|n| *n == 1));
+    }
+
+    #[test]
+    fn start_first_never_drops_below_the_replica_count() {
+        let mut sim = Sim::new(6, config(2, UpdateOrder::StartFirst, 500));
+        let before = sim.created.clone();
+        sim.update(|s| s.args = vec!["serve".to_owned()]);
+        sim.until_final();
+        assert_eq!(sim.run().state, UpdateState::Completed);
+        assert_eq!(sim.min_running, 6);
+        assert!(sim.created_per_slot(&before).values().all(|n| *n == 1));
+        assert!(sim
+            .state
+            .tasks
+            .values()
+            .filter(|t| t.is_live())
+            .all(|t| t.spec.args == ["serve"]));
+    }
+
+    #[test]
+    fn parallelism_bounds_slots_in_flight_and_zero_means_all() {
+        for (parallelism, most) in [(1, 1), (3, 3), (0, 6)] {
+            let mut sim = Sim::new(6, config(parallelism, UpdateOrder::StopFirst, 300));
+            sim.update(|s| s.image = "app:2".to_owned());
+            let mut seen = 0;
+            while sim.run().state.is_running() {
+                let progress = progress(&sim.state, "web", sim.now).unwrap();
+                seen = seen.max(progress.in_flight);
+                sim.step();
+            }
+            assert_eq!(seen, most, "parallelism {parallelism}");
+        }
+    }
+
+    #[test]
+    fn the_next_batch_waits_for_the_monitor_window_and_the_delay() {
+        for (monitor, delay) in [(1_000, 0), (200, 1_500)] {
+            let mut sim = Sim::new(2, config(1, UpdateOrder::StopFirst, monitor));
+            sim.state
+                .services
+                .get_mut("web")
+                .unwrap()
+                .spec
+                .update
+                .delay_ms = delay;
+            sim.update(|s| s.image = "app:2".to_owned());
+            sim.until_final();
+            let new: Vec<&Task> = sim.state.tasks.values().filter(|t| t.is_live()).collect();
+            let first = new.iter().find(|t| t.slot == 1).unwrap();
+            let second = new.iter().find(|t| t.slot == 2).unwrap();
+            let first_done = first.running_since_ms.unwrap() + monitor;
+            assert!(
+                second.created_at_ms >= first_done + delay,
+                "monitor {monitor} delay {delay}: slot 2 created at {}, slot 1 done at {first_done}",
+                second.created_at_ms
+            );
+            assert!(second.created_at_ms < first_done + delay + 2 * TICK);
+        }
+    }
+
+    #[test]
+    fn a_failed_update_pauses_and_says_why() {
+        let mut sim = Sim::new(6, config(2, UpdateOrder::StopFirst, 500));
+        sim.update(|s| s.image = "app:bad".to_owned());
+        sim.until_final();
+        let run = sim.run().clone();
+        assert_eq!(run.state, UpdateState::Paused);
+        assert!(
+            run.message
+                .starts_with("update paused at 0/6: task web.1 failed (exit 1)"),
+            "{}",
+            run.message
+        );
+        assert!(run.completed_at_ms > 0);
+        // The slots not reached keep the old image and nothing more starts.
+        let images = sim.live_images();
+        let old = images.values().flatten().filter(|i| *i == "app:1").count();
+        assert!(old >= 4, "{images:?}");
+        let tasks = sim.state.tasks.len();
+        for _ in 0..20 {
+            sim.step();
+        }
+        let untouched = (3..=6).all(|slot| sim.live_images()[&slot] == ["app:1"]);
+        assert!(untouched, "{:?}", sim.live_images());
+        assert!(
+            sim.state.tasks.len() <= tasks + 2 * 5,
+            "only restarts of the failed slots"
+        );
+    }
+
+    #[test]
+    fn a_failed_update_rolls_back_without_touching_slots_it_never_reached() {
+        let mut cfg = config(2, UpdateOrder::StopFirst, 500);
+        cfg.failure_action = FailureAction::Rollback;
+        let mut sim = Sim::new(6, cfg);
+        let untouched: Vec<String> = sim
+            .state
+            .tasks
+            .values()
+            .filter(|t| t.is_live() && t.slot > 2)
+            .map(|t| t.id.clone())
+            .collect();
+        sim.update(|s| s.image = "app:bad".to_owned());
+        sim.run_until(|s| s.run().state != UpdateState::Updating, 200);
+        assert_eq!(sim.run().state, UpdateState::RollingBack);
+        assert!(
+            sim.run().message.contains("rolling back to app:1"),
+            "{}",
+            sim.run().message
+        );
+        sim.until_final();
+        assert_eq!(sim.run().state, UpdateState::RolledBack);
+        assert_eq!(sim.service().spec.image, "app:1");
+        assert_eq!(
+            sim.service().previous_spec.as_ref().unwrap().image,
+            "app:bad"
+        );
+        assert_eq!(sim.live_images(), all(6, "app:1"));
+        for id in untouched {
+            assert!(sim.state.tasks[&id].is_live(), "{id} was restarted");
+        }
+    }
+
+    #[test]
+    fn the_failure_ratio_and_continue_let_an_update_go_on() {
+        // Half may fail: the first failure (1 of 4) does not pause.
+        let mut cfg = config(1, UpdateOrder::StartFirst, 300);
+        cfg.max_failure_ratio_ppm = RATIO_ONE_PPM / 2;
+        let mut sim = Sim::new(4, cfg);
+        sim.update(|s| s.image = "app:bad".to_owned());
+        sim.run_until(|s| !s.run().failed_slots.is_empty(), 200);
+        sim.step();
+        assert_eq!(sim.run().state, UpdateState::Updating);
+        sim.until_final();
+        // 3 of 4 failed > 1/2: paused once the third failed.
+        assert_eq!(sim.run().state, UpdateState::Paused);
+        assert_eq!(sim.run().failed_slots.len(), 3);
+
+        let mut cfg = config(2, UpdateOrder::StartFirst, 300);
+        cfg.failure_action = FailureAction::Continue;
+        let mut sim = Sim::new(4, cfg);
+        sim.update(|s| s.image = "app:bad".to_owned());
+        sim.until_final();
+        assert_eq!(sim.run().state, UpdateState::Completed);
+        assert_eq!(sim.run().message, "update completed; 4 of 4 tasks failed");
+        // Start-first: the old tasks still serve.
+        assert_eq!(sim.live_images(), all(4, "app:1"));
+    }
+
+    #[test]
+    fn a_manual_rollback_rolls_out_with_the_rollback_settings() {
+        let mut sim = Sim::new(4, config(0, UpdateOrder::StopFirst, 200));
+        sim.update(|s| s.image = "app:2".to_owned());
+        sim.until_final();
+        sim.state.services.get_mut("web").unwrap().spec.rollback =
+            config(1, UpdateOrder::StartFirst, 200);
+        sim.min_running = u64::MAX;
+        let now_ms = sim.now;
+        sim.commit(Command::RollbackService {
+            name: "web".to_owned(),
+            now_ms,
+        });
+        let mut seen = 0;
+        while sim.run().state.is_running() {
+            seen = seen.max(progress(&sim.state, "web", sim.now).unwrap().in_flight);
+            sim.step();
+        }
+        assert_eq!(sim.run().state, UpdateState::RolledBack);
+        assert_eq!(sim.run().message, "rollback completed");
+        assert_eq!(seen, 1);
+        assert_eq!(sim.min_running, 4);
+        assert_eq!(sim.live_images(), all(4, "app:1"));
+    }
+
+    #[test]
+    fn scaling_or_new_settings_restart_nothing_and_force_restarts_everything() {
+        let mut sim = Sim::new(3, config(1, UpdateOrder::StopFirst, 200));
+        let ids = |sim: &Sim| -> BTreeSet<String> {
+            sim.state
+                .tasks
+                .values()
+                .filter(|t| t.is_live())
+                .map(|t| t.id.clone())
+                .collect()
+        };
+        let before = ids(&sim);
+        sim.update(|s| {
+            s.mode = ServiceMode::Replicated { replicas: 4 };
+            s.update.parallelism = 2;
+        });
+        assert!(sim.service().update.is_none());
+        sim.run_until(|s| s.running() == 4, 100);
+        assert!(before.is_subset(&ids(&sim)));
+        let before = ids(&sim);
+        sim.update(|s| s.force_update += 1);
+        sim.until_final();
+        assert_eq!(sim.run().state, UpdateState::Completed);
+        assert!(before.is_disjoint(&ids(&sim)));
+        assert_eq!(ids(&sim).len(), 4);
+    }
+
+    #[test]
+    fn a_stale_transition_or_failure_changes_nothing() {
+        let mut sim = Sim::new(2, config(1, UpdateOrder::StopFirst, 200));
+        sim.update(|s| s.image = "app:2".to_owned());
+        sim.update(|s| s.image = "app:3".to_owned());
+        let before = sim.state.clone();
+        let now_ms = sim.now;
+        let old_run = sim.run().version - 1;
+        sim.commit(Command::ApplyTaskChanges {
+            changes: vec![
+                TaskChange::UpdateSlotFailed {
+                    service: "web".to_owned(),
+                    run_version: old_run,
+                    slot: 1,
+                    node_id: None,
+                },
+                TaskChange::UpdateTransition {
+                    service: "web".to_owned(),
+                    run_version: old_run,
+                    from: UpdateState::Updating,
+                    to: UpdateState::Paused,
+                    message: "stale".to_owned(),
+                },
+            ],
+            now_ms,
+        });
+        assert_eq!(sim.state, before);
+        // The first step starts slot 1 of the newest run only.
+        let changes = reconcile(&sim.state, sim.now);
+        assert_eq!(
+            render(&changes),
+            [
+                "desire shutdown t0: replaced by version 3 (rolling update)",
+                "create web.1 attempt 0"
+            ]
+            .map(|s| s.replace("t0", &sim.created[&1][0]))
+        );
+    }
+}
