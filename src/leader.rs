@@ -70,15 +70,27 @@ pub async fn run(node: Arc<Node>) {
     let mut ticker = tokio::time::interval(node.timing.leader_tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut applied = node.state.subscribe();
+    // When a rolling update can next move on by the clock alone (a monitor
+    // window or a delay ends); waiting for the tick would add up to a tick per batch.
+    let mut wake_at: Option<tokio::time::Instant> = None;
     loop {
-        // On a tick, and as soon as something was applied (a deploy, a task
-        // report): a short pause lets a burst land in one pass.
+        // On a tick, as soon as something was applied (a deploy, a task
+        // report) — a short pause lets a burst land in one pass — and at an
+        // update's deadline.
+        let deadline = async {
+            match wake_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = ticker.tick() => {}
             Ok(()) = applied.changed() => {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
+            () = deadline => {}
         }
+        wake_at = None;
         let (leading, term) = {
             let metrics = node.raft.metrics();
             let m = metrics.borrow();
@@ -115,6 +127,11 @@ pub async fn run(node: Arc<Node>) {
             }
         }
         orchestrate(&node).await;
+        let now_wall = now_ms();
+        wake_at = node
+            .state
+            .read(|s| shoal_raft::updater::next_deadline(s, now_wall))
+            .map(|at| tokio::time::Instant::now() + Duration::from_millis(at - now_wall));
         if !membership_busy.load(Ordering::Acquire) {
             let (voters, learners) = {
                 let metrics = node.raft.metrics();

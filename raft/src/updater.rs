@@ -221,8 +221,10 @@ pub(crate) fn plan_service(
             (FailureAction::Continue, _) => {}
             (FailureAction::Rollback, false) => {
                 let to = match &service.previous_spec {
-                    Some(previous) => previous.image.clone(),
-                    None => "the previous spec".to_owned(),
+                    Some(previous) if previous.image != service.spec.image => {
+                        previous.image.clone()
+                    }
+                    _ => "the previous spec".to_owned(),
                 };
                 changes.push(transition(
                     UpdateState::RollingBack,
@@ -295,6 +297,35 @@ pub(crate) fn plan_service(
             restart_count: 0,
         });
     }
+}
+
+/// The earliest time after `now_ms` at which a running update can move on by
+/// the clock alone: a new task leaving its monitor window, or a delay ending.
+/// The leader wakes then instead of waiting for its next tick.
+pub fn next_deadline(state: &ClusterState, now_ms: u64) -> Option<u64> {
+    let mut next: Option<u64> = None;
+    for task in state.tasks.values() {
+        let Some(since) = task.running_since_ms else {
+            continue;
+        };
+        let Some(service) = state.services.get(&task.service) else {
+            continue;
+        };
+        let Some(config) = service.active_update_config() else {
+            continue;
+        };
+        if task.spec_version != service.version || !task.is_live() {
+            continue;
+        }
+        let done = since.saturating_add(config.monitor_ms);
+        for at in [done, done.saturating_add(config.delay_ms)] {
+            if at > now_ms {
+                next = Some(next.map_or(at, |n| n.min(at)));
+                break;
+            }
+        }
+    }
+    next
 }
 
 /// Where the current run of `name` stands, if it has had one.
@@ -740,6 +771,40 @@ mod tests {
         assert_eq!(sim.run().state, UpdateState::Completed);
         assert!(before.is_disjoint(&ids(&sim)));
         assert_eq!(ids(&sim).len(), 4);
+    }
+
+    #[test]
+    fn the_leader_wakes_when_a_monitor_window_or_delay_ends() {
+        let mut sim = Sim::new(2, config(1, UpdateOrder::StopFirst, 1_000));
+        sim.state
+            .services
+            .get_mut("web")
+            .unwrap()
+            .spec
+            .update
+            .delay_ms = 500;
+        assert_eq!(next_deadline(&sim.state, sim.now), None, "no run");
+        sim.update(|s| s.image = "app:2".to_owned());
+        let new_running = |s: &Sim| {
+            s.state
+                .tasks
+                .values()
+                .any(|t| t.state == TaskState::Running && t.spec.image == "app:2")
+        };
+        sim.run_until(new_running, 100);
+        let since = sim
+            .state
+            .tasks
+            .values()
+            .find(|t| t.is_live() && t.spec.image == "app:2")
+            .and_then(|t| t.running_since_ms)
+            .unwrap();
+        assert_eq!(next_deadline(&sim.state, since), Some(since + 1_000));
+        assert_eq!(
+            next_deadline(&sim.state, since + 1_000),
+            Some(since + 1_500)
+        );
+        assert_eq!(next_deadline(&sim.state, since + 1_500), None);
     }
 
     #[test]
