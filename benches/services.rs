@@ -8,11 +8,13 @@
 //! deploy 50 replicas until 50 run; `docker kill` one of 3 until its
 //! replacement runs (restart delay 0); scale 10 -> 30 until 30 run; remove a
 //! 10-replica service (stop grace period 1 s) until `docker ps -a` shows none
-//! of its containers. Every system is timed the same way: from just before the
+//! of its containers; a rolling update of 10 replicas to a new command
+//! (parallelism 2, delay 0, monitor 1 s, stop grace period 1 s) until the
+//! orchestrator reports it completed and Docker runs only new containers. Every system is timed the same way: from just before the
 //! command until `docker ps` with the system's label filters shows the goal.
 //!
 //! Knobs: `BENCH_ROUNDS` (3; the median is reported), `BENCH_WORKLOADS`
-//! (comma list of deploy,replace,scale,remove; all by default),
+//! (comma list of deploy,replace,scale,remove,update; all by default),
 //! `BENCH_JOIN_ROLE` (manager|worker, the role of the two joining daemons;
 //! manager), `SHOAL_TEST_IMAGE` (shoal-test:latest).
 //!
@@ -288,6 +290,10 @@ trait Orchestrator {
     fn scale(&self, service: &str, replicas: usize);
     /// Removes the service and returns at once.
     fn remove(&self, service: &str);
+    /// Starts a rolling update to the command `sleep 200000` and returns at once.
+    fn update(&self, service: &str);
+    /// Whether the orchestrator reports the service's update completed.
+    fn update_completed(&self, service: &str) -> bool;
     /// `docker ps` label filters selecting the service's containers.
     fn labels(&self, service: &str) -> Vec<String>;
     /// Removes the service (if still there) and every container of it.
@@ -321,6 +327,12 @@ impl Orchestrator for Swarm {
             "0s",
             "--stop-grace-period",
             "1s",
+            "--update-parallelism",
+            "2",
+            "--update-delay",
+            "0s",
+            "--update-monitor",
+            "1s",
             &self.image_id,
             "sleep",
             "100000",
@@ -336,6 +348,27 @@ impl Orchestrator for Swarm {
     }
     fn remove(&self, service: &str) {
         docker(&["service", "rm", service]);
+    }
+    fn update(&self, service: &str) {
+        docker(&[
+            "service",
+            "update",
+            "--detach",
+            "--quiet",
+            "--no-resolve-image",
+            "--args",
+            "sleep 200000",
+            service,
+        ]);
+    }
+    fn update_completed(&self, service: &str) -> bool {
+        docker(&[
+            "service",
+            "inspect",
+            "--format",
+            "{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}",
+            service,
+        ]) == "completed"
     }
     fn labels(&self, service: &str) -> Vec<String> {
         vec![format!("{SWARM_SERVICE_LABEL}={service}")]
@@ -379,6 +412,12 @@ impl Orchestrator for Shoal {
             "0s",
             "--stop-grace-period",
             "1s",
+            "--update-parallelism",
+            "2",
+            "--update-delay",
+            "0s",
+            "--update-monitor",
+            "1s",
             "--detach",
             "--",
             "sleep",
@@ -395,6 +434,40 @@ impl Orchestrator for Shoal {
     }
     fn remove(&self, service: &str) {
         self.cli(&["service", "rm", "--detach", service]);
+    }
+    fn update(&self, service: &str) {
+        // The same spec as `create` but for the command: a template change.
+        self.cli(&[
+            "deploy",
+            service,
+            "--image",
+            &self.image,
+            "--label",
+            BENCH_LABEL,
+            "--replicas",
+            "10",
+            "--restart-delay",
+            "0s",
+            "--stop-grace-period",
+            "1s",
+            "--update-parallelism",
+            "2",
+            "--update-delay",
+            "0s",
+            "--update-monitor",
+            "1s",
+            "--detach",
+            "--",
+            "sleep",
+            "200000",
+        ]);
+    }
+    fn update_completed(&self, service: &str) -> bool {
+        let mut args = vec!["--data-dir", self.cluster.nodes[0].dir.to_str().unwrap()];
+        args.extend(["service", "inspect", service, "--json"]);
+        let out = run(common::BIN, &args, CALL_LIMIT);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .is_ok_and(|v| v["update"]["state"] == "completed")
     }
     fn labels(&self, service: &str) -> Vec<String> {
         let id = self.cluster.cluster_id.as_deref().expect("cluster id");
@@ -488,6 +561,32 @@ fn engine_remove(image_id: &str, tag: &str, n: usize) -> Duration {
     took
 }
 
+/// A rolling update done by hand: `n` containers replaced `batch` at a time,
+/// each batch stopped (grace 1 s) and removed, its replacements started, then
+/// watched for `monitor` before the next batch. The floor for an
+/// orchestrator that honours the grace period and monitor window per batch.
+fn engine_update(image_id: &str, tag: &str, n: usize, batch: usize, monitor: Duration) -> Duration {
+    run_direct(image_id, tag, n, ENGINE_PARALLELISM);
+    let labels = direct_labels(tag);
+    wait_running(&format!("engine {tag}"), &labels, n);
+    let old = container_ids(&labels, false);
+    let started = Instant::now();
+    for chunk in old.chunks(batch) {
+        let mut stop = vec!["stop", "-t", "1"];
+        stop.extend(chunk.iter().map(String::as_str));
+        docker(&stop);
+        let mut rm = vec!["rm"];
+        rm.extend(chunk.iter().map(String::as_str));
+        docker(&rm);
+        run_direct(image_id, tag, chunk.len(), batch);
+        wait_running(&format!("engine {tag}"), &labels, n);
+        std::thread::sleep(monitor);
+    }
+    let took = started.elapsed();
+    clean_direct(tag);
+    took
+}
+
 // --- workloads -----------------------------------------------------------------
 
 #[derive(Clone, Copy, PartialEq)]
@@ -496,14 +595,16 @@ enum Workload {
     Replace,
     Scale,
     Remove,
+    Update,
 }
 
 impl Workload {
-    const ALL: [Workload; 4] = [
+    const ALL: [Workload; 5] = [
         Workload::Deploy,
         Workload::Replace,
         Workload::Scale,
         Workload::Remove,
+        Workload::Update,
     ];
     fn key(self) -> &'static str {
         match self {
@@ -511,6 +612,7 @@ impl Workload {
             Workload::Replace => "replace",
             Workload::Scale => "scale",
             Workload::Remove => "remove",
+            Workload::Update => "update",
         }
     }
     fn title(self) -> &'static str {
@@ -519,6 +621,7 @@ impl Workload {
             Workload::Replace => "replace a killed container",
             Workload::Scale => "scale 10 -> 30",
             Workload::Remove => "remove 10 (grace 1 s)",
+            Workload::Update => "rolling update of 10",
         }
     }
     fn engine_title(self) -> &'static str {
@@ -527,6 +630,7 @@ impl Workload {
             Workload::Replace => "1 x docker run -d",
             Workload::Scale => "20 x docker run -d, 8 at once",
             Workload::Remove => "docker stop -t 1 + rm of 10",
+            Workload::Update => "5 x (stop -t 1 + rm 2, run 2, 1 s monitor)",
         }
     }
     /// Most shoal may take relative to Swarm.
@@ -535,6 +639,7 @@ impl Workload {
             Workload::Deploy | Workload::Scale => 1.1,
             Workload::Replace => 1.0,
             Workload::Remove => 0.7,
+            Workload::Update => 0.85,
         }
     }
 
@@ -577,6 +682,22 @@ impl Workload {
                 wait_gone(&what, &labels);
                 started.elapsed()
             }
+            Workload::Update => {
+                o.create(service, 10);
+                wait_running(&what, &labels, 10);
+                let old = container_ids(&labels, false);
+                let started = Instant::now();
+                o.update(service);
+                // Complete: the orchestrator says so, and Docker runs 10
+                // containers, none of them an old one.
+                wait_until(&format!("{what}: update completed"), || {
+                    let running = container_ids(&labels, false);
+                    o.update_completed(service)
+                        && running.len() == 10
+                        && running.iter().all(|id| !old.contains(id))
+                });
+                started.elapsed()
+            }
         };
         o.clean(service);
         took
@@ -588,6 +709,7 @@ impl Workload {
             Workload::Replace => engine_start(image_id, tag, 1),
             Workload::Scale => engine_start(image_id, tag, 20),
             Workload::Remove => engine_remove(image_id, tag, 10),
+            Workload::Update => engine_update(image_id, tag, 10, 2, Duration::from_secs(1)),
         }
     }
 }
@@ -622,7 +744,7 @@ fn main() {
             for k in &keys {
                 assert!(
                     Workload::ALL.iter().any(|w| w.key() == *k),
-                    "BENCH_WORKLOADS: {k:?} is not a workload; use deploy, replace, scale, remove"
+                    "BENCH_WORKLOADS: {k:?} is not a workload; use deploy, replace, scale, remove, update"
                 );
             }
             Workload::ALL
