@@ -2,12 +2,24 @@
 # Builds the local test image shoal-test:latest without a registry: a root
 # filesystem holding Debian's busybox-static (sh, sleep, httpd, nc, ...) is
 # handed to `docker import`. Skips the build when the image already exists
-# (SHOAL_TEST_IMAGE_REBUILD=1 forces it). Prints the image id at the end.
+# (SHOAL_TEST_IMAGE_REBUILD=1 forces it). Also builds shoal-test:healthcheck,
+# the same image with a HEALTHCHECK of its own, from the local one (no
+# registry). Prints the image id at the end.
 set -euo pipefail
 
 IMAGE="${SHOAL_TEST_IMAGE:-shoal-test:latest}"
+HEALTH_IMAGE="${IMAGE%%:*}:healthcheck"
+
+# An image whose own health check passes, for tests of the image's default.
+health_image() {
+  if [ "${SHOAL_TEST_IMAGE_REBUILD:-0}" = "1" ] || ! docker image inspect "$HEALTH_IMAGE" >/dev/null 2>&1; then
+    printf 'FROM %s\nHEALTHCHECK --interval=1s --timeout=2s --retries=2 CMD ["true"]\n' "$IMAGE" \
+      | DOCKER_BUILDKIT=0 docker build -q -t "$HEALTH_IMAGE" - >/dev/null
+  fi
+}
 
 if [ "${SHOAL_TEST_IMAGE_REBUILD:-0}" != "1" ] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
+  health_image
   docker image inspect --format '{{.Id}}' "$IMAGE"
   exit 0
 fi
@@ -58,4 +70,5 @@ tar -C "$root" -c . | docker import \
   --message "shoal test image (busybox-static)" \
   - "$IMAGE" >/dev/null
 
+health_image
 docker image inspect --format '{{.Id}}' "$IMAGE"

@@ -827,6 +827,69 @@ mod engine_tests {
     }
 
     #[tokio::test]
+    async fn health_checks_come_from_the_spec_or_the_image() {
+        if !enabled("health_checks_come_from_the_spec_or_the_image") {
+            return;
+        }
+        with_scope(|runtime, scope| async move {
+            let wait_health = |id: String, wanted: Option<Health>| {
+                let runtime = runtime.clone();
+                async move {
+                    let deadline = Instant::now() + Duration::from_secs(20);
+                    loop {
+                        let info = runtime.inspect(&id).await.unwrap();
+                        if info.health == wanted {
+                            return;
+                        }
+                        assert!(
+                            Instant::now() < deadline,
+                            "{id}: {info:?}, wanted {wanted:?}"
+                        );
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            };
+            let check = |test: &[&str]| HealthCheck {
+                test: test.iter().map(|s| s.to_string()).collect(),
+                interval_ms: 500,
+                timeout_ms: 1_000,
+                retries: 1,
+                start_period_ms: 0,
+            };
+            // The spec's check: passing, then failing.
+            let mut passing = spec(&scope, "passing", &["sleep", "300"]);
+            passing.healthcheck = Some(check(&["CMD-SHELL", "test -d /www"]));
+            let id = runtime.create(&passing).await.unwrap();
+            runtime.start(&id).await.unwrap();
+            assert_eq!(
+                runtime.inspect(&id).await.unwrap().health,
+                Some(Health::Starting)
+            );
+            wait_health(id, Some(Health::Healthy)).await;
+            let mut failing = spec(&scope, "failing", &["sleep", "300"]);
+            failing.healthcheck = Some(check(&["CMD", "false"]));
+            let id = runtime.create(&failing).await.unwrap();
+            runtime.start(&id).await.unwrap();
+            wait_health(id, Some(Health::Unhealthy)).await;
+            // No check in the spec: the image's own; ["NONE"] turns it off.
+            let mut own = spec(&scope, "own", &["sleep", "300"]);
+            own.image = "shoal-test:healthcheck".to_string();
+            let id = runtime.create(&own).await.unwrap();
+            runtime.start(&id).await.unwrap();
+            wait_health(id, Some(Health::Healthy)).await;
+            let mut off = own.clone();
+            off.name = format!("{}-off", own.name);
+            off.labels.insert(LABEL_TASK.to_string(), "off".to_string());
+            off.healthcheck = Some(HealthCheck::default());
+            let id = runtime.create(&off).await.unwrap();
+            runtime.start(&id).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
+            assert_eq!(runtime.inspect(&id).await.unwrap().health, None);
+        })
+        .await;
+    }
+
+    #[tokio::test]
     async fn create_start_list_stop_remove() {
         if !enabled("create_start_list_stop_remove") {
             return;

@@ -398,6 +398,14 @@ impl ContainerRuntime for FakeRuntime {
             container.info.error.clear();
             container.info.started_at = started_at;
             container.info.finished_at.clear();
+            // A container with a health check starts unproven, as in Docker
+            // (the fake has no images with checks of their own).
+            let checked = container
+                .spec
+                .healthcheck
+                .as_ref()
+                .is_some_and(|check| !check.is_disabled());
+            container.info.health = checked.then_some(Health::Starting);
             state.emit(id, RuntimeEventKind::Start);
             Ok(())
         })

@@ -581,6 +581,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_checked_task_starts_then_runs_once_healthy_and_fails_unhealthy() {
+        let (fake, executor) = setup(ExecutorConfig::default());
+        let mut checked = task("dddd000000000001", 1, TaskState::Assigned);
+        checked.spec.healthcheck = Some(shoal_raft::HealthCheck {
+            test: vec!["CMD-SHELL".to_string(), "true".to_string()],
+            ..Default::default()
+        });
+        let mut desired = vec![checked];
+        let outcome = executor.reconcile(&desired).await.unwrap();
+        assert_eq!(
+            states(&outcome),
+            [("dddd000000000001".to_string(), TaskState::Starting)]
+        );
+        assert_eq!(outcome.statuses[0].health, Some(Health::Starting));
+        echo(&mut desired, &outcome);
+        let id = fake.containers()[0].id.clone();
+        fake.set_health(&id, Health::Healthy).unwrap();
+        let outcome = executor.reconcile(&desired).await.unwrap();
+        assert_eq!(outcome.statuses[0].state, TaskState::Running);
+        assert_eq!(outcome.statuses[0].health, Some(Health::Healthy));
+        echo(&mut desired, &outcome);
+        fake.set_health(&id, Health::Unhealthy).unwrap();
+        let outcome = executor.reconcile(&desired).await.unwrap();
+        assert_eq!(outcome.statuses[0].state, TaskState::Failed);
+        assert_eq!(outcome.statuses[0].health, Some(Health::Unhealthy));
+        assert_eq!(outcome.statuses[0].message, "health check failed");
+        executor.settle().await;
+        assert!(fake.calls().stops >= 1, "an unhealthy container is stopped");
+    }
+
+    #[tokio::test]
     async fn missing_image_rejects_the_task_with_the_engine_error() {
         let (fake, executor) = setup(ExecutorConfig::default());
         let mut missing = task("bbbb000000000001", 1, TaskState::Assigned);
