@@ -160,6 +160,7 @@ pub fn spec_from_doc(doc: &ServiceSpecDoc) -> Result<ServiceSpec, OpError> {
         update: defaults.update,
         rollback: defaults.rollback,
         force_update: 0,
+        stack: None,
     };
     spec.validate()
         .map_err(|e| OpError::bad_request(e.to_string()))?;

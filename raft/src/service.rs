@@ -515,6 +515,8 @@ pub struct ServiceSpec {
     pub rollback: UpdateConfig,
     /// Bumped by `--force`: a changed task template that redeploys every task.
     pub force_update: u64,
+    /// The stack the service belongs to; its name is then `STACK_SERVICE`.
+    pub stack: Option<String>,
 }
 
 impl Default for ServiceSpec {
@@ -547,6 +549,7 @@ impl ServiceSpec {
             update: UpdateConfig::default(),
             rollback: UpdateConfig::default(),
             force_update: 0,
+            stack: None,
         }
     }
 
@@ -561,6 +564,7 @@ impl ServiceSpec {
             },
             update: UpdateConfig::default(),
             rollback: UpdateConfig::default(),
+            stack: None,
             ..spec.clone()
         };
         // Cheap fields first: most differing specs differ in these.
@@ -655,6 +659,20 @@ impl ServiceSpec {
         }
         self.update.check("update")?;
         self.rollback.check("rollback")?;
+        if let Some(stack) = &self.stack {
+            validate_name(stack).map_err(|_| {
+                invalid(
+                    "stack",
+                    format!("{stack:?} is not allowed; use 1-63 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"),
+                )
+            })?;
+            if !self.name.starts_with(&format!("{stack}_")) {
+                return Err(invalid(
+                    "name",
+                    format!("a service of stack {stack:?} is named {stack}_SERVICE"),
+                ));
+            }
+        }
         if self.stop_grace_period_ms > MAX_STOP_GRACE_PERIOD_MS {
             return Err(invalid(
                 "stop_grace_period",
@@ -1318,6 +1336,24 @@ mod tests {
                 Some("invalid rollback.failure_action: a rollback cannot roll back"),
             ),
             (|s| s.update.failure_action = FailureAction::Rollback, None),
+            (
+                |s| s.stack = Some("shop".to_owned()),
+                Some("invalid name: a service of stack \"shop\" is named shop_SERVICE"),
+            ),
+            (
+                |s| {
+                    s.stack = Some("Shop".to_owned());
+                    s.name = "Shop_web".to_owned();
+                },
+                Some("invalid name"),
+            ),
+            (
+                |s| {
+                    s.stack = Some("shop".to_owned());
+                    s.name = "shop_web".to_owned();
+                },
+                None,
+            ),
         ];
         for (i, (edit, want)) in cases.into_iter().enumerate() {
             let mut s = spec();

@@ -297,6 +297,20 @@ pub enum Command {
         replicas: u64,
         now_ms: u64,
     },
+    /// Creates or updates every service of a stack in one step (all or none):
+    /// each spec is named `STACK_SERVICE` and carries `stack`. With `prune`, the
+    /// stack's services missing from `specs` are removed.
+    DeployStack {
+        stack: String,
+        specs: Vec<ServiceSpec>,
+        prune: bool,
+        now_ms: u64,
+    },
+    /// Removes every service of the stack. Refused when the stack has none.
+    RemoveStack {
+        stack: String,
+        now_ms: u64,
+    },
     /// Returns the service to its previous spec by a rolling update with its
     /// rollback settings. Refused when there is no previous spec.
     RollbackService {
@@ -398,6 +412,8 @@ impl Command {
             | Command::UpdateService { now_ms, .. }
             | Command::ScaleService { now_ms, .. }
             | Command::RollbackService { now_ms, .. }
+            | Command::DeployStack { now_ms, .. }
+            | Command::RemoveStack { now_ms, .. }
             | Command::RemoveService { now_ms, .. }
             | Command::ApplyTaskChanges { now_ms, .. }
             | Command::ReportTaskStatus { now_ms, .. }
@@ -725,51 +741,92 @@ fn apply_or_refuse(state: &mut ClusterState, cmd: &Command) -> Result<Response, 
         }
         Command::Noop { now_ms: _ } => Ok(Response::Ok),
         Command::CreateService { spec, now_ms } => {
-            spec.validate().map_err(|e| e.to_string())?;
-            if state.services.contains_key(&spec.name) {
-                return Err(format!(
-                    "a service named {:?} already exists; update it or choose another name",
-                    spec.name
-                ));
-            }
-            state.services.insert(
-                spec.name.clone(),
-                Service {
-                    spec: spec.clone(),
-                    version: 1,
-                    created_at_ms: *now_ms,
-                    updated_at_ms: *now_ms,
-                    previous_spec: None,
-                    update: None,
-                },
-            );
+            state.check_create(spec)?;
+            state.create_service(spec, *now_ms);
             Ok(Response::Ok)
         }
         Command::UpdateService { spec, now_ms } => {
-            spec.validate().map_err(|e| e.to_string())?;
-            let service = state.service_mut(&spec.name)?;
-            if service.spec == *spec {
-                return Ok(Response::Ok);
-            }
-            if service.spec.is_global() != spec.is_global() {
-                return Err(format!(
-                    "service {:?} is {}; its mode cannot change (remove it and deploy it again)",
-                    spec.name,
-                    if service.spec.is_global() {
-                        "global"
-                    } else {
-                        "replicated"
+            state.check_update(spec)?;
+            state.update_service(spec, *now_ms);
+            Ok(Response::Ok)
+        }
+        Command::DeployStack {
+            stack,
+            specs,
+            prune,
+            now_ms,
+        } => {
+            let mut names = BTreeSet::new();
+            for spec in specs {
+                if spec.stack.as_deref() != Some(stack.as_str())
+                    || !spec.name.starts_with(&format!("{stack}_"))
+                {
+                    return Err(format!(
+                        "service {:?} is not named and labelled for stack {stack:?}",
+                        spec.name
+                    ));
+                }
+                if !names.insert(spec.name.as_str()) {
+                    return Err(format!(
+                        "service {:?} appears twice in the stack",
+                        spec.name
+                    ));
+                }
+                match state.services.get(&spec.name) {
+                    None => state.check_create(spec)?,
+                    Some(existing) if existing.spec.stack.as_deref() != Some(stack.as_str()) => {
+                        return Err(format!(
+                            "a service named {:?} already exists outside stack {stack:?}; \
+                             remove it or rename the stack",
+                            spec.name
+                        ))
                     }
-                ));
+                    Some(_) => state.check_update(spec)?,
+                }
             }
-            let template_changed = !service.spec.same_template(spec);
-            let old = std::mem::replace(&mut service.spec, spec.clone());
-            service.updated_at_ms = *now_ms;
-            if template_changed {
-                service.version += 1;
-                service.previous_spec = Some(old);
-                let message = format!("updating to version {}", service.version);
-                state.start_update_run(&spec.name, UpdateState::Updating, message, *now_ms);
+            if specs.is_empty()
+                && !state
+                    .services
+                    .values()
+                    .any(|s| s.spec.stack.as_deref() == Some(stack.as_str()))
+            {
+                return Err(format!("stack {stack:?} has no services to deploy"));
+            }
+            for spec in specs {
+                if state.services.contains_key(&spec.name) {
+                    state.update_service(spec, *now_ms);
+                } else {
+                    state.create_service(spec, *now_ms);
+                }
+            }
+            if *prune {
+                let gone: Vec<String> = state
+                    .services
+                    .values()
+                    .filter(|s| {
+                        s.spec.stack.as_deref() == Some(stack.as_str())
+                            && !names.contains(s.spec.name.as_str())
+                    })
+                    .map(|s| s.spec.name.clone())
+                    .collect();
+                for name in gone {
+                    state.remove_service(&name, *now_ms);
+                }
+            }
+            Ok(Response::Ok)
+        }
+        Command::RemoveStack { stack, now_ms } => {
+            let names: Vec<String> = state
+                .services
+                .values()
+                .filter(|s| s.spec.stack.as_deref() == Some(stack.as_str()))
+                .map(|s| s.spec.name.clone())
+                .collect();
+            if names.is_empty() {
+                return Err(format!("there is no stack named {stack:?}"));
+            }
+            for name in names {
+                state.remove_service(&name, *now_ms);
             }
             Ok(Response::Ok)
         }
@@ -811,14 +868,7 @@ fn apply_or_refuse(state: &mut ClusterState, cmd: &Command) -> Result<Response, 
         }
         Command::RemoveService { name, now_ms } => {
             state.service_mut(name)?;
-            state.services.remove(name);
-            for task in state.tasks.values_mut() {
-                if task.service == *name && task.desired_state != DesiredState::Shutdown {
-                    task.desired_state = DesiredState::Shutdown;
-                    task.message = "service removed".to_owned();
-                    task.updated_at_ms = *now_ms;
-                }
-            }
+            state.remove_service(name, *now_ms);
             Ok(Response::Ok)
         }
         Command::ApplyTaskChanges { changes, now_ms } => {
@@ -1098,6 +1148,84 @@ impl ClusterState {
         Ok(())
     }
 
+    /// Why `spec` cannot be created, if it cannot.
+    fn check_create(&self, spec: &ServiceSpec) -> Result<(), String> {
+        spec.validate().map_err(|e| e.to_string())?;
+        if self.services.contains_key(&spec.name) {
+            return Err(format!(
+                "a service named {:?} already exists; update it or choose another name",
+                spec.name
+            ));
+        }
+        Ok(())
+    }
+
+    fn create_service(&mut self, spec: &ServiceSpec, now_ms: u64) {
+        self.services.insert(
+            spec.name.clone(),
+            Service {
+                spec: spec.clone(),
+                version: 1,
+                created_at_ms: now_ms,
+                updated_at_ms: now_ms,
+                previous_spec: None,
+                update: None,
+            },
+        );
+    }
+
+    /// Why the existing service cannot take `spec`, if it cannot.
+    fn check_update(&self, spec: &ServiceSpec) -> Result<(), String> {
+        spec.validate().map_err(|e| e.to_string())?;
+        let service = self
+            .services
+            .get(&spec.name)
+            .ok_or_else(|| format!("there is no service named {:?}", spec.name))?;
+        if service.spec.is_global() != spec.is_global() {
+            return Err(format!(
+                "service {:?} is {}; its mode cannot change (remove it and deploy it again)",
+                spec.name,
+                if service.spec.is_global() {
+                    "global"
+                } else {
+                    "replicated"
+                }
+            ));
+        }
+        Ok(())
+    }
+
+    /// Stores `spec` (checked by [`Self::check_update`]); a change of the task
+    /// template bumps the version, keeps the old spec for a rollback and starts
+    /// a rolling update.
+    fn update_service(&mut self, spec: &ServiceSpec, now_ms: u64) {
+        let service = self.services.get_mut(&spec.name).expect("checked");
+        if service.spec == *spec {
+            return;
+        }
+        let template_changed = !service.spec.same_template(spec);
+        let old = std::mem::replace(&mut service.spec, spec.clone());
+        service.updated_at_ms = now_ms;
+        if template_changed {
+            service.version += 1;
+            service.previous_spec = Some(old);
+            let message = format!("updating to version {}", service.version);
+            self.start_update_run(&spec.name, UpdateState::Updating, message, now_ms);
+        }
+    }
+
+    /// Removes the service; its tasks are asked to shut down.
+    fn remove_service(&mut self, name: &str, now_ms: u64) {
+        self.services.remove(name);
+        for task in self.tasks.values_mut() {
+            if task.service == name && task.desired_state != DesiredState::Shutdown {
+                task.desired_state = DesiredState::Shutdown;
+                task.message = "service removed".to_owned();
+                task.updated_at_ms = now_ms;
+            }
+        }
+    }
+
     /// The update run of `service` for `version`, if it is still the service's latest.
     fn update_run_mut(&mut self, service: &str, version: u64) -> Option<&mut UpdateStatus> {
         self.services
@@ -1323,6 +1451,8 @@ mod tests {
             Command::UpdateService { .. } => "UpdateService",
             Command::ScaleService { .. } => "ScaleService",
             Command::RollbackService { .. } => "RollbackService",
+            Command::DeployStack { .. } => "DeployStack",
+            Command::RemoveStack { .. } => "RemoveStack",
             Command::RemoveService { .. } => "RemoveService",
             Command::ApplyTaskChanges { .. } => "ApplyTaskChanges",
             Command::ReportTaskStatus { .. } => "ReportTaskStatus",
@@ -1330,7 +1460,7 @@ mod tests {
         }
     }
 
-    const ALL_VARIANTS: [&str; 17] = [
+    const ALL_VARIANTS: [&str; 19] = [
         "InitCluster",
         "RegisterNode",
         "SetNodeStatus",
@@ -1344,6 +1474,8 @@ mod tests {
         "UpdateService",
         "ScaleService",
         "RollbackService",
+        "DeployStack",
+        "RemoveStack",
         "RemoveService",
         "ApplyTaskChanges",
         "ReportTaskStatus",
@@ -1354,6 +1486,14 @@ mod tests {
         ServiceSpec {
             mode: ServiceMode::Replicated { replicas: 3 },
             ..ServiceSpec::default_for("web", "nginx:1.27")
+        }
+    }
+
+    /// Service `shop_NAME` of stack "shop".
+    fn stack_spec(name: &str, image: &str) -> ServiceSpec {
+        ServiceSpec {
+            stack: Some("shop".to_owned()),
+            ..ServiceSpec::default_for(&format!("shop_{name}"), image)
         }
     }
 
@@ -1561,6 +1701,119 @@ mod tests {
                     now_ms: NOW,
                 },
                 expect: Expect::Rejected("its mode cannot change"),
+                change: unchanged,
+            },
+            // DeployStack
+            Case {
+                name: "a stack deploy creates its services in one step",
+                before: with_web,
+                cmd: Command::DeployStack {
+                    stack: "shop".to_owned(),
+                    specs: vec![stack_spec("web", "app:1"), stack_spec("api", "api:1")],
+                    prune: false,
+                    now_ms: NOW,
+                },
+                expect: Expect::Ok,
+                change: |s| {
+                    for spec in [stack_spec("web", "app:1"), stack_spec("api", "api:1")] {
+                        s.create_service(&spec, NOW);
+                    }
+                },
+            },
+            Case {
+                name: "a stack deploy updates, creates and prunes together",
+                before: || {
+                    applied(
+                        with_web(),
+                        Command::DeployStack {
+                            stack: "shop".to_owned(),
+                            specs: vec![stack_spec("web", "app:1"), stack_spec("old", "old:1")],
+                            prune: false,
+                            now_ms: T0,
+                        },
+                    )
+                },
+                cmd: Command::DeployStack {
+                    stack: "shop".to_owned(),
+                    specs: vec![stack_spec("web", "app:2"), stack_spec("api", "api:1")],
+                    prune: true,
+                    now_ms: NOW,
+                },
+                expect: Expect::Ok,
+                change: |s| {
+                    s.update_service(&stack_spec("web", "app:2"), NOW);
+                    s.create_service(&stack_spec("api", "api:1"), NOW);
+                    s.services.remove("shop_old");
+                    assert_eq!(s.services["shop_web"].version, 2);
+                },
+            },
+            Case {
+                name: "a stack deploy with one bad spec changes nothing",
+                before: with_web,
+                cmd: Command::DeployStack {
+                    stack: "shop".to_owned(),
+                    specs: vec![stack_spec("web", "app:1"), stack_spec("api", "")],
+                    prune: false,
+                    now_ms: NOW,
+                },
+                expect: Expect::Rejected("invalid image"),
+                change: unchanged,
+            },
+            Case {
+                name: "a stack cannot take over a service outside it",
+                before: || {
+                    applied(
+                        with_web(),
+                        Command::CreateService {
+                            spec: ServiceSpec {
+                                stack: None,
+                                ..stack_spec("web", "app:1")
+                            },
+                            now_ms: T0,
+                        },
+                    )
+                },
+                cmd: Command::DeployStack {
+                    stack: "shop".to_owned(),
+                    specs: vec![stack_spec("web", "app:1")],
+                    prune: false,
+                    now_ms: NOW,
+                },
+                expect: Expect::Rejected("already exists outside stack \"shop\""),
+                change: unchanged,
+            },
+            // RemoveStack
+            Case {
+                name: "removing a stack removes its services",
+                before: || {
+                    applied(
+                        with_web(),
+                        Command::DeployStack {
+                            stack: "shop".to_owned(),
+                            specs: vec![stack_spec("web", "app:1"), stack_spec("api", "api:1")],
+                            prune: false,
+                            now_ms: T0,
+                        },
+                    )
+                },
+                cmd: Command::RemoveStack {
+                    stack: "shop".to_owned(),
+                    now_ms: NOW,
+                },
+                expect: Expect::Ok,
+                change: |s| {
+                    s.services.remove("shop_web");
+                    s.services.remove("shop_api");
+                },
+            },
+            Case {
+                name: "removing an unknown stack is refused",
+                before: with_web,
+                cmd: Command::RemoveStack {
+                    stack: "shop".to_owned(),
+                    now_ms: NOW,
+                },
+                expect: Expect::Rejected("no stack named \"shop\""),
                 change: unchanged,
             },
             // RollbackService
