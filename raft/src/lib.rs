@@ -11,6 +11,7 @@
 
 pub mod codec;
 pub mod orchestrator;
+pub mod plan;
 pub mod scheduler;
 pub mod service;
 pub mod state;
