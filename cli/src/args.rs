@@ -1112,6 +1112,7 @@ mod tests {
             stop_grace_period: Some("2s".into()),
             stop_signal: Some("SIGINT".into()),
             pull: Some("never".into()),
+            ..api::ServiceSpecDoc::default()
         };
         assert_eq!(spec, expected);
 

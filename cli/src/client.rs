@@ -708,6 +708,7 @@ pub(crate) mod tests {
     async fn service_endpoints() {
         let service = sample_service("web", 0, 3);
         let deployed = DeployView {
+            update: None,
             service: service.clone(),
             created: true,
             changed: true,

@@ -449,6 +449,7 @@ mod tests {
             let polls = earlier.saturating_sub(1) / 2;
             let body = match (method, target) {
                 ("POST", "/v1/services") => serde_json::to_string(&api::DeployView {
+                    update: None,
                     service: sample_service("web", 0, 2),
                     created: true,
                     changed: true,
@@ -541,6 +542,7 @@ mod tests {
         let route = |method: &str, target: &str, _: usize| -> (u16, String) {
             let body = match (method, target) {
                 ("POST", "/v1/services") => serde_json::to_string(&api::DeployView {
+                    update: None,
                     service: sample_service("web", 0, 1),
                     created: false,
                     changed: true,
@@ -579,6 +581,7 @@ mod tests {
         )
         .unwrap();
         let deployed = api::DeployView {
+            update: None,
             service: sample_service("web", 4, 4),
             created: false,
             changed: false,

@@ -375,6 +375,7 @@ pub(crate) mod tests {
             created_at_ms: 1_000,
             updated_at_ms: 1_000,
             state_changed_at_ms: 1_000,
+            health: None,
         }
     }
 
@@ -396,6 +397,8 @@ pub(crate) mod tests {
             updated_at_ms: 1_000,
             replicas_running: running,
             replicas_desired: desired,
+            update: None,
+            previous_spec: None,
         }
     }
 
