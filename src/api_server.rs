@@ -15,6 +15,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use shoal_cli::api::{
     routes, ApiError, BenchCommitRequest, NodeUpdate, ScaleRequest, ServiceSpecDoc,
+    ServiceUpdateRequest,
 };
 
 use crate::node::Node;
@@ -57,6 +58,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(routes::SERVICE, get(service_get).delete(service_rm))
         .route(routes::SERVICE_TASKS, get(service_tasks))
         .route(routes::SERVICE_SCALE, post(service_scale))
+        .route(routes::SERVICE_UPDATE, post(service_update))
+        .route(routes::SERVICE_ROLLBACK, post(service_rollback))
         .route(routes::DEV_NOOP, post(noop))
         .route(routes::DEV_BENCH_COMMIT, post(bench_commit))
         .fallback(not_found)
@@ -226,6 +229,19 @@ async fn service_scale(
     call(&node, LeaderOp::Scale { name, replicas }).await
 }
 
+async fn service_update(
+    State(node): State<Arc<Node>>,
+    UrlPath(name): UrlPath<String>,
+    req: JsonBody<ServiceUpdateRequest>,
+) -> Api {
+    let update = body(req)?;
+    call(&node, LeaderOp::UpdateService { name, update }).await
+}
+
+async fn service_rollback(State(node): State<Arc<Node>>, UrlPath(name): UrlPath<String>) -> Api {
+    call(&node, LeaderOp::RollbackService(name)).await
+}
+
 async fn service_rm(State(node): State<Arc<Node>>, UrlPath(name): UrlPath<String>) -> Api {
     call(&node, LeaderOp::RemoveService(name)).await
 }
@@ -251,6 +267,6 @@ async fn bench_commit(
 
 async fn not_found(uri: axum::http::Uri) -> ApiFailure {
     ApiFailure(OpError::not_found(format!(
-        "no such API path: {uri} (paths are under /v1: nodes, status, tokens)"
+        "no such API path: {uri} (paths are under /v1: nodes, status, tokens, services)"
     )))
 }

@@ -284,6 +284,7 @@ async fn start(
         known_managers: Mutex::new(meta.managers.clone()),
         proposer,
         engine_error: Mutex::new(None),
+        service_writes: tokio::sync::Mutex::new(()),
     });
     let _ = network.node.set(Arc::downgrade(&node));
 

@@ -43,6 +43,10 @@ pub struct Node {
     /// Why this node's container engine cannot be used, as the agent last
     /// found; sent to the leader with every heartbeat.
     pub engine_error: Mutex<Option<String>>,
+    /// Held by the leader's operations that read a service spec and write a
+    /// changed one (deploy, update, scale, rollback), so two of them never
+    /// write over each other's change.
+    pub service_writes: tokio::sync::Mutex<()>,
 }
 
 /// One command waiting to be proposed, and where its outcome goes.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use shoal_cli::api::{
     DeployView, MemberView, NodeUpdate, NodeView, QuorumView, RemovedServiceView, RemovedView,
-    ServiceInspectView, StatusView, TokenView,
+    ServiceInspectView, ServiceUpdateRequest, StatusView, TokenView,
 };
 use shoal_net::pki::ClusterCa;
 use shoal_net::token::{self, JoinToken};
@@ -97,6 +97,7 @@ pub async fn execute(node: &Arc<Node>, op: LeaderOp) -> Result<LeaderReply, OpEr
         }
         LeaderOp::Service(name) => {
             node.linearizable().await?;
+            let now = now_ms();
             node.state.read(|s| {
                 let svc = find_service(s, &name)?;
                 Ok(LeaderReply::ServiceInspect(ServiceInspectView {
@@ -106,9 +107,13 @@ pub async fn execute(node: &Arc<Node>, op: LeaderOp) -> Result<LeaderReply, OpEr
                     updated_at_ms: svc.updated_at_ms,
                     replicas_running: services::running_count(s, &name),
                     replicas_desired: s.desired_task_count(svc),
+                    update: services::update_status_view(s, svc, now),
+                    previous_spec: svc.previous_spec.as_ref().map(services::doc_from_spec),
                 }))
             })
         }
+        LeaderOp::UpdateService { name, update } => update_service(node, &name, update).await,
+        LeaderOp::RollbackService(name) => rollback_service(node, &name).await,
         LeaderOp::Tasks(name) => {
             node.linearizable().await?;
             node.state.read(|s| {
@@ -136,6 +141,7 @@ pub async fn execute(node: &Arc<Node>, op: LeaderOp) -> Result<LeaderReply, OpEr
                 }
                 Ok(())
             })?;
+            let _writes = node.service_writes.lock().await;
             node.write(Command::ScaleService {
                 name: name.clone(),
                 replicas,
@@ -174,40 +180,113 @@ async fn deploy(
     node: &Arc<Node>,
     doc: shoal_cli::api::ServiceSpecDoc,
 ) -> Result<LeaderReply, OpError> {
-    let spec = services::spec_from_doc(&doc)?;
+    let mut spec = services::spec_from_doc(&doc)?;
+    let _writes = node.service_writes.lock().await;
     let existing = node.state.read(|s| {
         services::check_fits_somewhere(s, &spec)?;
         Ok::<_, OpError>(s.services.get(&spec.name).map(|svc| svc.spec.clone()))
     })?;
-    let name = spec.name.clone();
-    let (created, changed) = match existing {
+    match existing {
         None => {
+            let name = spec.name.clone();
             node.write(Command::CreateService {
                 spec,
                 now_ms: now_ms(),
             })
             .await?;
-            (true, true)
+            deployed(node, &name, true, true, false)
         }
-        Some(old) if old == spec => (false, false),
-        Some(_) => {
-            node.write(Command::UpdateService {
-                spec,
-                now_ms: now_ms(),
-            })
-            .await?;
-            (false, true)
+        Some(old) => {
+            // A document without force_update keeps the service's value, so
+            // restating a spec never redeploys by accident.
+            if doc.force_update.is_none() {
+                spec.force_update = old.force_update;
+            }
+            store_spec(node, &old, spec).await
         }
-    };
-    let service = node.state.read(|s| {
-        let svc = find_service(s, &name)?;
-        Ok::<_, OpError>(services::service_view(s, svc))
-    })?;
-    Ok(LeaderReply::Deployed(DeployView {
-        service,
-        created,
-        changed,
-    }))
+    }
+}
+
+/// Writes `spec` over `old` (unless they are equal) and answers with the
+/// service and the update run the write started, if any.
+async fn store_spec(
+    node: &Arc<Node>,
+    old: &shoal_raft::ServiceSpec,
+    spec: shoal_raft::ServiceSpec,
+) -> Result<LeaderReply, OpError> {
+    let name = spec.name.clone();
+    if *old == spec {
+        return deployed(node, &name, false, false, false);
+    }
+    let started = !old.same_template(&spec);
+    node.write(Command::UpdateService {
+        spec,
+        now_ms: now_ms(),
+    })
+    .await?;
+    deployed(node, &name, false, true, started)
+}
+
+/// The answer to a deploy, update or rollback of `name`; `started`: the write
+/// started an update run, which the answer then carries.
+fn deployed(
+    node: &Arc<Node>,
+    name: &str,
+    created: bool,
+    changed: bool,
+    started: bool,
+) -> Result<LeaderReply, OpError> {
+    let now = now_ms();
+    node.state.read(|s| {
+        let svc = find_service(s, name)?;
+        Ok(LeaderReply::Deployed(DeployView {
+            service: services::service_view(s, svc),
+            created,
+            changed,
+            update: if started {
+                services::update_status_view(s, svc, now)
+            } else {
+                None
+            },
+        }))
+    })
+}
+
+/// `service update`: the changes are laid over the current spec as the
+/// leader's linearizable state holds it, and the result is stored like a deploy.
+async fn update_service(
+    node: &Arc<Node>,
+    name: &str,
+    update: ServiceUpdateRequest,
+) -> Result<LeaderReply, OpError> {
+    update
+        .validate()
+        .map_err(|e| OpError::bad_request(e.to_string()))?;
+    let _writes = node.service_writes.lock().await;
+    node.linearizable().await?;
+    let old = node
+        .state
+        .read(|s| find_service(s, name).map(|svc| svc.spec.clone()))?;
+    let mut doc = services::doc_from_spec(&old);
+    update.apply_to(&mut doc);
+    let spec = services::spec_from_doc(&doc)?;
+    node.state
+        .read(|s| services::check_fits_somewhere(s, &spec))?;
+    store_spec(node, &old, spec).await
+}
+
+/// `service rollback`: the model refuses (with a sentence) when there is no
+/// previous spec.
+async fn rollback_service(node: &Arc<Node>, name: &str) -> Result<LeaderReply, OpError> {
+    let _writes = node.service_writes.lock().await;
+    node.linearizable().await?;
+    node.state.read(|s| find_service(s, name).map(|_| ()))?;
+    node.write(Command::RollbackService {
+        name: name.to_owned(),
+        now_ms: now_ms(),
+    })
+    .await?;
+    deployed(node, name, false, true, true)
 }
 
 /// An agent's batch of task state changes, committed as one command. Only

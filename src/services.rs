@@ -4,11 +4,14 @@
 
 use std::str::FromStr;
 
-use shoal_cli::api::{PortDoc, ServiceSpecDoc, ServiceView, TaskView};
+use shoal_cli::api::{
+    self, PortDoc, ServiceSpecDoc, ServiceView, TaskView, UpdateSettingsDoc, UpdateStatusView,
+};
 use shoal_cli::units;
 use shoal_raft::{
-    ClusterState, Constraint, DesiredState, PortSpec, Protocol, PullPolicy, ResourceSpec,
-    RestartCondition, RestartPolicy, Service, ServiceMode, ServiceSpec, Task, TaskState,
+    ClusterState, Constraint, DesiredState, FailureAction, HealthCheck, PortSpec, Protocol,
+    PullPolicy, ResourceSpec, RestartCondition, RestartPolicy, Service, ServiceMode, ServiceSpec,
+    Task, TaskState, UpdateConfig, UpdateOrder,
 };
 
 use crate::wire::OpError;
@@ -136,6 +139,7 @@ pub fn spec_from_doc(doc: &ServiceSpecDoc) -> Result<ServiceSpec, OpError> {
             ))
         }
     };
+    let settings = doc.update_settings();
     let spec = ServiceSpec {
         name: doc.name.clone(),
         image: doc.image.clone(),
@@ -156,10 +160,10 @@ pub fn spec_from_doc(doc: &ServiceSpecDoc) -> Result<ServiceSpec, OpError> {
         )?,
         stop_signal: doc.stop_signal.clone(),
         pull,
-        healthcheck: None,
-        update: defaults.update,
-        rollback: defaults.rollback,
-        force_update: 0,
+        healthcheck: healthcheck_from_doc(doc)?,
+        update: update_from_doc(&settings[0], defaults.update)?,
+        rollback: update_from_doc(&settings[1], defaults.rollback)?,
+        force_update: doc.force_update.unwrap_or(0),
         stack: None,
     };
     spec.validate()
@@ -167,12 +171,93 @@ pub fn spec_from_doc(doc: &ServiceSpecDoc) -> Result<ServiceSpec, OpError> {
     Ok(spec)
 }
 
+/// The health check a document asks for; `None` keeps the image's own.
+/// [`ServiceSpecDoc::validate`] has checked the combinations.
+fn healthcheck_from_doc(doc: &ServiceSpecDoc) -> Result<Option<HealthCheck>, OpError> {
+    let test = if doc.no_healthcheck {
+        vec!["NONE".to_owned()]
+    } else if let Some(cmd) = &doc.health_cmd {
+        vec!["CMD-SHELL".to_owned(), cmd.clone()]
+    } else if let Some(test) = &doc.health_test {
+        test.clone()
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(HealthCheck {
+        test,
+        interval_ms: millis("health_interval", &doc.health_interval, 0)?,
+        timeout_ms: millis("health_timeout", &doc.health_timeout, 0)?,
+        retries: doc.health_retries.unwrap_or(0),
+        start_period_ms: millis("health_start_period", &doc.health_start_period, 0)?,
+    }))
+}
+
+/// The update or rollback settings of a document; absent fields keep `defaults`.
+fn update_from_doc(
+    doc: &UpdateSettingsDoc<'_>,
+    defaults: UpdateConfig,
+) -> Result<UpdateConfig, OpError> {
+    let name = |field: &str| format!("{}_{field}", doc.prefix);
+    let order = match doc.order {
+        None => defaults.order,
+        Some("stop-first") => UpdateOrder::StopFirst,
+        Some("start-first") => UpdateOrder::StartFirst,
+        Some(other) => {
+            return Err(field(
+                &name("order"),
+                format!(
+                    "{other:?} is not allowed; allowed: {}",
+                    api::UPDATE_ORDERS.join(", ")
+                ),
+            ))
+        }
+    };
+    let failure_action = match doc.failure_action {
+        None => defaults.failure_action,
+        Some("pause") => FailureAction::Pause,
+        Some("continue") => FailureAction::Continue,
+        Some("rollback") if doc.prefix == "update" => FailureAction::Rollback,
+        Some(other) => {
+            return Err(field(
+                &name("failure_action"),
+                format!(
+                    "{other:?} is not allowed; allowed: {}",
+                    doc.failure_actions().join(", ")
+                ),
+            ))
+        }
+    };
+    let max_failure_ratio_ppm = match doc.max_failure_ratio {
+        None => defaults.max_failure_ratio_ppm,
+        Some(ratio) => {
+            api::check_ratio(ratio).map_err(|e| field(&name("max_failure_ratio"), e))?;
+            api::ratio_ppm(ratio)
+        }
+    };
+    Ok(UpdateConfig {
+        parallelism: doc.parallelism.unwrap_or(defaults.parallelism),
+        delay_ms: millis(
+            &name("delay"),
+            &doc.delay.map(str::to_owned),
+            defaults.delay_ms,
+        )?,
+        order,
+        monitor_ms: millis(
+            &name("monitor"),
+            &doc.monitor.map(str::to_owned),
+            defaults.monitor_ms,
+        )?,
+        failure_action,
+        max_failure_ratio_ppm,
+    })
+}
+
 /// The document for a stored spec, with every default written out.
 pub fn doc_from_spec(spec: &ServiceSpec) -> ServiceSpecDoc {
     let duration = |ms: u64| Some(units::format_duration(std::time::Duration::from_millis(ms)));
     let cpus = |nano: u64| (nano > 0).then(|| nano as f64 / 1e9);
     let memory = |bytes: u64| (bytes > 0).then(|| bytes.to_string());
-    ServiceSpecDoc {
+    let mut doc = ServiceSpecDoc {
         name: spec.name.clone(),
         image: spec.image.clone(),
         command: spec.command.clone(),
@@ -217,7 +302,90 @@ pub fn doc_from_spec(spec: &ServiceSpec) -> ServiceSpecDoc {
             }
             .to_string(),
         ),
+        force_update: Some(spec.force_update),
+        ..ServiceSpecDoc::default()
+    };
+    health_to_doc(spec.healthcheck.as_ref(), &mut doc);
+    let [update, rollback] = [&spec.update, &spec.rollback].map(|c| UpdateDoc {
+        parallelism: c.parallelism,
+        delay: units::format_duration(std::time::Duration::from_millis(c.delay_ms)),
+        order: c.order.as_str().to_owned(),
+        monitor: units::format_duration(std::time::Duration::from_millis(c.monitor_ms)),
+        failure_action: c.failure_action.as_str().to_owned(),
+        max_failure_ratio: f64::from(c.max_failure_ratio_ppm) / 1e6,
+    });
+    doc.update_parallelism = Some(update.parallelism);
+    doc.update_delay = Some(update.delay);
+    doc.update_order = Some(update.order);
+    doc.update_monitor = Some(update.monitor);
+    doc.update_failure_action = Some(update.failure_action);
+    doc.update_max_failure_ratio = Some(update.max_failure_ratio);
+    doc.rollback_parallelism = Some(rollback.parallelism);
+    doc.rollback_delay = Some(rollback.delay);
+    doc.rollback_order = Some(rollback.order);
+    doc.rollback_monitor = Some(rollback.monitor);
+    doc.rollback_failure_action = Some(rollback.failure_action);
+    doc.rollback_max_failure_ratio = Some(rollback.max_failure_ratio);
+    doc
+}
+
+/// Owned update settings on their way into a document.
+struct UpdateDoc {
+    parallelism: u64,
+    delay: String,
+    order: String,
+    monitor: String,
+    failure_action: String,
+    max_failure_ratio: f64,
+}
+
+/// Writes a stored health check into a document the way a user would: a
+/// disabled check as `no_healthcheck`, a shell check as `health_cmd`, others
+/// in Docker's list form; zero timings (Docker's defaults) are left out.
+fn health_to_doc(check: Option<&HealthCheck>, doc: &mut ServiceSpecDoc) {
+    let Some(check) = check else {
+        return;
+    };
+    let timed = check.interval_ms != 0
+        || check.timeout_ms != 0
+        || check.start_period_ms != 0
+        || check.retries != 0;
+    if check.is_disabled() && check.test.len() == 1 && !timed {
+        doc.no_healthcheck = true;
+        return;
     }
+    match check.test.as_slice() {
+        [kind, cmd] if kind == "CMD-SHELL" => doc.health_cmd = Some(cmd.clone()),
+        test => doc.health_test = Some(test.to_vec()),
+    }
+    let duration =
+        |ms: u64| (ms != 0).then(|| units::format_duration(std::time::Duration::from_millis(ms)));
+    doc.health_interval = duration(check.interval_ms);
+    doc.health_timeout = duration(check.timeout_ms);
+    doc.health_start_period = duration(check.start_period_ms);
+    doc.health_retries = (check.retries != 0).then_some(check.retries);
+}
+
+/// Where the service's last update run stands, with its progress counts.
+pub fn update_status_view(
+    state: &ClusterState,
+    service: &Service,
+    now_ms: u64,
+) -> Option<UpdateStatusView> {
+    let run = service.update.as_ref()?;
+    let progress =
+        shoal_raft::updater::progress(state, &service.spec.name, now_ms).unwrap_or_default();
+    Some(UpdateStatusView {
+        state: run.state.as_str().to_owned(),
+        version: run.version,
+        message: run.message.clone(),
+        started_at_ms: run.started_at_ms,
+        completed_at_ms: (!run.state.is_running()).then_some(run.completed_at_ms),
+        total: progress.total,
+        done: progress.done,
+        in_flight: progress.in_flight,
+        failed: progress.failed,
+    })
 }
 
 fn mode_str(spec: &ServiceSpec) -> &'static str {
@@ -274,6 +442,7 @@ pub fn task_view(state: &ClusterState, task: &Task) -> TaskView {
         created_at_ms: task.created_at_ms,
         updated_at_ms: task.updated_at_ms,
         state_changed_at_ms: task.state_changed_at_ms,
+        health: task.health.map(|h| h.as_str().to_owned()),
     }
 }
 
@@ -339,6 +508,107 @@ mod tests {
         assert_eq!(back, spec);
     }
 
+    fn full_spec(healthcheck: Option<HealthCheck>) -> ServiceSpec {
+        ServiceSpec {
+            healthcheck,
+            update: UpdateConfig {
+                parallelism: 2,
+                delay_ms: 5_000,
+                order: UpdateOrder::StartFirst,
+                monitor_ms: 1_500,
+                failure_action: FailureAction::Rollback,
+                max_failure_ratio_ppm: 250_000,
+            },
+            rollback: UpdateConfig {
+                parallelism: 0,
+                delay_ms: 60_000,
+                order: UpdateOrder::StopFirst,
+                monitor_ms: 0,
+                failure_action: FailureAction::Continue,
+                max_failure_ratio_ppm: 1_000_000,
+            },
+            force_update: 7,
+            ..ServiceSpec::default_for("web", "app:2")
+        }
+    }
+
+    #[test]
+    fn every_new_field_round_trips() {
+        let shell = HealthCheck {
+            test: vec![
+                "CMD-SHELL".into(),
+                "curl -f http://localhost/ || exit 1".into(),
+            ],
+            interval_ms: 2_000,
+            timeout_ms: 500,
+            retries: 4,
+            start_period_ms: 60_000,
+        };
+        let checks = [
+            None,
+            Some(shell.clone()),
+            Some(HealthCheck {
+                test: vec!["CMD".into(), "/bin/check".into(), "--fast".into()],
+                ..shell.clone()
+            }),
+            Some(HealthCheck::default()),
+            // A disabled check with timings only comes from the list form.
+            Some(HealthCheck {
+                test: vec!["NONE".into()],
+                ..shell
+            }),
+        ];
+        for check in checks {
+            let spec = full_spec(check);
+            let doc = doc_from_spec(&spec);
+            assert_eq!(spec_from_doc(&doc).unwrap(), spec, "{doc:?}");
+            // The JSON form (the API and spec files) round-trips too.
+            let json = serde_json::to_string(&doc).unwrap();
+            let back: ServiceSpecDoc = serde_json::from_str(&json).unwrap();
+            assert_eq!(spec_from_doc(&back).unwrap(), spec, "{json}");
+        }
+        let doc = doc_from_spec(&full_spec(Some(HealthCheck::default())));
+        assert!(doc.no_healthcheck && doc.health_test.is_none());
+        let doc = doc_from_spec(&full_spec(None));
+        assert_eq!(doc.update_order.as_deref(), Some("start-first"));
+        assert_eq!(doc.update_failure_action.as_deref(), Some("rollback"));
+        assert_eq!(doc.update_max_failure_ratio, Some(0.25));
+        assert_eq!(doc.update_delay.as_deref(), Some("5s"));
+        assert_eq!(doc.update_monitor.as_deref(), Some("1500ms"));
+        assert_eq!(doc.rollback_parallelism, Some(0));
+        assert_eq!(doc.rollback_delay.as_deref(), Some("1m"));
+        assert_eq!(doc.force_update, Some(7));
+    }
+
+    #[test]
+    fn health_and_update_fields_convert() {
+        let spec = spec_from_doc(&ServiceSpecDoc {
+            health_cmd: Some("true".into()),
+            health_interval: Some("2s".into()),
+            update_parallelism: Some(0),
+            update_failure_action: Some("continue".into()),
+            update_max_failure_ratio: Some(0.1),
+            rollback_order: Some("start-first".into()),
+            ..doc("web", "img")
+        })
+        .unwrap();
+        let check = spec.healthcheck.unwrap();
+        assert_eq!(check.test, ["CMD-SHELL", "true"]);
+        assert_eq!((check.interval_ms, check.retries), (2_000, 0));
+        assert_eq!(spec.update.parallelism, 0);
+        assert_eq!(spec.update.failure_action, FailureAction::Continue);
+        assert_eq!(spec.update.max_failure_ratio_ppm, 100_000);
+        assert_eq!(spec.update.monitor_ms, 5_000, "unset fields keep defaults");
+        assert_eq!(spec.rollback.order, UpdateOrder::StartFirst);
+        let disabled = spec_from_doc(&ServiceSpecDoc {
+            no_healthcheck: true,
+            ..doc("web", "img")
+        })
+        .unwrap();
+        assert!(disabled.healthcheck.unwrap().is_disabled());
+        assert_eq!(spec_from_doc(&doc("web", "img")).unwrap().healthcheck, None);
+    }
+
     #[test]
     fn every_field_error_names_its_field() {
         let cases: Vec<(ServiceSpecDoc, &str)> = vec![
@@ -394,6 +664,108 @@ mod tests {
             ),
             (doc("", "img"), "name"),
             (doc("web", ""), "image"),
+            (
+                ServiceSpecDoc {
+                    update_order: Some("random".into()),
+                    ..doc("web", "img")
+                },
+                "invalid update_order: \"random\" is not allowed; use stop-first, start-first",
+            ),
+            (
+                ServiceSpecDoc {
+                    rollback_failure_action: Some("rollback".into()),
+                    ..doc("web", "img")
+                },
+                "invalid rollback_failure_action: \"rollback\" is not allowed; use pause, continue",
+            ),
+            (
+                ServiceSpecDoc {
+                    update_failure_action: Some("panic".into()),
+                    ..doc("web", "img")
+                },
+                "use pause, continue, rollback",
+            ),
+            (
+                ServiceSpecDoc {
+                    update_max_failure_ratio: Some(1.5),
+                    ..doc("web", "img")
+                },
+                "invalid update_max_failure_ratio: 1.5 is not allowed; allowed a number from 0 to 1",
+            ),
+            (
+                ServiceSpecDoc {
+                    rollback_delay: Some("2d".into()),
+                    ..doc("web", "img")
+                },
+                "invalid rollback_delay",
+            ),
+            (
+                ServiceSpecDoc {
+                    update_monitor: Some("48h".into()),
+                    ..doc("web", "img")
+                },
+                "invalid update_monitor: 48h is too long",
+            ),
+            (
+                ServiceSpecDoc {
+                    update_parallelism: Some(200_000),
+                    ..doc("web", "img")
+                },
+                "invalid update_parallelism",
+            ),
+            (
+                ServiceSpecDoc {
+                    health_cmd: Some("true".into()),
+                    health_test: Some(vec!["NONE".into()]),
+                    ..doc("web", "img")
+                },
+                "invalid health_cmd: cannot be combined with health_test",
+            ),
+            (
+                ServiceSpecDoc {
+                    health_cmd: Some("  ".into()),
+                    ..doc("web", "img")
+                },
+                "invalid health_cmd: the command is empty",
+            ),
+            (
+                ServiceSpecDoc {
+                    health_test: Some(vec!["SHELL".into(), "true".into()]),
+                    ..doc("web", "img")
+                },
+                "invalid health_test: [\"SHELL\", \"true\"] is not a health check; allowed:",
+            ),
+            (
+                ServiceSpecDoc {
+                    no_healthcheck: true,
+                    health_interval: Some("1s".into()),
+                    ..doc("web", "img")
+                },
+                "invalid no_healthcheck: cannot be combined with health_interval",
+            ),
+            (
+                ServiceSpecDoc {
+                    health_timeout: Some("1s".into()),
+                    ..doc("web", "img")
+                },
+                "invalid health_timeout: needs health_cmd or health_test",
+            ),
+            (
+                ServiceSpecDoc {
+                    health_cmd: Some("true".into()),
+                    health_retries: Some(101),
+                    ..doc("web", "img")
+                },
+                "invalid health_retries: 101 is too many",
+            ),
+            (
+                ServiceSpecDoc {
+                    health_cmd: Some("true".into()),
+                    health_start_period: Some("soon".into()),
+                    ..doc("web", "img")
+                },
+                "invalid health_start_period",
+            ),
         ];
         for (d, fragment) in cases {
             let err = spec_from_doc(&d).unwrap_err();

@@ -9,7 +9,8 @@
 use serde::{Deserialize, Serialize};
 use shoal_cli::api::{
     BenchReport, DeployView, NodeUpdate, NodeView, RemovedServiceView, RemovedView,
-    ServiceInspectView, ServiceSpecDoc, ServiceView, StatusView, TaskView, TokenView,
+    ServiceInspectView, ServiceSpecDoc, ServiceUpdateRequest, ServiceView, StatusView, TaskView,
+    TokenView,
 };
 use shoal_raft::{NodeId, Resources, Role, Task, TaskId, TaskStatusUpdate, TypeConfig};
 
@@ -147,6 +148,15 @@ pub enum LeaderOp {
         writers: u32,
         count: u32,
     },
+    /// Apply changes to the service's current spec (read on the leader) and
+    /// store the result; answered with [`LeaderReply::Deployed`].
+    UpdateService {
+        name: String,
+        update: ServiceUpdateRequest,
+    },
+    /// Return the service to its previous spec; answered with
+    /// [`LeaderReply::Deployed`].
+    RollbackService(String),
 }
 
 #[allow(clippy::large_enum_variant)]

@@ -24,6 +24,8 @@
 //! GET    /v1/services/{name}               -> ServiceInspectView
 //! GET    /v1/services/{name}/tasks         -> Vec<TaskView>
 //! POST   /v1/services/{name}/scale         body ScaleRequest -> ServiceView
+//! POST   /v1/services/{name}/update        body ServiceUpdateRequest -> DeployView
+//! POST   /v1/services/{name}/rollback      -> DeployView     (409 when there is nothing to roll back to)
 //! DELETE /v1/services/{name}               -> RemovedServiceView
 //! any non-2xx status                       -> ApiError
 //! ```
@@ -49,6 +51,8 @@ pub mod routes {
     pub const SERVICE: &str = "/v1/services/{name}";
     pub const SERVICE_TASKS: &str = "/v1/services/{name}/tasks";
     pub const SERVICE_SCALE: &str = "/v1/services/{name}/scale";
+    pub const SERVICE_UPDATE: &str = "/v1/services/{name}/update";
+    pub const SERVICE_ROLLBACK: &str = "/v1/services/{name}/rollback";
 }
 
 /// Concrete request paths (with percent-encoded segments) for the routes in [`routes`].
@@ -105,6 +109,14 @@ pub mod paths {
 
     pub fn service_scale(name: &str) -> String {
         format!("{}/scale", service(name))
+    }
+
+    pub fn service_update(name: &str) -> String {
+        format!("{}/update", service(name))
+    }
+
+    pub fn service_rollback(name: &str) -> String {
+        format!("{}/rollback", service(name))
     }
 
     fn node_path(node: &str) -> String {
@@ -264,6 +276,24 @@ pub const TASK_STATES: [&str; 11] = [
     "rejected",
     "orphaned",
 ];
+/// Task health as a container's health check reports it (`null`: no check).
+pub const HEALTH_STATES: [&str; 3] = ["starting", "healthy", "unhealthy"];
+/// Update orders: stop the old task first (the default), or start the new one first.
+pub const UPDATE_ORDERS: [&str; 2] = ["stop-first", "start-first"];
+/// What a rolling update does when too many new tasks fail.
+pub const FAILURE_ACTIONS: [&str; 3] = ["pause", "continue", "rollback"];
+/// What a rollback does when too many tasks fail (it cannot roll back).
+pub const ROLLBACK_FAILURE_ACTIONS: [&str; 2] = ["pause", "continue"];
+/// Where an update run stands. `updating` and `rolling-back` are running; the
+/// others are final until the next change of the task template or rollback.
+pub const UPDATE_STATES: [&str; 6] = [
+    "updating",
+    "paused",
+    "completed",
+    "rolling-back",
+    "rollback-paused",
+    "rolled-back",
+];
 
 /// What `None` in a [`ServiceSpecDoc`] means (Docker Swarm's defaults).
 pub mod defaults {
@@ -274,7 +304,20 @@ pub mod defaults {
     pub const RESTART_DELAY: &str = "5s";
     pub const STOP_GRACE_PERIOD: &str = "10s";
     pub const PULL: &str = "missing";
+    /// Update and rollback settings (Docker Swarm's).
+    pub const UPDATE_PARALLELISM: u64 = 1;
+    pub const UPDATE_DELAY: &str = "0s";
+    pub const UPDATE_ORDER: &str = "stop-first";
+    pub const UPDATE_MONITOR: &str = "5s";
+    pub const UPDATE_FAILURE_ACTION: &str = "pause";
+    pub const UPDATE_MAX_FAILURE_RATIO: f64 = 0.0;
 }
+
+/// Longest health check interval, timeout or start period, and longest update
+/// delay or monitor window: one day.
+pub const MAX_SPEC_WAIT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// Most consecutive failed health checks before a container counts as unhealthy.
+pub const MAX_HEALTH_RETRIES: u64 = 100;
 
 /// Most replicas a service may ask for.
 pub const MAX_REPLICAS: u64 = 100_000;
@@ -333,6 +376,160 @@ pub struct ServiceSpecDoc {
     pub stop_signal: Option<String>,
     /// `"missing"`, `"always"` or `"never"`.
     pub pull: Option<String>,
+    /// A shell command that checks a container's health (Docker's
+    /// `["CMD-SHELL", cmd]`); exit 0 is healthy. Not with `health_test`.
+    /// Without any health field, the image's own check (if any) applies.
+    pub health_cmd: Option<String>,
+    /// The check in Docker's list form: `["CMD-SHELL", cmd]`,
+    /// `["CMD", program, args...]` or `["NONE"]`. Not with `health_cmd`.
+    pub health_test: Option<Vec<String>>,
+    /// Durations between checks, before a check counts as failed, and at
+    /// start-up before failures count; absent or `"0s"` = Docker's default
+    /// (30s, 30s, none). They need `health_cmd` or `health_test`.
+    pub health_interval: Option<String>,
+    pub health_timeout: Option<String>,
+    pub health_start_period: Option<String>,
+    /// Consecutive failed checks before unhealthy; absent or 0 = Docker's 3.
+    pub health_retries: Option<u64>,
+    /// Turns off the image's own health check; no other health field with it.
+    pub no_healthcheck: bool,
+    /// Tasks replaced at once by a rolling update; 0 = all at once.
+    pub update_parallelism: Option<u64>,
+    /// Wait between batches, e.g. `"5s"`.
+    pub update_delay: Option<String>,
+    /// One of [`UPDATE_ORDERS`].
+    pub update_order: Option<String>,
+    /// How long a new task must run (and stay healthy) to count as updated.
+    pub update_monitor: Option<String>,
+    /// One of [`FAILURE_ACTIONS`].
+    pub update_failure_action: Option<String>,
+    /// The share of tasks (0 to 1) that may fail before the failure action.
+    pub update_max_failure_ratio: Option<f64>,
+    /// The same settings for a rollback; the failure action is one of
+    /// [`ROLLBACK_FAILURE_ACTIONS`].
+    pub rollback_parallelism: Option<u64>,
+    pub rollback_delay: Option<String>,
+    pub rollback_order: Option<String>,
+    pub rollback_monitor: Option<String>,
+    pub rollback_failure_action: Option<String>,
+    pub rollback_max_failure_ratio: Option<f64>,
+    /// Changing it redeploys every task without another change (`--force`
+    /// bumps it); absent keeps the service's current value (0 when created).
+    pub force_update: Option<u64>,
+}
+
+/// The update (or rollback) settings of a [`ServiceSpecDoc`], by field prefix.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct UpdateSettingsDoc<'a> {
+    /// `"update"` or `"rollback"`: field names are `{prefix}_parallelism`, ...
+    pub prefix: &'static str,
+    pub parallelism: Option<u64>,
+    pub delay: Option<&'a str>,
+    pub order: Option<&'a str>,
+    pub monitor: Option<&'a str>,
+    pub failure_action: Option<&'a str>,
+    pub max_failure_ratio: Option<f64>,
+}
+
+impl UpdateSettingsDoc<'_> {
+    /// The failure actions this prefix allows.
+    pub fn failure_actions(&self) -> &'static [&'static str] {
+        if self.prefix == "rollback" {
+            &ROLLBACK_FAILURE_ACTIONS
+        } else {
+            &FAILURE_ACTIONS
+        }
+    }
+
+    fn check(&self) -> Result<(), InvalidInput> {
+        let name = |field: &str| format!("{}_{field}", self.prefix);
+        if let Some(parallelism) = self.parallelism {
+            if parallelism > MAX_REPLICAS {
+                return Err(spec_field(
+                    name("parallelism"),
+                    format!("{parallelism} is too many; allowed 0 (all at once) to {MAX_REPLICAS}"),
+                ));
+            }
+        }
+        for (field, value) in [("delay", self.delay), ("monitor", self.monitor)] {
+            if let Some(text) = value {
+                check_wait(&name(field), text)?;
+            }
+        }
+        let order = self.order.map(str::to_owned);
+        check_choice(&name("order"), &order, &UPDATE_ORDERS)?;
+        let action = self.failure_action.map(str::to_owned);
+        check_choice(&name("failure_action"), &action, self.failure_actions())?;
+        if let Some(ratio) = self.max_failure_ratio {
+            check_ratio(ratio).map_err(|reason| spec_field(name("max_failure_ratio"), reason))?;
+        }
+        Ok(())
+    }
+}
+
+/// A failure ratio: a number from 0 to 1.
+pub fn check_ratio(ratio: f64) -> Result<(), String> {
+    if ratio.is_finite() && (0.0..=1.0).contains(&ratio) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{ratio} is not allowed; allowed a number from 0 to 1, e.g. 0.2 (a fifth of the tasks may fail)"
+        ))
+    }
+}
+
+/// A failure ratio in millionths, as the cluster stores it.
+pub fn ratio_ppm(ratio: f64) -> u32 {
+    (ratio.clamp(0.0, 1.0) * 1e6).round() as u32
+}
+
+/// A duration of at most [`MAX_SPEC_WAIT`] (zero allowed).
+fn check_wait(field: &str, text: &str) -> Result<(), InvalidInput> {
+    let duration =
+        crate::units::parse_duration(text).map_err(|reason| spec_field(field, reason))?;
+    if duration > MAX_SPEC_WAIT {
+        return Err(spec_field(
+            field,
+            format!("{text} is too long; allowed 0s to 24h"),
+        ));
+    }
+    Ok(())
+}
+
+/// Docker's list form of a health check: `["CMD-SHELL", cmd]`,
+/// `["CMD", program, args...]` or `["NONE"]`.
+pub fn validate_health_test(test: &[String]) -> Result<(), String> {
+    let ok = match test.first().map(String::as_str) {
+        Some("NONE") => test.len() == 1,
+        Some("CMD-SHELL") => test.len() == 2 && !test[1].trim().is_empty(),
+        Some("CMD") => test.len() >= 2 && !test[1].is_empty(),
+        _ => false,
+    };
+    if !ok {
+        return Err(format!(
+            "{test:?} is not a health check; allowed: [\"CMD-SHELL\", COMMAND], [\"CMD\", PROGRAM, ARGS...] or [\"NONE\"]"
+        ));
+    }
+    if test.len() > MAX_SPEC_LIST_LEN || test.iter().any(|item| item.contains('\0')) {
+        return Err(format!(
+            "at most {MAX_SPEC_LIST_LEN} entries, without NUL characters"
+        ));
+    }
+    Ok(())
+}
+
+/// A shell command for a health check: not blank, no NUL characters.
+pub fn validate_health_cmd(cmd: &str) -> Result<(), String> {
+    if cmd.trim().is_empty() {
+        return Err(
+            "the command is empty; give a shell command such as \"curl -f http://localhost/\""
+                .to_owned(),
+        );
+    }
+    if cmd.contains('\0') {
+        return Err("the command must not contain NUL characters".to_owned());
+    }
+    Ok(())
 }
 
 /// A port published on the node that runs the task: `-p 8080:80/tcp`.
@@ -354,7 +551,8 @@ impl std::fmt::Display for PortDoc {
     }
 }
 
-/// The answer to `POST /v1/services`.
+/// The answer to `POST /v1/services`, `POST /v1/services/{name}/update` and
+/// `POST /v1/services/{name}/rollback`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct DeployView {
     pub service: ServiceView,
@@ -362,6 +560,42 @@ pub struct DeployView {
     pub created: bool,
     /// The spec differs from the one stored (always true when created).
     pub changed: bool,
+    /// The rolling update (or rollback) this request started; `null` when it
+    /// started none (a create, or a change of replicas or update settings
+    /// only). Follow it with `GET /v1/services/{name}` until its state is final.
+    #[serde(default)]
+    pub update: Option<UpdateStatusView>,
+}
+
+/// One run of a rolling update or rollback, and where it stands.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct UpdateStatusView {
+    /// One of [`UPDATE_STATES`].
+    pub state: String,
+    /// The service version this run rolls out; every run has its own. An
+    /// automatic rollback is a new run with the next version.
+    pub version: u64,
+    /// Why the run is where it is, e.g. why it paused.
+    pub message: String,
+    pub started_at_ms: u64,
+    /// When the run reached a final state; `null` while it runs.
+    pub completed_at_ms: Option<u64>,
+    /// Tasks (slots) the run brings to the service's current template.
+    pub total: u64,
+    /// Slots updated: their new task has run (and stayed healthy) through the
+    /// monitor window.
+    pub done: u64,
+    /// Slots being updated now.
+    pub in_flight: u64,
+    /// Slots whose new task failed within the monitor window.
+    pub failed: u64,
+}
+
+impl UpdateStatusView {
+    /// Whether the run is over: anything but `updating` and `rolling-back`.
+    pub fn is_final(&self) -> bool {
+        !matches!(self.state.as_str(), "updating" | "rolling-back")
+    }
 }
 
 /// One service in `service ls`.
@@ -405,6 +639,9 @@ pub struct TaskView {
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
     pub state_changed_at_ms: u64,
+    /// One of [`HEALTH_STATES`]; `null` when the container has no health check.
+    #[serde(default)]
+    pub health: Option<String>,
 }
 
 /// The answer to `GET /v1/services/{name}`.
@@ -417,6 +654,56 @@ pub struct ServiceInspectView {
     pub updated_at_ms: u64,
     pub replicas_running: u64,
     pub replicas_desired: u64,
+    /// The last rolling update or rollback (the one running, if any).
+    #[serde(default)]
+    pub update: Option<UpdateStatusView>,
+    /// The spec before the last change of the task template: what
+    /// `service rollback` returns to.
+    #[serde(default)]
+    pub previous_spec: Option<ServiceSpecDoc>,
+}
+
+/// The body of `POST /v1/services/{name}/update`: changes to the service's
+/// current spec, applied on the leader. Absent fields change nothing; the
+/// fields mean what they mean in [`ServiceSpecDoc`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceUpdateRequest {
+    pub image: Option<String>,
+    /// Set (or replace) environment variables.
+    pub env_add: BTreeMap<String, String>,
+    /// Remove environment variables (before `env_add` is applied).
+    pub env_rm: Vec<String>,
+    pub labels_add: BTreeMap<String, String>,
+    pub labels_rm: Vec<String>,
+    pub replicas: Option<u64>,
+    pub cpus: Option<f64>,
+    pub memory: Option<String>,
+    pub reserve_cpus: Option<f64>,
+    pub reserve_memory: Option<String>,
+    /// Replaces the health check's command (and `health_test`).
+    pub health_cmd: Option<String>,
+    pub health_test: Option<Vec<String>>,
+    pub health_interval: Option<String>,
+    pub health_timeout: Option<String>,
+    pub health_start_period: Option<String>,
+    pub health_retries: Option<u64>,
+    /// Turns health checking off (clears the other health fields).
+    pub no_healthcheck: bool,
+    pub update_parallelism: Option<u64>,
+    pub update_delay: Option<String>,
+    pub update_order: Option<String>,
+    pub update_monitor: Option<String>,
+    pub update_failure_action: Option<String>,
+    pub update_max_failure_ratio: Option<f64>,
+    pub rollback_parallelism: Option<u64>,
+    pub rollback_delay: Option<String>,
+    pub rollback_order: Option<String>,
+    pub rollback_monitor: Option<String>,
+    pub rollback_failure_action: Option<String>,
+    pub rollback_max_failure_ratio: Option<f64>,
+    /// Redeploy every task even if nothing else changes.
+    pub force: bool,
 }
 
 /// The body of `POST /v1/services/{name}/scale`.
@@ -914,7 +1201,103 @@ impl ServiceSpecDoc {
             validate_signal(signal).map_err(|reason| spec_field("stop_signal", reason))?;
         }
         check_choice("pull", &self.pull, &PULL_POLICIES)?;
+        self.validate_health()?;
+        for settings in self.update_settings() {
+            settings.check()?;
+        }
         Ok(())
+    }
+
+    /// The health fields that are set, by name (`no_healthcheck` aside).
+    fn health_fields_given(&self) -> Vec<&'static str> {
+        [
+            ("health_cmd", self.health_cmd.is_some()),
+            ("health_test", self.health_test.is_some()),
+            ("health_interval", self.health_interval.is_some()),
+            ("health_timeout", self.health_timeout.is_some()),
+            ("health_start_period", self.health_start_period.is_some()),
+            ("health_retries", self.health_retries.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, given)| given.then_some(name))
+        .collect()
+    }
+
+    fn validate_health(&self) -> Result<(), InvalidInput> {
+        let given = self.health_fields_given();
+        if self.no_healthcheck {
+            if let Some(other) = given.first() {
+                return Err(spec_field(
+                    "no_healthcheck",
+                    format!("cannot be combined with {other}: a disabled check has nothing to run or time"),
+                ));
+            }
+            return Ok(());
+        }
+        match (&self.health_cmd, &self.health_test) {
+            (Some(_), Some(_)) => {
+                return Err(spec_field(
+                    "health_cmd",
+                    "cannot be combined with health_test; give one of them",
+                ))
+            }
+            (Some(cmd), None) => {
+                validate_health_cmd(cmd).map_err(|reason| spec_field("health_cmd", reason))?
+            }
+            (None, Some(test)) => {
+                validate_health_test(test).map_err(|reason| spec_field("health_test", reason))?
+            }
+            (None, None) => {
+                if let Some(timing) = given.first() {
+                    return Err(spec_field(
+                        *timing,
+                        "needs health_cmd or health_test: the image's own health check cannot be retimed",
+                    ));
+                }
+            }
+        }
+        for (field, value) in [
+            ("health_interval", &self.health_interval),
+            ("health_timeout", &self.health_timeout),
+            ("health_start_period", &self.health_start_period),
+        ] {
+            if let Some(text) = value {
+                check_wait(field, text)?;
+            }
+        }
+        if let Some(retries) = self.health_retries {
+            if retries > MAX_HEALTH_RETRIES {
+                return Err(spec_field(
+                    "health_retries",
+                    format!("{retries} is too many; allowed 0 (Docker's default of 3) to {MAX_HEALTH_RETRIES}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The update settings, then the rollback settings.
+    pub fn update_settings(&self) -> [UpdateSettingsDoc<'_>; 2] {
+        [
+            UpdateSettingsDoc {
+                prefix: "update",
+                parallelism: self.update_parallelism,
+                delay: self.update_delay.as_deref(),
+                order: self.update_order.as_deref(),
+                monitor: self.update_monitor.as_deref(),
+                failure_action: self.update_failure_action.as_deref(),
+                max_failure_ratio: self.update_max_failure_ratio,
+            },
+            UpdateSettingsDoc {
+                prefix: "rollback",
+                parallelism: self.rollback_parallelism,
+                delay: self.rollback_delay.as_deref(),
+                order: self.rollback_order.as_deref(),
+                monitor: self.rollback_monitor.as_deref(),
+                failure_action: self.rollback_failure_action.as_deref(),
+                max_failure_ratio: self.rollback_max_failure_ratio,
+            },
+        ]
     }
 
     /// The same spec with every `None` replaced by its default, as
@@ -935,7 +1318,191 @@ impl ServiceSpecDoc {
         or(&mut spec.restart_delay, defaults::RESTART_DELAY);
         or(&mut spec.stop_grace_period, defaults::STOP_GRACE_PERIOD);
         or(&mut spec.pull, defaults::PULL);
+        for prefix in ["update", "rollback"] {
+            let (parallelism, delay, order, monitor, action, ratio) = if prefix == "update" {
+                (
+                    &mut spec.update_parallelism,
+                    &mut spec.update_delay,
+                    &mut spec.update_order,
+                    &mut spec.update_monitor,
+                    &mut spec.update_failure_action,
+                    &mut spec.update_max_failure_ratio,
+                )
+            } else {
+                (
+                    &mut spec.rollback_parallelism,
+                    &mut spec.rollback_delay,
+                    &mut spec.rollback_order,
+                    &mut spec.rollback_monitor,
+                    &mut spec.rollback_failure_action,
+                    &mut spec.rollback_max_failure_ratio,
+                )
+            };
+            parallelism.get_or_insert(defaults::UPDATE_PARALLELISM);
+            or(delay, defaults::UPDATE_DELAY);
+            or(order, defaults::UPDATE_ORDER);
+            or(monitor, defaults::UPDATE_MONITOR);
+            or(action, defaults::UPDATE_FAILURE_ACTION);
+            ratio.get_or_insert(defaults::UPDATE_MAX_FAILURE_RATIO);
+        }
+        spec.force_update.get_or_insert(0);
         spec
+    }
+}
+
+impl ServiceUpdateRequest {
+    /// Whether the request changes nothing at all.
+    pub fn is_empty(&self) -> bool {
+        *self == ServiceUpdateRequest::default()
+    }
+
+    /// Checks the syntax of every field with the spec document's rules (the
+    /// result of the change is checked again as a whole spec).
+    pub fn validate(&self) -> Result<(), InvalidInput> {
+        if let Some(image) = &self.image {
+            let probe = ServiceSpecDoc {
+                name: "probe".into(),
+                image: image.clone(),
+                ..ServiceSpecDoc::default()
+            };
+            probe.validate()?;
+        }
+        for (field, map, rm) in [
+            ("env_add", &self.env_add, &self.env_rm),
+            ("labels_add", &self.labels_add, &self.labels_rm),
+        ] {
+            if map.len() > MAX_SPEC_LIST_LEN || rm.len() > MAX_SPEC_LIST_LEN {
+                return Err(spec_field(
+                    field,
+                    format!("at most {MAX_SPEC_LIST_LEN} entries"),
+                ));
+            }
+            for key in map.keys().chain(rm.iter()) {
+                if !valid_spec_key(key) {
+                    return Err(spec_field(
+                        format!("{field} key {key:?}"),
+                        format!(
+                            "a key is 1-{MAX_SPEC_KEY_LEN} characters without whitespace or '='"
+                        ),
+                    ));
+                }
+            }
+            if let Some((key, _)) = map.iter().find(|(_, value)| value.contains('\0')) {
+                return Err(spec_field(
+                    format!("{field}[{key:?}]"),
+                    "a value must not contain NUL characters",
+                ));
+            }
+        }
+        if let Some(key) = self.labels_add.keys().find(|key| key.starts_with("shoal.")) {
+            return Err(spec_field(
+                format!("labels_add key {key:?}"),
+                "label keys starting with \"shoal.\" are reserved for shoal itself",
+            ));
+        }
+        if self.no_healthcheck {
+            let probe = ServiceSpecDoc {
+                no_healthcheck: true,
+                health_cmd: self.health_cmd.clone(),
+                health_test: self.health_test.clone(),
+                health_interval: self.health_interval.clone(),
+                health_timeout: self.health_timeout.clone(),
+                health_start_period: self.health_start_period.clone(),
+                health_retries: self.health_retries,
+                ..ServiceSpecDoc::default()
+            };
+            probe.validate_health()?;
+        }
+        // The remaining fields share the spec document's rules.
+        let mut probe = ServiceSpecDoc {
+            name: "probe".into(),
+            image: "probe".into(),
+            ..ServiceSpecDoc::default()
+        };
+        let mut patch = self.clone();
+        patch.image = None;
+        patch.env_add.clear();
+        patch.labels_add.clear();
+        patch.force = false;
+        patch.apply_to(&mut probe);
+        if self.health_cmd.is_none() && self.health_test.is_none() && !self.no_healthcheck {
+            // Timing alone changes the service's current check, which the
+            // probe lacks.
+            probe.health_cmd = probe
+                .health_fields_given()
+                .first()
+                .map(|_| "true".to_owned());
+        }
+        probe.validate()
+    }
+
+    /// Lays the changes over `doc`, a service's current spec.
+    pub fn apply_to(&self, doc: &mut ServiceSpecDoc) {
+        fn set<T: Clone>(target: &mut Option<T>, value: &Option<T>) {
+            if let Some(value) = value {
+                *target = Some(value.clone());
+            }
+        }
+        set(&mut doc.replicas, &self.replicas);
+        if let Some(image) = &self.image {
+            doc.image = image.clone();
+        }
+        for key in &self.env_rm {
+            doc.env.remove(key);
+        }
+        doc.env
+            .extend(self.env_add.iter().map(|(k, v)| (k.clone(), v.clone())));
+        for key in &self.labels_rm {
+            doc.labels.remove(key);
+        }
+        doc.labels
+            .extend(self.labels_add.iter().map(|(k, v)| (k.clone(), v.clone())));
+        set(&mut doc.cpus, &self.cpus);
+        set(&mut doc.memory, &self.memory);
+        set(&mut doc.reserve_cpus, &self.reserve_cpus);
+        set(&mut doc.reserve_memory, &self.reserve_memory);
+        if self.no_healthcheck {
+            doc.health_cmd = None;
+            doc.health_test = None;
+            doc.health_interval = None;
+            doc.health_timeout = None;
+            doc.health_start_period = None;
+            doc.health_retries = None;
+            doc.no_healthcheck = true;
+        }
+        if self.health_cmd.is_some() || self.health_test.is_some() {
+            doc.no_healthcheck = false;
+            doc.health_cmd = self.health_cmd.clone();
+            doc.health_test = self.health_test.clone();
+        }
+        set(&mut doc.health_interval, &self.health_interval);
+        set(&mut doc.health_timeout, &self.health_timeout);
+        set(&mut doc.health_start_period, &self.health_start_period);
+        set(&mut doc.health_retries, &self.health_retries);
+        set(&mut doc.update_parallelism, &self.update_parallelism);
+        set(&mut doc.update_delay, &self.update_delay);
+        set(&mut doc.update_order, &self.update_order);
+        set(&mut doc.update_monitor, &self.update_monitor);
+        set(&mut doc.update_failure_action, &self.update_failure_action);
+        set(
+            &mut doc.update_max_failure_ratio,
+            &self.update_max_failure_ratio,
+        );
+        set(&mut doc.rollback_parallelism, &self.rollback_parallelism);
+        set(&mut doc.rollback_delay, &self.rollback_delay);
+        set(&mut doc.rollback_order, &self.rollback_order);
+        set(&mut doc.rollback_monitor, &self.rollback_monitor);
+        set(
+            &mut doc.rollback_failure_action,
+            &self.rollback_failure_action,
+        );
+        set(
+            &mut doc.rollback_max_failure_ratio,
+            &self.rollback_max_failure_ratio,
+        );
+        if self.force {
+            doc.force_update = Some(doc.force_update.unwrap_or(0).saturating_add(1));
+        }
     }
 }
 
@@ -1102,6 +1669,8 @@ mod tests {
             (paths::service("a/b"), "/v1/services/a%2Fb"),
             (paths::service_tasks("web"), "/v1/services/web/tasks"),
             (paths::service_scale("web"), "/v1/services/web/scale"),
+            (paths::service_update("web"), "/v1/services/web/update"),
+            (paths::service_rollback("web"), "/v1/services/web/rollback"),
         ];
         for (got, expected) in cases {
             assert_eq!(got, expected);
@@ -1202,6 +1771,7 @@ mod tests {
             created_at_ms: 10,
             updated_at_ms: 11,
             state_changed_at_ms: 12,
+            health: Some("healthy".into()),
         };
         let value = serde_json::to_value(&task).unwrap();
         assert_eq!(
@@ -1212,7 +1782,7 @@ mod tests {
                 "message": "preparing", "error": "image \"nope:1\" not found",
                 "exit_code": null, "container_id": null, "restart_count": 1,
                 "spec_version": 1, "created_at_ms": 10, "updated_at_ms": 11,
-                "state_changed_at_ms": 12
+                "state_changed_at_ms": 12, "health": "healthy"
             })
         );
         assert_eq!(serde_json::from_value::<TaskView>(value).unwrap(), task);
@@ -1379,6 +1949,196 @@ mod tests {
             edit(&mut spec);
             check(spec.validate(), expected, &format!("{spec:?}"));
         }
+    }
+
+    #[test]
+    fn update_request_is_strict_and_sparse() {
+        let request: ServiceUpdateRequest =
+            serde_json::from_str(r#"{"image":"app:2","force":true}"#).unwrap();
+        assert_eq!(
+            request,
+            ServiceUpdateRequest {
+                image: Some("app:2".into()),
+                force: true,
+                ..ServiceUpdateRequest::default()
+            }
+        );
+        assert!(ServiceUpdateRequest::default().is_empty());
+        let error = serde_json::from_str::<ServiceUpdateRequest>(r#"{"imgae":"x"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("unknown field `imgae`"), "{error}");
+    }
+
+    #[test]
+    fn update_request_applies_over_the_current_spec() {
+        let mut doc = ServiceSpecDoc {
+            name: "web".into(),
+            image: "app:1".into(),
+            env: [("A".into(), "1".into()), ("B".into(), "2".into())].into(),
+            labels: [("tier".into(), "front".into())].into(),
+            replicas: Some(3),
+            health_test: Some(vec!["CMD".into(), "/check".into()]),
+            health_interval: Some("10s".into()),
+            update_parallelism: Some(1),
+            force_update: Some(4),
+            ..ServiceSpecDoc::default()
+        };
+        let request = ServiceUpdateRequest {
+            image: Some("app:2".into()),
+            env_add: [("B".into(), "3".into()), ("C".into(), "4".into())].into(),
+            env_rm: vec!["A".into(), "B".into()],
+            labels_rm: vec!["tier".into()],
+            health_cmd: Some("curl -f localhost".into()),
+            health_retries: Some(2),
+            update_parallelism: Some(2),
+            update_failure_action: Some("rollback".into()),
+            force: true,
+            ..ServiceUpdateRequest::default()
+        };
+        assert_eq!(request.validate(), Ok(()));
+        request.apply_to(&mut doc);
+        assert_eq!(doc.image, "app:2");
+        assert_eq!(
+            doc.env,
+            BTreeMap::from([("B".into(), "3".into()), ("C".into(), "4".into())])
+        );
+        assert!(doc.labels.is_empty());
+        assert_eq!(doc.replicas, Some(3), "untouched");
+        assert_eq!(doc.health_cmd.as_deref(), Some("curl -f localhost"));
+        assert_eq!(doc.health_test, None, "health_cmd replaces the list form");
+        assert_eq!(doc.health_interval.as_deref(), Some("10s"), "kept");
+        assert_eq!(doc.health_retries, Some(2));
+        assert_eq!(doc.update_parallelism, Some(2));
+        assert_eq!(doc.update_failure_action.as_deref(), Some("rollback"));
+        assert_eq!(doc.force_update, Some(5));
+        assert_eq!(doc.validate(), Ok(()));
+
+        let off = ServiceUpdateRequest {
+            no_healthcheck: true,
+            ..ServiceUpdateRequest::default()
+        };
+        off.apply_to(&mut doc);
+        assert!(doc.no_healthcheck);
+        assert_eq!(doc.health_fields_given(), Vec::<&str>::new());
+        assert_eq!(doc.validate(), Ok(()));
+    }
+
+    #[test]
+    fn update_request_validation() {
+        type Edit = Box<dyn Fn(&mut ServiceUpdateRequest)>;
+        let cases: Vec<(Edit, Option<&str>)> = vec![
+            (Box::new(|_| {}), None),
+            (Box::new(|r| r.health_interval = Some("5s".into())), None),
+            (
+                Box::new(|r| r.image = Some("a b".into())),
+                Some("invalid image"),
+            ),
+            (
+                Box::new(|r| {
+                    r.env_add.insert("A B".into(), "1".into());
+                }),
+                Some("invalid env_add key \"A B\""),
+            ),
+            (
+                Box::new(|r| r.labels_rm = vec!["".into()]),
+                Some("invalid labels_add key \"\""),
+            ),
+            (
+                Box::new(|r| {
+                    r.labels_add.insert("shoal.x".into(), "1".into());
+                }),
+                Some("reserved for shoal"),
+            ),
+            (
+                Box::new(|r| r.update_order = Some("random".into())),
+                Some(
+                    "invalid update_order: \"random\" is not allowed; use stop-first, start-first",
+                ),
+            ),
+            (
+                Box::new(|r| r.rollback_max_failure_ratio = Some(-0.1)),
+                Some("invalid rollback_max_failure_ratio"),
+            ),
+            (
+                Box::new(|r| {
+                    r.no_healthcheck = true;
+                    r.health_cmd = Some("true".into());
+                }),
+                Some("invalid no_healthcheck: cannot be combined with health_cmd"),
+            ),
+            (
+                Box::new(|r| r.memory = Some("1m".into())),
+                Some("at least 6m"),
+            ),
+            (
+                Box::new(|r| r.replicas = Some(MAX_REPLICAS + 1)),
+                Some("too many"),
+            ),
+        ];
+        for (edit, expected) in cases {
+            let mut request = ServiceUpdateRequest::default();
+            edit(&mut request);
+            check(request.validate(), expected, &format!("{request:?}"));
+        }
+    }
+
+    #[test]
+    fn update_status_and_inspect_json_shape() {
+        let status = UpdateStatusView {
+            state: "rolled-back".into(),
+            version: 3,
+            message: "rollback completed".into(),
+            started_at_ms: 10,
+            completed_at_ms: Some(20),
+            total: 10,
+            done: 10,
+            in_flight: 0,
+            failed: 0,
+        };
+        assert!(status.is_final());
+        assert_eq!(
+            serde_json::to_value(&status).unwrap(),
+            json!({
+                "state": "rolled-back", "version": 3, "message": "rollback completed",
+                "started_at_ms": 10, "completed_at_ms": 20, "total": 10, "done": 10,
+                "in_flight": 0, "failed": 0
+            })
+        );
+        for state in UPDATE_STATES {
+            let view = UpdateStatusView {
+                state: state.into(),
+                ..status.clone()
+            };
+            assert_eq!(
+                view.is_final(),
+                !matches!(state, "updating" | "rolling-back"),
+                "{state}"
+            );
+        }
+        // An answer from a daemon that predates update runs still reads.
+        let old: ServiceInspectView = serde_json::from_value(json!({
+            "spec": {"name": "web", "image": "x"}, "version": 1, "created_at_ms": 1,
+            "updated_at_ms": 1, "replicas_running": 1, "replicas_desired": 1
+        }))
+        .unwrap();
+        assert_eq!((old.update, old.previous_spec), (None, None));
+    }
+
+    #[test]
+    fn with_defaults_fills_update_settings() {
+        let filled = ServiceSpecDoc::default().with_defaults();
+        for settings in filled.update_settings() {
+            assert_eq!(settings.parallelism, Some(1), "{}", settings.prefix);
+            assert_eq!(settings.order, Some("stop-first"));
+            assert_eq!(settings.monitor, Some("5s"));
+            assert_eq!(settings.failure_action, Some("pause"));
+            assert_eq!(settings.max_failure_ratio, Some(0.0));
+        }
+        assert_eq!(filled.force_update, Some(0));
+        assert_eq!(filled.health_cmd, None, "no check stays the image's own");
+        assert_eq!(ratio_ppm(0.25), 250_000);
+        assert_eq!(ratio_ppm(1.0), 1_000_000);
     }
 
     fn check(got: Result<(), InvalidInput>, expected: Option<&str>, input: &str) {

@@ -432,6 +432,16 @@ pub struct DeployArgs {
     #[arg(long, value_name = "CMD", value_parser = parse_entrypoint)]
     pub entrypoint: Option<String>,
 
+    #[command(flatten)]
+    pub health: HealthArgs,
+
+    #[command(flatten)]
+    pub policy: UpdatePolicyArgs,
+
+    /// Redeploy every task even if the spec is unchanged
+    #[arg(long)]
+    pub force: bool,
+
     /// Arguments after `--` replace the image's command
     #[arg(last = true, value_name = "ARGS")]
     pub args: Vec<String>,
@@ -440,13 +450,138 @@ pub struct DeployArgs {
     #[arg(short, long)]
     pub detach: bool,
 
-    /// How long to wait for the service to converge
+    /// How long to wait for the service to converge (a rolling update: how long without progress)
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_WAIT_TIMEOUT, value_parser = parse_wait_timeout)]
     pub timeout: Duration,
 
     /// Print the API's JSON answer (progress goes to standard error)
     #[arg(long)]
     pub json: bool,
+}
+
+/// Health check flags, shared by `deploy` and `service update`.
+#[derive(Args, Debug, Clone, PartialEq, Default)]
+pub struct HealthArgs {
+    /// Shell command that checks a task's health, e.g. "curl -f http://localhost/"; exit 0 is healthy
+    #[arg(long, value_name = "CMD", value_parser = parse_health_cmd)]
+    pub health_cmd: Option<String>,
+
+    /// Time between health checks [default: 30s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_wait_flag)]
+    pub health_interval: Option<String>,
+
+    /// Time a health check may take before it counts as failed [default: 30s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_wait_flag)]
+    pub health_timeout: Option<String>,
+
+    /// Consecutive failed checks before a task is unhealthy [default: 3]
+    #[arg(long, value_name = "N", value_parser = parse_health_retries)]
+    pub health_retries: Option<u64>,
+
+    /// Start-up time during which failed checks do not count [default: none]
+    #[arg(long, value_name = "DURATION", value_parser = parse_wait_flag)]
+    pub health_start_period: Option<String>,
+
+    /// Turn off the image's own health check
+    #[arg(long, conflicts_with_all = ["health_cmd", "health_interval", "health_timeout", "health_retries", "health_start_period"])]
+    pub no_healthcheck: bool,
+}
+
+impl HealthArgs {
+    /// Lays the flags over a spec document (`--health-cmd` replaces a file's
+    /// `health_test`; `--no-healthcheck` clears every other health field).
+    pub fn apply(&self, spec: &mut api::ServiceSpecDoc) {
+        self.to_request().apply_to(spec);
+    }
+
+    fn to_request(&self) -> api::ServiceUpdateRequest {
+        api::ServiceUpdateRequest {
+            health_cmd: self.health_cmd.clone(),
+            health_interval: self.health_interval.clone(),
+            health_timeout: self.health_timeout.clone(),
+            health_start_period: self.health_start_period.clone(),
+            health_retries: self.health_retries,
+            no_healthcheck: self.no_healthcheck,
+            ..api::ServiceUpdateRequest::default()
+        }
+    }
+}
+
+/// Rolling update and rollback flags, shared by `deploy` and `service update`.
+#[derive(Args, Debug, Clone, PartialEq, Default)]
+pub struct UpdatePolicyArgs {
+    /// Tasks a rolling update replaces at once; 0 = all at once [default: 1]
+    #[arg(long, value_name = "N", value_parser = parse_parallelism)]
+    pub update_parallelism: Option<u64>,
+
+    /// Wait between batches of a rolling update, e.g. 5s [default: 0s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_wait_flag)]
+    pub update_delay: Option<String>,
+
+    /// Stop the old task before starting the new one, or the reverse [default: stop-first]
+    #[arg(long, value_name = "ORDER", value_parser = PossibleValuesParser::new(api::UPDATE_ORDERS))]
+    pub update_order: Option<String>,
+
+    /// How long a new task must run (and stay healthy) to count as updated [default: 5s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_wait_flag)]
+    pub update_monitor: Option<String>,
+
+    /// What to do when too many new tasks fail [default: pause]
+    #[arg(long, value_name = "ACTION", value_parser = PossibleValuesParser::new(api::FAILURE_ACTIONS))]
+    pub update_failure_action: Option<String>,
+
+    /// Share of tasks (0 to 1) that may fail before the failure action is taken [default: 0]
+    #[arg(long, value_name = "RATIO", value_parser = parse_ratio)]
+    pub update_max_failure_ratio: Option<f64>,
+
+    /// Tasks a rollback replaces at once; 0 = all at once [default: 1]
+    #[arg(long, value_name = "N", value_parser = parse_parallelism)]
+    pub rollback_parallelism: Option<u64>,
+
+    /// Wait between batches of a rollback [default: 0s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_wait_flag)]
+    pub rollback_delay: Option<String>,
+
+    /// Task order during a rollback [default: stop-first]
+    #[arg(long, value_name = "ORDER", value_parser = PossibleValuesParser::new(api::UPDATE_ORDERS))]
+    pub rollback_order: Option<String>,
+
+    /// How long a restored task must run to count as rolled back [default: 5s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_wait_flag)]
+    pub rollback_monitor: Option<String>,
+
+    /// What to do when too many tasks of a rollback fail [default: pause]
+    #[arg(long, value_name = "ACTION", value_parser = PossibleValuesParser::new(api::ROLLBACK_FAILURE_ACTIONS))]
+    pub rollback_failure_action: Option<String>,
+
+    /// Share of tasks (0 to 1) that may fail during a rollback [default: 0]
+    #[arg(long, value_name = "RATIO", value_parser = parse_ratio)]
+    pub rollback_max_failure_ratio: Option<f64>,
+}
+
+impl UpdatePolicyArgs {
+    /// Lays the flags over a spec document.
+    pub fn apply(&self, spec: &mut api::ServiceSpecDoc) {
+        self.to_request().apply_to(spec);
+    }
+
+    fn to_request(&self) -> api::ServiceUpdateRequest {
+        api::ServiceUpdateRequest {
+            update_parallelism: self.update_parallelism,
+            update_delay: self.update_delay.clone(),
+            update_order: self.update_order.clone(),
+            update_monitor: self.update_monitor.clone(),
+            update_failure_action: self.update_failure_action.clone(),
+            update_max_failure_ratio: self.update_max_failure_ratio,
+            rollback_parallelism: self.rollback_parallelism,
+            rollback_delay: self.rollback_delay.clone(),
+            rollback_order: self.rollback_order.clone(),
+            rollback_monitor: self.rollback_monitor.clone(),
+            rollback_failure_action: self.rollback_failure_action.clone(),
+            rollback_max_failure_ratio: self.rollback_max_failure_ratio,
+            ..api::ServiceUpdateRequest::default()
+        }
+    }
 }
 
 impl DeployArgs {
@@ -500,6 +635,8 @@ impl DeployArgs {
         if !self.args.is_empty() {
             spec.args = self.args.clone();
         }
+        self.health.apply(&mut spec);
+        self.policy.apply(&mut spec);
         Ok(spec)
     }
 }
@@ -529,11 +666,135 @@ pub enum ServiceCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Change some fields of a service's spec; a change of its tasks rolls out as a rolling update
+    Update(Box<ServiceUpdateArgs>),
+    /// Return a service to its spec before the last update, by a rolling update
+    Rollback(RollbackArgs),
     /// Change the number of replicas of one or more services
     Scale(ScaleArgs),
     /// Remove services and wait until their containers are gone
     #[command(visible_alias = "remove")]
     Rm(ServiceRmArgs),
+}
+
+/// `shoal service update NAME [flags]`: changes to the current spec, applied
+/// by the leader.
+#[derive(Args, Debug, Clone, PartialEq)]
+#[command(after_help = "Examples:
+  shoal service update web --image app:2 --update-parallelism 2 --update-failure-action rollback
+  shoal service update web --env-add MODE=fast --label-rm old
+  shoal service update web --force")]
+pub struct ServiceUpdateArgs {
+    #[arg(value_name = "SERVICE", value_parser = parse_service_name)]
+    pub service: String,
+
+    /// New image, e.g. nginx:1.28
+    #[arg(long, value_name = "IMAGE", value_parser = parse_image)]
+    pub image: Option<String>,
+
+    /// Set or replace an environment variable (repeatable)
+    #[arg(long = "env-add", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env_add: Vec<(String, String)>,
+
+    /// Remove an environment variable (repeatable)
+    #[arg(long = "env-rm", value_name = "KEY", value_parser = parse_spec_key)]
+    pub env_rm: Vec<String>,
+
+    /// Set or replace a service label (repeatable)
+    #[arg(long = "label-add", value_name = "KEY=VALUE", value_parser = parse_service_label)]
+    pub label_add: Vec<(String, String)>,
+
+    /// Remove a service label (repeatable)
+    #[arg(long = "label-rm", value_name = "KEY", value_parser = parse_spec_key)]
+    pub label_rm: Vec<String>,
+
+    /// Number of tasks of a replicated service
+    #[arg(long, value_name = "N", value_parser = parse_replicas)]
+    pub replicas: Option<u64>,
+
+    /// CPU limit per task, e.g. 0.5
+    #[arg(long, value_name = "CPUS", value_parser = parse_cpus_flag)]
+    pub cpus: Option<f64>,
+
+    /// Memory limit per task, e.g. 256m
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory_flag)]
+    pub memory: Option<String>,
+
+    /// CPUs a node must have free to take a task
+    #[arg(long, value_name = "CPUS", value_parser = parse_cpus_flag)]
+    pub reserve_cpus: Option<f64>,
+
+    /// Memory a node must have free to take a task
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory_flag)]
+    pub reserve_memory: Option<String>,
+
+    #[command(flatten)]
+    pub health: HealthArgs,
+
+    #[command(flatten)]
+    pub policy: UpdatePolicyArgs,
+
+    /// Redeploy every task even if nothing else changes
+    #[arg(long)]
+    pub force: bool,
+
+    /// Return once the cluster accepted the change instead of following the update
+    #[arg(short, long)]
+    pub detach: bool,
+
+    /// How long to wait without progress of the update (or for the tasks to converge)
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_WAIT_TIMEOUT, value_parser = parse_wait_timeout)]
+    pub timeout: Duration,
+}
+
+impl ServiceUpdateArgs {
+    /// The body of `POST /v1/services/{name}/update`; an error when no flag
+    /// asks for a change.
+    pub fn to_request(&self) -> Result<api::ServiceUpdateRequest, String> {
+        let health = self.health.to_request();
+        let policy = self.policy.to_request();
+        let request = api::ServiceUpdateRequest {
+            image: self.image.clone(),
+            env_add: self.env_add.iter().cloned().collect(),
+            env_rm: self.env_rm.clone(),
+            labels_add: self.label_add.iter().cloned().collect(),
+            labels_rm: self.label_rm.clone(),
+            replicas: self.replicas,
+            cpus: self.cpus,
+            memory: self.memory.clone(),
+            reserve_cpus: self.reserve_cpus,
+            reserve_memory: self.reserve_memory.clone(),
+            health_cmd: health.health_cmd,
+            health_interval: health.health_interval,
+            health_timeout: health.health_timeout,
+            health_start_period: health.health_start_period,
+            health_retries: health.health_retries,
+            no_healthcheck: health.no_healthcheck,
+            force: self.force,
+            ..policy
+        };
+        if request.is_empty() {
+            return Err(format!(
+                "nothing to change in service {}; give at least one flag such as --image, --env-add, --replicas or --force (see `shoal service update --help`)",
+                self.service
+            ));
+        }
+        Ok(request)
+    }
+}
+
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct RollbackArgs {
+    #[arg(value_name = "SERVICE", value_parser = parse_service_name)]
+    pub service: String,
+
+    /// Return once the cluster accepted the rollback instead of following it
+    #[arg(short, long)]
+    pub detach: bool,
+
+    /// How long to wait without progress of the rollback
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_WAIT_TIMEOUT, value_parser = parse_wait_timeout)]
+    pub timeout: Duration,
 }
 
 #[derive(Args, Debug, Clone, PartialEq)]
@@ -645,6 +906,63 @@ pub fn parse_service_label(input: &str) -> Result<(String, String), String> {
         return Err(format!("value of label {key:?} contains a NUL character"));
     }
     Ok((key.to_owned(), value.to_owned()))
+}
+
+/// An environment variable name or label key for `--env-rm` / `--label-rm`.
+fn parse_spec_key(input: &str) -> Result<String, String> {
+    if api::valid_spec_key(input) {
+        Ok(input.to_owned())
+    } else {
+        Err(format!(
+            "key {input:?} is not allowed; use 1-{} characters without whitespace or '='",
+            api::MAX_SPEC_KEY_LEN
+        ))
+    }
+}
+
+fn parse_health_cmd(input: &str) -> Result<String, String> {
+    api::validate_health_cmd(input).map(|()| input.to_owned())
+}
+
+/// A duration from 0s to 24h (health check timings, update delay and monitor).
+fn parse_wait_flag(input: &str) -> Result<String, String> {
+    let duration = parse_duration(input)?;
+    if duration > api::MAX_SPEC_WAIT {
+        return Err(format!("{input} is too long; allowed 0s to 24h"));
+    }
+    Ok(input.to_owned())
+}
+
+fn parse_health_retries(input: &str) -> Result<u64, String> {
+    let expected = format!(
+        "expected a whole number from 0 (Docker's default of 3) to {}",
+        api::MAX_HEALTH_RETRIES
+    );
+    match input.parse::<u64>() {
+        Ok(retries) if retries <= api::MAX_HEALTH_RETRIES => Ok(retries),
+        Ok(_) => Err(format!("{input} is too many; {expected}")),
+        Err(_) => Err(format!("{input:?} is not a number; {expected}")),
+    }
+}
+
+fn parse_parallelism(input: &str) -> Result<u64, String> {
+    let expected = format!(
+        "expected a whole number of tasks from 0 (all at once) to {}",
+        api::MAX_REPLICAS
+    );
+    match input.parse::<u64>() {
+        Ok(n) if n <= api::MAX_REPLICAS => Ok(n),
+        Ok(_) => Err(format!("{input} is too many; {expected}")),
+        Err(_) => Err(format!("{input:?} is not a number; {expected}")),
+    }
+}
+
+fn parse_ratio(input: &str) -> Result<f64, String> {
+    let ratio: f64 = input.trim().parse().map_err(|_| {
+        format!("{input:?} is not a number; allowed a number from 0 to 1, e.g. 0.2")
+    })?;
+    api::check_ratio(ratio)?;
+    Ok(ratio)
 }
 
 fn parse_cpus_flag(input: &str) -> Result<f64, String> {
@@ -1112,6 +1430,7 @@ mod tests {
             stop_grace_period: Some("2s".into()),
             stop_signal: Some("SIGINT".into()),
             pull: Some("never".into()),
+            ..api::ServiceSpecDoc::default()
         };
         assert_eq!(spec, expected);
 
@@ -1303,6 +1622,223 @@ mod tests {
         for (line, fragment) in cases {
             check_err(line, fragment);
         }
+    }
+
+    #[test]
+    fn deploy_health_and_update_flags() {
+        let args = deploy_args(
+            "deploy web --image app:2 --health-cmd true --health-interval 2s --health-timeout 1s \
+             --health-retries 4 --health-start-period 30s --update-parallelism 2 --update-delay 5s \
+             --update-order start-first --update-monitor 10s --update-failure-action rollback \
+             --update-max-failure-ratio 0.25 --rollback-parallelism 0 --rollback-delay 1s \
+             --rollback-order stop-first --rollback-monitor 2s --rollback-failure-action continue \
+             --rollback-max-failure-ratio 1 --force",
+        );
+        assert!(args.force);
+        let spec = args.to_spec(None).unwrap();
+        assert_eq!(spec.validate(), Ok(()));
+        let expected = api::ServiceSpecDoc {
+            name: "web".into(),
+            image: "app:2".into(),
+            health_cmd: Some("true".into()),
+            health_interval: Some("2s".into()),
+            health_timeout: Some("1s".into()),
+            health_retries: Some(4),
+            health_start_period: Some("30s".into()),
+            update_parallelism: Some(2),
+            update_delay: Some("5s".into()),
+            update_order: Some("start-first".into()),
+            update_monitor: Some("10s".into()),
+            update_failure_action: Some("rollback".into()),
+            update_max_failure_ratio: Some(0.25),
+            rollback_parallelism: Some(0),
+            rollback_delay: Some("1s".into()),
+            rollback_order: Some("stop-first".into()),
+            rollback_monitor: Some("2s".into()),
+            rollback_failure_action: Some("continue".into()),
+            rollback_max_failure_ratio: Some(1.0),
+            ..api::ServiceSpecDoc::default()
+        };
+        assert_eq!(spec, expected);
+
+        // Flags override a file's health check form.
+        let file = api::ServiceSpecDoc {
+            name: "web".into(),
+            image: "app:1".into(),
+            health_test: Some(vec!["CMD".into(), "/check".into()]),
+            health_retries: Some(2),
+            ..api::ServiceSpecDoc::default()
+        };
+        let spec = deploy_args("deploy -f web.yaml --health-cmd true")
+            .to_spec(Some(file.clone()))
+            .unwrap();
+        assert_eq!(
+            (
+                spec.health_cmd.as_deref(),
+                &spec.health_test,
+                spec.health_retries
+            ),
+            (Some("true"), &None, Some(2))
+        );
+        let spec = deploy_args("deploy -f web.yaml --no-healthcheck")
+            .to_spec(Some(file))
+            .unwrap();
+        assert!(spec.no_healthcheck);
+        assert_eq!((&spec.health_test, spec.health_retries), (&None, None));
+        assert_eq!(spec.validate(), Ok(()));
+    }
+
+    #[test]
+    fn health_and_update_flag_errors() {
+        let cases = [
+            (
+                "deploy web --image x --update-order random",
+                "invalid value 'random' for '--update-order <ORDER>'",
+            ),
+            (
+                "deploy web --image x --update-order random",
+                "possible values: stop-first, start-first",
+            ),
+            (
+                "deploy web --image x --update-failure-action panic",
+                "possible values: pause, continue, rollback",
+            ),
+            (
+                "deploy web --image x --rollback-failure-action rollback",
+                "possible values: pause, continue",
+            ),
+            (
+                "deploy web --image x --update-max-failure-ratio 1.5",
+                "1.5 is not allowed; allowed a number from 0 to 1",
+            ),
+            (
+                "deploy web --image x --rollback-max-failure-ratio half",
+                "\"half\" is not a number; allowed a number from 0 to 1",
+            ),
+            (
+                "deploy web --image x --update-parallelism -1",
+                "unexpected argument",
+            ),
+            (
+                "deploy web --image x --update-parallelism many",
+                "expected a whole number of tasks from 0 (all at once)",
+            ),
+            ("deploy web --image x --update-delay 5", "has no unit"),
+            (
+                "deploy web --image x --update-monitor 48h",
+                "48h is too long; allowed 0s to 24h",
+            ),
+            (
+                "deploy web --image x --health-retries 101",
+                "101 is too many",
+            ),
+            (
+                "deploy web --image x --health-interval soon",
+                "for '--health-interval <DURATION>'",
+            ),
+            (
+                "deploy web --image x --no-healthcheck --health-cmd true",
+                "cannot be used with",
+            ),
+            (
+                "service update web --no-healthcheck --health-retries 2",
+                "cannot be used with",
+            ),
+            (
+                "service update web --env-rm A=B",
+                "key \"A=B\" is not allowed",
+            ),
+            (
+                "service update web --label-add shoal.x=1",
+                "reserved for shoal",
+            ),
+            ("service update", "<SERVICE>"),
+            ("service rollback", "<SERVICE>"),
+            (
+                "service rollback Web",
+                "service name \"Web\" is not allowed",
+            ),
+        ];
+        for (line, fragment) in cases {
+            check_err(line, fragment);
+        }
+        let error = Cli::try_parse_from([
+            "shoal",
+            "deploy",
+            "web",
+            "--image",
+            "x",
+            "--health-cmd",
+            " ",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("the command is empty"), "{error}");
+    }
+
+    fn update_args(line: &str) -> ServiceUpdateArgs {
+        match parse(line) {
+            Ok(Cli {
+                command: Command::Service(ServiceCommand::Update(args)),
+                ..
+            }) => *args,
+            other => panic!("{line:?} parsed to {other:?}"),
+        }
+    }
+
+    #[test]
+    fn service_update_builds_the_request() {
+        let args = update_args(
+            "service update web --image app:2 --env-add A=1 --env-rm B --label-add tier=front \
+             --label-rm old --replicas 4 --cpus 0.5 --memory 64m --reserve-cpus 0.25 \
+             --reserve-memory 32m --health-cmd true --health-retries 2 --update-parallelism 3 \
+             --rollback-order start-first --force --detach --timeout 30s",
+        );
+        assert_eq!(args.service, "web");
+        assert!(args.detach);
+        assert_eq!(args.timeout, Duration::from_secs(30));
+        let request = args.to_request().unwrap();
+        assert_eq!(request.validate(), Ok(()));
+        assert_eq!(
+            request,
+            api::ServiceUpdateRequest {
+                image: Some("app:2".into()),
+                env_add: [("A".into(), "1".into())].into(),
+                env_rm: vec!["B".into()],
+                labels_add: [("tier".into(), "front".into())].into(),
+                labels_rm: vec!["old".into()],
+                replicas: Some(4),
+                cpus: Some(0.5),
+                memory: Some("64m".into()),
+                reserve_cpus: Some(0.25),
+                reserve_memory: Some("32m".into()),
+                health_cmd: Some("true".into()),
+                health_retries: Some(2),
+                update_parallelism: Some(3),
+                rollback_order: Some("start-first".into()),
+                force: true,
+                ..api::ServiceUpdateRequest::default()
+            }
+        );
+        let force = update_args("service update web --force")
+            .to_request()
+            .unwrap();
+        assert!(force.force && !force.is_empty());
+        let error = update_args("service update web --detach")
+            .to_request()
+            .unwrap_err();
+        assert!(
+            error.starts_with("nothing to change in service web; give at least one flag"),
+            "{error}"
+        );
+        check_ok("service rollback web --detach", |cli| {
+            cli.command
+                == Command::Service(ServiceCommand::Rollback(RollbackArgs {
+                    service: "web".into(),
+                    detach: true,
+                    timeout: Duration::from_secs(120),
+                }))
+        });
     }
 
     #[test]

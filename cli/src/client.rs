@@ -16,8 +16,8 @@ use tokio::net::UnixStream;
 
 use crate::api::{
     self, paths, routes, BenchCommitRequest, BenchReport, DeployView, NodeUpdate, NodeView,
-    RemovedServiceView, RemovedView, ScaleRequest, ServiceInspectView, ServiceSpecDoc, ServiceView,
-    StatusView, TaskView, TokenView,
+    RemovedServiceView, RemovedView, ScaleRequest, ServiceInspectView, ServiceSpecDoc,
+    ServiceUpdateRequest, ServiceView, StatusView, TaskView, TokenView,
 };
 use crate::args::{socket_url, MAX_SOCKET_PATH_LEN};
 
@@ -218,6 +218,23 @@ impl ApiClient {
         let body = serde_json::to_vec(&ScaleRequest { replicas })
             .expect("ScaleRequest serializes to JSON");
         self.call(Method::POST, paths::service_scale(name), Some(body))
+            .await
+    }
+
+    /// Applies changes to the service's current spec (on the leader).
+    pub async fn update_service(
+        &self,
+        name: &str,
+        update: &ServiceUpdateRequest,
+    ) -> Result<DeployView, ClientError> {
+        let body = serde_json::to_vec(update).expect("ServiceUpdateRequest serializes to JSON");
+        self.call(Method::POST, paths::service_update(name), Some(body))
+            .await
+    }
+
+    /// Starts a rollback to the service's previous spec.
+    pub async fn rollback_service(&self, name: &str) -> Result<DeployView, ClientError> {
+        self.call(Method::POST, paths::service_rollback(name), None)
             .await
     }
 
@@ -708,6 +725,7 @@ pub(crate) mod tests {
     async fn service_endpoints() {
         let service = sample_service("web", 0, 3);
         let deployed = DeployView {
+            update: None,
             service: service.clone(),
             created: true,
             changed: true,

@@ -5,11 +5,13 @@
 //!
 //! The binary parses [`args::Cli`], runs daemon subcommands itself and hands
 //! every client subcommand to [`run`]. Commands that wait (`deploy`, `service
-//! scale`, `service rm`) poll the control API here and stream what they see.
+//! update`, `service rollback`, `service scale`, `service rm`) poll the control
+//! API here and stream what they see; [`progress`] decides when they are done.
 
 pub mod api;
 pub mod args;
 pub mod client;
+pub mod compose;
 pub mod output;
 pub mod progress;
 pub mod spec;
@@ -24,8 +26,10 @@ use anyhow::{bail, Context};
 pub use args::Cli;
 pub use client::{ApiClient, ClientError};
 
-use args::{Command, DeployArgs, NodeCommand, ServiceCommand, TokenCommand};
-use progress::{Redraw, Verdict};
+use args::{
+    Command, DeployArgs, NodeCommand, RollbackArgs, ServiceCommand, ServiceUpdateArgs, TokenCommand,
+};
+use progress::{Redraw, UpdateFollower, UpdateGoal, UpdateStep, Verdict};
 
 /// How often waiting commands poll the control API.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -136,9 +140,21 @@ async fn execute(
                 output::tasks_table(&tasks, now_ms())
             }
         }
-        Command::Service(ServiceCommand::Inspect { service, json: _ }) => {
-            // Inspect is JSON either way; `--json` is accepted like on every read.
-            output::json(&client.service(service).await?)
+        Command::Service(ServiceCommand::Inspect { service, json }) => {
+            let view = client.service(service).await?;
+            if *json {
+                output::json(&view)
+            } else {
+                output::service_block(&view)
+            }
+        }
+        Command::Service(ServiceCommand::Update(args)) => {
+            update_service(client, args, console).await?;
+            return Ok(None);
+        }
+        Command::Service(ServiceCommand::Rollback(args)) => {
+            rollback_service(client, args, console).await?;
+            return Ok(None);
         }
         Command::Init(_) | Command::Join(_) | Command::Run(_) => {
             bail!("`init`, `join` and `run` start a node; the shoal binary runs them itself, not the control client")
@@ -214,8 +230,20 @@ async fn deploy(
         Some(path) => Some(spec::load_spec(path)?),
         None => None,
     };
-    let spec = args.to_spec(base).map_err(anyhow::Error::msg)?;
+    let mut spec = args.to_spec(base).map_err(anyhow::Error::msg)?;
     spec.validate()?;
+    if args.force {
+        // One more than the stored value redeploys every task; a new service
+        // is deployed anyway.
+        match client.service(&spec.name).await {
+            Ok(current) => {
+                let stored = current.spec.force_update.unwrap_or(0);
+                spec.force_update = Some(stored.saturating_add(1));
+            }
+            Err(error) if error.is_not_found() => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
     let deployed = client.deploy(&spec).await?;
     let name = deployed.service.name.clone();
     if args.json {
@@ -233,8 +261,161 @@ async fn deploy(
         return Ok(());
     }
     let (sink, terminal) = console.progress_sink(args.json);
-    let deadline = Instant::now() + args.timeout;
-    wait_converged(client, &name, deadline, args.timeout, sink, terminal).await
+    follow(
+        client,
+        &name,
+        &deployed,
+        UpdateGoal::Update,
+        args.timeout,
+        sink,
+        terminal,
+    )
+    .await
+}
+
+/// Waits for what a deploy, update or rollback started: the update run it
+/// started, else (a create, a scale) until every task runs.
+async fn follow(
+    client: &ApiClient,
+    name: &str,
+    answer: &api::DeployView,
+    goal: UpdateGoal,
+    timeout: Duration,
+    sink: &mut dyn Write,
+    terminal: bool,
+) -> anyhow::Result<()> {
+    match &answer.update {
+        Some(run) => follow_update(client, name, goal, run.version, timeout, sink, terminal).await,
+        None => {
+            let deadline = Instant::now() + timeout;
+            wait_converged(client, name, deadline, timeout, sink, terminal).await
+        }
+    }
+}
+
+/// `shoal service update`: sends the changes; the leader applies them to the
+/// current spec. Then follows what they started, unless `--detach`.
+async fn update_service(
+    client: &ApiClient,
+    args: &ServiceUpdateArgs,
+    console: &mut Console<'_>,
+) -> anyhow::Result<()> {
+    let request = args.to_request().map_err(anyhow::Error::msg)?;
+    request.validate()?;
+    let answer = client.update_service(&args.service, &request).await?;
+    let what = if answer.changed {
+        "updated"
+    } else {
+        "unchanged:"
+    };
+    writeln!(console.out, "{what} service {}", answer.service.name)?;
+    if args.detach {
+        return Ok(());
+    }
+    let (sink, terminal) = console.progress_sink(false);
+    let name = &args.service;
+    follow(
+        client,
+        name,
+        &answer,
+        UpdateGoal::Update,
+        args.timeout,
+        sink,
+        terminal,
+    )
+    .await
+}
+
+/// `shoal service rollback`: returns the service to its previous spec and
+/// follows the rollback, unless `--detach`. A refusal (no previous spec) is
+/// the daemon's one sentence.
+async fn rollback_service(
+    client: &ApiClient,
+    args: &RollbackArgs,
+    console: &mut Console<'_>,
+) -> anyhow::Result<()> {
+    let answer = client.rollback_service(&args.service).await?;
+    writeln!(
+        console.out,
+        "rolling back service {} to its previous spec",
+        answer.service.name
+    )?;
+    if args.detach {
+        return Ok(());
+    }
+    let (sink, terminal) = console.progress_sink(false);
+    let name = &args.service;
+    follow(
+        client,
+        name,
+        &answer,
+        UpdateGoal::Rollback,
+        args.timeout,
+        sink,
+        terminal,
+    )
+    .await
+}
+
+/// Polls the service every [`POLL_INTERVAL`], drawing the update run's
+/// progress, until [`UpdateFollower`] says it is final: `Ok` (after `verify:
+/// <the run's message>`) when it ended as `goal` wants, else the error it
+/// gives. Gives up when nothing changed for `stall`.
+async fn follow_update(
+    client: &ApiClient,
+    name: &str,
+    goal: UpdateGoal,
+    version: u64,
+    stall: Duration,
+    sink: &mut dyn Write,
+    terminal: bool,
+) -> anyhow::Result<()> {
+    let mut follower = UpdateFollower::new(name, goal, version);
+    let mut redraw = Redraw::new(terminal);
+    let mut seen: Vec<String> = Vec::new();
+    let mut deadline = Instant::now() + stall;
+    loop {
+        let transient = match client.service(name).await {
+            Ok(view) => {
+                let step = follower.observe(&view);
+                let lines = progress::update_lines(&view);
+                if lines != seen {
+                    deadline = Instant::now() + stall;
+                    seen.clone_from(&lines);
+                }
+                sink.write_all(redraw.frame(&lines).as_bytes())?;
+                sink.flush()?;
+                match step {
+                    UpdateStep::Done(message) => {
+                        writeln!(sink, "verify: {message}")?;
+                        return Ok(());
+                    }
+                    UpdateStep::Failed(error) => return Err(anyhow::Error::msg(error)),
+                    UpdateStep::Waiting => None,
+                }
+            }
+            Err(error) if error.is_not_found() => {
+                bail!("service {name} no longer exists; it was removed while this command waited")
+            }
+            Err(error) if error.is_retryable() => Some(error),
+            Err(error) => return Err(error.into()),
+        };
+        if Instant::now() >= deadline {
+            let what = match goal {
+                UpdateGoal::Update => "update",
+                UpdateGoal::Rollback => "rollback",
+            };
+            let stalled = format!(
+                "the {what} of service {name} made no progress for {}; it goes on in the cluster (see `shoal service inspect {name}`)",
+                units::format_duration(stall)
+            );
+            return Err(match transient {
+                Some(error) => anyhow::Error::new(error).context(stalled),
+                None => anyhow::Error::msg(stalled),
+            });
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
 }
 
 /// Polls the service and its tasks every [`POLL_INTERVAL`], drawing progress,
@@ -449,6 +630,7 @@ mod tests {
             let polls = earlier.saturating_sub(1) / 2;
             let body = match (method, target) {
                 ("POST", "/v1/services") => serde_json::to_string(&api::DeployView {
+                    update: None,
                     service: sample_service("web", 0, 2),
                     created: true,
                     changed: true,
@@ -541,6 +723,7 @@ mod tests {
         let route = |method: &str, target: &str, _: usize| -> (u16, String) {
             let body = match (method, target) {
                 ("POST", "/v1/services") => serde_json::to_string(&api::DeployView {
+                    update: None,
                     service: sample_service("web", 0, 1),
                     created: false,
                     changed: true,
@@ -579,6 +762,7 @@ mod tests {
         )
         .unwrap();
         let deployed = api::DeployView {
+            update: None,
             service: sample_service("web", 4, 4),
             created: false,
             changed: false,
@@ -687,6 +871,287 @@ mod tests {
             .unwrap();
         assert_eq!(text, "scaled web to 5 replicas\n");
         assert_eq!(server.seen()[0].body, r#"{"replicas":5}"#);
+    }
+
+    use crate::progress::tests::{run as update_run, updating};
+
+    /// A daemon whose POST to `post_target` answers `answer`, whose
+    /// `GET /v1/services/web` answers `views` in turn (the last one from then
+    /// on), and whose other requests are 404s.
+    fn updating_daemon(
+        post_target: &'static str,
+        answer: (u16, String),
+        views: Vec<api::ServiceInspectView>,
+    ) -> crate::client::tests::TestServer {
+        let polls = std::sync::Mutex::new(0usize);
+        let route = move |method: &str, target: &str, _: usize| -> (u16, String) {
+            match (method, target) {
+                ("POST", t) if t == post_target => answer.clone(),
+                ("GET", "/v1/services/web") => {
+                    let mut polls = polls.lock().unwrap();
+                    let view = &views[(*polls).min(views.len() - 1)];
+                    *polls += 1;
+                    (200, serde_json::to_string(view).unwrap())
+                }
+                _ => (
+                    404,
+                    r#"{"error":"no service named \"web\"","retryable":false}"#.into(),
+                ),
+            }
+        };
+        serve(Reply::Route(Arc::new(route)))
+    }
+
+    fn started(run: api::UpdateStatusView) -> (u16, String) {
+        let view = api::DeployView {
+            service: sample_service("web", 2, 2),
+            created: false,
+            changed: true,
+            update: Some(run),
+        };
+        (200, serde_json::to_string(&view).unwrap())
+    }
+
+    #[tokio::test]
+    async fn deploy_follows_the_update_it_started() {
+        let first = update_run("updating", 2, [2, 0, 1, 0], "updating to version 2");
+        let server = updating_daemon(
+            "/v1/services",
+            started(first.clone()),
+            vec![
+                updating(first.clone()),
+                updating(first),
+                updating(update_run(
+                    "updating",
+                    2,
+                    [2, 1, 1, 0],
+                    "updating to version 2",
+                )),
+                updating(update_run("completed", 2, [2, 2, 0, 0], "update completed")),
+            ],
+        );
+        let text = execute_text(
+            &server.client(),
+            &command("deploy web --image app:2 --update-parallelism 2"),
+        )
+        .await
+        .unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "updated service web");
+        assert!(
+            lines[1].starts_with("updating: 0 out of 2 tasks  ["),
+            "{text}"
+        );
+        assert!(lines[1].ends_with("]  1 in flight"), "{text}");
+        assert_eq!(lines[2], "updating to version 2");
+        assert!(
+            lines[3].starts_with("updating: 1 out of 2 tasks  [="),
+            "{text}"
+        );
+        assert!(
+            lines[4].starts_with("completed: 2 out of 2 tasks  [="),
+            "{text}"
+        );
+        assert_eq!(lines[5..], ["update completed", "verify: update completed"]);
+        let sent: api::ServiceSpecDoc = serde_json::from_str(&server.seen()[0].body).unwrap();
+        assert_eq!(sent.update_parallelism, Some(2));
+    }
+
+    #[tokio::test]
+    async fn deploy_fails_when_its_update_is_rolled_back() {
+        let reason =
+            "update failed at 1/2: task web.2 failed its health check; rolling back to app:1";
+        let server = updating_daemon(
+            "/v1/services",
+            started(update_run(
+                "updating",
+                2,
+                [2, 0, 1, 0],
+                "updating to version 2",
+            )),
+            vec![
+                updating(update_run("rolling-back", 3, [2, 1, 1, 0], reason)),
+                updating(update_run(
+                    "rolled-back",
+                    3,
+                    [2, 2, 0, 0],
+                    "rollback completed",
+                )),
+            ],
+        );
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let mut console = Console {
+            out: &mut out,
+            err: &mut err,
+            out_terminal: false,
+            err_terminal: false,
+        };
+        let error = execute(
+            &server.client(),
+            &command("deploy web --image app:2"),
+            &mut console,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            format!("{error:#}"),
+            format!("update rolled back: {reason}")
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains(&format!("rollback: {reason}\n")), "{text}");
+        assert!(text.contains("rolled back: 2 out of 2 tasks"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn deploy_fails_when_its_update_pauses() {
+        let paused = "update paused at 1/2: task web.2 failed (exit 1)";
+        let server = updating_daemon(
+            "/v1/services",
+            started(update_run(
+                "updating",
+                2,
+                [2, 0, 1, 0],
+                "updating to version 2",
+            )),
+            vec![updating(update_run("paused", 2, [2, 1, 0, 1], paused))],
+        );
+        let error = execute_text(&server.client(), &command("deploy web --image app:2"))
+            .await
+            .unwrap_err();
+        assert_eq!(format!("{error:#}"), paused);
+    }
+
+    #[tokio::test]
+    async fn an_update_without_progress_gives_up() {
+        let stuck = update_run("updating", 2, [2, 0, 1, 0], "updating to version 2");
+        let server = updating_daemon(
+            "/v1/services/web/update",
+            started(stuck.clone()),
+            vec![updating(stuck)],
+        );
+        let error = execute_text(
+            &server.client(),
+            &command("service update web --image app:2 --timeout 300ms"),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            format!("{error:#}"),
+            "the update of service web made no progress for 300ms; it goes on in the cluster (see `shoal service inspect web`)"
+        );
+    }
+
+    #[tokio::test]
+    async fn deploy_force_bumps_the_stored_counter() {
+        let mut current = inspect_view("replicated", 2, 2, 1);
+        current.spec.force_update = Some(3);
+        let server = updating_daemon(
+            "/v1/services",
+            started(update_run(
+                "updating",
+                2,
+                [2, 0, 1, 0],
+                "updating to version 2",
+            )),
+            vec![current],
+        );
+        let text = execute_text(
+            &server.client(),
+            &command("deploy web --image app:1 --force --detach"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(text, "updated service web\n");
+        let seen = server.seen();
+        assert_eq!(
+            (seen[0].method.as_str(), seen[0].target.as_str()),
+            ("GET", "/v1/services/web")
+        );
+        let sent: api::ServiceSpecDoc = serde_json::from_str(&seen[1].body).unwrap();
+        assert_eq!(sent.force_update, Some(4));
+    }
+
+    #[tokio::test]
+    async fn service_update_sends_a_patch() {
+        let server = updating_daemon(
+            "/v1/services/web/update",
+            started(update_run(
+                "updating",
+                2,
+                [2, 0, 1, 0],
+                "updating to version 2",
+            )),
+            vec![],
+        );
+        let text = execute_text(
+            &server.client(),
+            &command("service update web --image app:2 --env-add A=1 --update-order start-first --detach"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(text, "updated service web\n");
+        let sent: serde_json::Value = serde_json::from_str(&server.seen()[0].body).unwrap();
+        assert_eq!(sent["image"], "app:2");
+        assert_eq!(sent["env_add"], serde_json::json!({"A": "1"}));
+        assert_eq!(sent["update_order"], "start-first");
+        assert_eq!(sent["force"], false);
+    }
+
+    #[tokio::test]
+    async fn service_rollback_follows_to_rolled_back() {
+        let server = updating_daemon(
+            "/v1/services/web/rollback",
+            started(update_run(
+                "rolling-back",
+                3,
+                [2, 1, 1, 0],
+                "rollback requested",
+            )),
+            vec![updating(update_run(
+                "rolled-back",
+                3,
+                [2, 2, 0, 0],
+                "rollback completed",
+            ))],
+        );
+        let text = execute_text(&server.client(), &command("service rollback web"))
+            .await
+            .unwrap();
+        assert!(
+            text.starts_with("rolling back service web to its previous spec\n"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("rollback completed\nverify: rollback completed\n"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn service_rollback_refusal_is_one_line() {
+        let refusal = "service \"web\" has no previous spec to roll back to; it has not been updated since it was created";
+        let body = serde_json::to_string(&api::ApiError::new(refusal, false)).unwrap();
+        let server = updating_daemon("/v1/services/web/rollback", (409, body), vec![]);
+        let error = execute_text(&server.client(), &command("service rollback web"))
+            .await
+            .unwrap_err();
+        assert_eq!(format!("{error:#}"), refusal);
+    }
+
+    #[tokio::test]
+    async fn service_inspect_text_or_json() {
+        let mut view = inspect_view("replicated", 2, 2, 3);
+        view.update = Some(update_run("completed", 3, [2, 2, 0, 0], "update completed"));
+        let server = updating_daemon("/none", (404, String::new()), vec![view.clone()]);
+        let text = execute_text(&server.client(), &command("service inspect web"))
+            .await
+            .unwrap();
+        assert!(text.contains("completed (version 3)"), "{text}");
+        let json = execute_text(&server.client(), &command("service inspect web --json"))
+            .await
+            .unwrap();
+        let back: api::ServiceInspectView = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, view);
     }
 
     #[tokio::test]

@@ -9,7 +9,10 @@ use std::fmt::Write as _;
 use comfy_table::{presets, ContentArrangement, Table};
 use serde::Serialize;
 
-use crate::api::{NodeView, ServiceView, StatusView, TaskView, TokenView};
+use crate::api::{
+    NodeView, ServiceInspectView, ServiceSpecDoc, ServiceView, StatusView, TaskView, TokenView,
+    UpdateSettingsDoc,
+};
 use crate::progress::{short_id, task_name};
 
 /// Pretty JSON of any API value, with a trailing newline.
@@ -181,6 +184,125 @@ pub fn services_table(services: &[ServiceView]) -> String {
     table(&["NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"], rows)
 }
 
+/// `service inspect` without `--json`: the service's state, its health check,
+/// update settings, its last update run and what a rollback would return to.
+pub fn service_block(view: &ServiceInspectView) -> String {
+    let spec = view.spec.with_defaults();
+    let mut text = String::new();
+    let mut line = |key: &str, value: &str| {
+        writeln!(text, "{:<17}{value}", format!("{key}:")).expect("writing to a String");
+    };
+    line("Name", &spec.name);
+    line("Image", &spec.image);
+    line("Mode", spec.mode.as_deref().unwrap_or("replicated"));
+    line(
+        "Tasks",
+        &format!(
+            "{}/{} running",
+            view.replicas_running, view.replicas_desired
+        ),
+    );
+    line("Version", &view.version.to_string());
+    line("Created", &format_unix_millis(view.created_at_ms));
+    line("Updated", &format_unix_millis(view.updated_at_ms));
+    line("Health check", &health_summary(&spec));
+    let [update, rollback] = spec.update_settings();
+    line("Update config", &update_summary(&update));
+    line("Rollback config", &update_summary(&rollback));
+    match &view.update {
+        None => line("Last update", "none"),
+        Some(run) => {
+            line(
+                "Last update",
+                &format!("{} (version {})", run.state, run.version),
+            );
+            line("  Message", &run.message);
+            line(
+                "  Progress",
+                &format!(
+                    "{} of {} tasks done, {} in flight, {} failed",
+                    run.done, run.total, run.in_flight, run.failed
+                ),
+            );
+            line("  Started", &format_unix_millis(run.started_at_ms));
+            line(
+                "  Completed",
+                &run.completed_at_ms
+                    .map_or("-".to_owned(), format_unix_millis),
+            );
+        }
+    }
+    match &view.previous_spec {
+        None => line("Previous spec", "none (nothing to roll back to)"),
+        Some(previous) => {
+            let changed = changed_fields(previous, &view.spec);
+            let detail = if changed.is_empty() {
+                String::new()
+            } else {
+                format!("; differs in {}", changed.join(", "))
+            };
+            line(
+                "Previous spec",
+                &format!("image {}{detail}", previous.image),
+            );
+        }
+    }
+    text
+}
+
+/// `curl -f localhost (interval 2s, retries 3)`, `disabled`, or the image's own.
+fn health_summary(spec: &ServiceSpecDoc) -> String {
+    if spec.no_healthcheck {
+        return "disabled (--no-healthcheck)".to_owned();
+    }
+    let test = match (&spec.health_cmd, &spec.health_test) {
+        (Some(cmd), _) => cmd.clone(),
+        (None, Some(test)) => format!("{test:?}"),
+        (None, None) => return "the image's own, if it has one".to_owned(),
+    };
+    let timings: Vec<String> = [
+        ("interval", spec.health_interval.clone()),
+        ("timeout", spec.health_timeout.clone()),
+        ("start period", spec.health_start_period.clone()),
+        ("retries", spec.health_retries.map(|n| n.to_string())),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| value.map(|value| format!("{name} {value}")))
+    .collect();
+    if timings.is_empty() {
+        test
+    } else {
+        format!("{test} ({})", timings.join(", "))
+    }
+}
+
+/// `parallelism 2, delay 5s, stop-first, monitor 5s, on failure pause (max ratio 0)`.
+fn update_summary(settings: &UpdateSettingsDoc<'_>) -> String {
+    format!(
+        "parallelism {}, delay {}, {}, monitor {}, on failure {} (max ratio {})",
+        settings.parallelism.unwrap_or(1),
+        settings.delay.unwrap_or("0s"),
+        settings.order.unwrap_or("stop-first"),
+        settings.monitor.unwrap_or("5s"),
+        settings.failure_action.unwrap_or("pause"),
+        settings.max_failure_ratio.unwrap_or(0.0)
+    )
+}
+
+/// The spec document fields whose values differ, by name.
+fn changed_fields(a: &ServiceSpecDoc, b: &ServiceSpecDoc) -> Vec<String> {
+    let (serde_json::Value::Object(a), serde_json::Value::Object(b)) = (
+        serde_json::to_value(a).expect("specs serialize"),
+        serde_json::to_value(b).expect("specs serialize"),
+    ) else {
+        return Vec::new();
+    };
+    a.iter()
+        .filter(|(key, value)| b.get(key.as_str()) != Some(value))
+        .map(|(key, _)| key.clone())
+        .collect()
+}
+
 /// `service ps`: slots in order, each slot's tasks newest first; older tasks of a
 /// slot are marked ` \_ ` as in `docker service ps`. `now_ms` is the local clock,
 /// for the ages.
@@ -230,13 +352,22 @@ pub fn tasks_table(tasks: &[TaskView], now_ms: u64) -> String {
             node,
             task.desired_state.clone(),
             state,
+            task.health.clone().unwrap_or_else(|| "-".to_owned()),
             note.chars()
                 .map(|c| if c.is_control() { ' ' } else { c })
                 .collect(),
         ]
     });
     table(
-        &["ID", "NAME", "NODE", "DESIRED", "STATE", "ERROR / MESSAGE"],
+        &[
+            "ID",
+            "NAME",
+            "NODE",
+            "DESIRED",
+            "STATE",
+            "HEALTH",
+            "ERROR / MESSAGE",
+        ],
         rows.collect::<Vec<_>>().into_iter(),
     )
 }
@@ -565,6 +696,7 @@ mod tests {
         new.id = "bbbbbbbbbbbbbbbb".into();
         new.created_at_ms = 2_000;
         new.state_changed_at_ms = now - 5_000;
+        new.health = Some("healthy".into());
         let mut pending = task(1, "pending", None, 1);
         pending.id = "cccccccccccccccc".into();
         pending.message = "no node satisfies node.labels.zone==eu: 0 of 3 nodes".into();
@@ -573,7 +705,15 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             cells(lines[0]),
-            ["ID", "NAME", "NODE", "DESIRED", "STATE", "ERROR / MESSAGE"]
+            [
+                "ID",
+                "NAME",
+                "NODE",
+                "DESIRED",
+                "STATE",
+                "HEALTH",
+                "ERROR / MESSAGE"
+            ]
         );
         assert_eq!(
             cells(lines[1]),
@@ -582,6 +722,7 @@ mod tests {
                 "web.1",
                 "running",
                 "pending just now",
+                "-",
                 "no node satisfies node.labels.zone==eu: 0 of 3 nodes"
             ]
         );
@@ -592,7 +733,8 @@ mod tests {
                 "web.2",
                 "node-b",
                 "running",
-                "running 5s ago"
+                "running 5s ago",
+                "healthy"
             ]
         );
         assert_eq!(
@@ -603,8 +745,72 @@ mod tests {
                 "node-a",
                 "shutdown",
                 "failed 5m ago",
+                "-",
                 "exit code 1"
             ]
+        );
+    }
+
+    #[test]
+    fn service_block_shows_the_update_run_and_previous_spec() {
+        use crate::api::UpdateStatusView;
+        use crate::progress::tests::service;
+        let mut view = service("replicated", 10, 10, 3);
+        view.spec.image = "app:1".into();
+        view.spec.health_cmd = Some("curl -f localhost".into());
+        view.spec.health_interval = Some("2s".into());
+        view.spec.update_parallelism = Some(2);
+        view.spec.update_failure_action = Some("rollback".into());
+        view.update = Some(UpdateStatusView {
+            state: "rolled-back".into(),
+            version: 3,
+            message: "rollback completed".into(),
+            started_at_ms: 1_000,
+            completed_at_ms: Some(61_000),
+            total: 10,
+            done: 10,
+            in_flight: 0,
+            failed: 0,
+        });
+        let mut previous = view.spec.clone();
+        previous.image = "app:2".into();
+        view.previous_spec = Some(previous);
+        let text = service_block(&view);
+        let row = |key: &str, value: &str| format!("{:<17}{value}\n", format!("{key}:"));
+        for expected in [
+            row("Image", "app:1"),
+            row("Tasks", "10/10 running"),
+            row("Health check", "curl -f localhost (interval 2s)"),
+            row(
+                "Update config",
+                "parallelism 2, delay 0s, stop-first, monitor 5s, on failure rollback (max ratio 0)",
+            ),
+            row(
+                "Rollback config",
+                "parallelism 1, delay 0s, stop-first, monitor 5s, on failure pause (max ratio 0)",
+            ),
+            row("Last update", "rolled-back (version 3)"),
+            row("  Message", "rollback completed"),
+            row("  Progress", "10 of 10 tasks done, 0 in flight, 0 failed"),
+            row("  Completed", "1970-01-01T00:01:01.000Z"),
+            row("Previous spec", "image app:2; differs in image"),
+        ] {
+            assert!(text.contains(&expected), "lacks {expected:?}:\n{text}");
+        }
+        view.update = None;
+        view.previous_spec = None;
+        view.spec.health_cmd = None;
+        view.spec.health_interval = None;
+        view.spec.no_healthcheck = true;
+        let text = service_block(&view);
+        assert!(text.contains(&row("Last update", "none")), "{text}");
+        assert!(
+            text.contains(&row("Previous spec", "none (nothing to roll back to)")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&row("Health check", "disabled (--no-healthcheck)")),
+            "{text}"
         );
     }
 

@@ -1,13 +1,14 @@
 //! Deploy and scale progress: from a service and its tasks to the lines
 //! `shoal deploy` shows and the decision whether the service converged, failed,
-//! or is still on its way; and the redrawing of those lines on a terminal.
+//! or is still on its way; the same for a rolling update or rollback
+//! ([`UpdateFollower`]); and the redrawing of those lines on a terminal.
 //!
 //! Everything here is pure: the polling loop in [`crate::run`] feeds it what the
 //! control API returned and writes what it gives back.
 
 use std::collections::BTreeMap;
 
-use crate::api::{ServiceInspectView, TaskView};
+use crate::api::{ServiceInspectView, TaskView, UpdateStatusView};
 
 /// Characters inside the progress bar's brackets.
 pub const BAR_WIDTH: usize = 35;
@@ -30,7 +31,16 @@ pub fn state_fraction(state: &str) -> u8 {
 
 /// `==========>      ` for `eighths` of [`BAR_WIDTH`].
 pub fn bar(eighths: u8) -> String {
-    let filled = BAR_WIDTH * usize::from(eighths.min(BAR_STEPS)) / usize::from(BAR_STEPS);
+    bar_fraction(u64::from(eighths.min(BAR_STEPS)), u64::from(BAR_STEPS))
+}
+
+/// A bar filled to `part` of `whole` (empty when `whole` is 0).
+pub fn bar_fraction(part: u64, whole: u64) -> String {
+    let filled = if whole == 0 {
+        0
+    } else {
+        (BAR_WIDTH as u128 * u128::from(part.min(whole)) / u128::from(whole)) as usize
+    };
     if filled == 0 {
         return " ".repeat(BAR_WIDTH);
     }
@@ -286,6 +296,153 @@ impl Progress {
     }
 }
 
+/// Which final state a command that follows an update run waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateGoal {
+    /// `deploy` or `service update`: the run must complete.
+    Update,
+    /// `service rollback`: the run must roll back.
+    Rollback,
+}
+
+/// Where a followed update run stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateStep {
+    /// Still running.
+    Waiting,
+    /// Final and what the command asked for; the run's message.
+    Done(String),
+    /// Final and not what the command asked for; the error to show.
+    Failed(String),
+}
+
+/// Follows one update run through successive inspections of its service and
+/// decides when the command is done, and whether it succeeded.
+///
+/// A deploy or update follows the run it started; when that run's failure
+/// action rolls it back, the model starts a rollback run with the next
+/// version, which the follower then follows too (remembering why the update
+/// was rolled back). Any other newer run means someone changed the service
+/// meanwhile, which ends the wait with an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdateFollower {
+    service: String,
+    goal: UpdateGoal,
+    /// The run followed: the one started, then its rollback.
+    version: u64,
+    /// Why the followed update is being rolled back (its rollback's first message seen).
+    rollback_reason: Option<String>,
+}
+
+fn is_rollback_state(state: &str) -> bool {
+    matches!(state, "rolling-back" | "rollback-paused" | "rolled-back")
+}
+
+impl UpdateFollower {
+    /// Follows the run `version` of `service` (from the answer that started it).
+    pub fn new(service: &str, goal: UpdateGoal, version: u64) -> Self {
+        Self {
+            service: service.to_owned(),
+            goal,
+            version,
+            rollback_reason: None,
+        }
+    }
+
+    /// Takes in one inspection of the service and says where the run stands.
+    pub fn observe(&mut self, view: &ServiceInspectView) -> UpdateStep {
+        let Some(run) = &view.update else {
+            return UpdateStep::Waiting;
+        };
+        if run.version < self.version {
+            return UpdateStep::Waiting;
+        }
+        if run.version > self.version {
+            let rolls_ours_back = self.goal == UpdateGoal::Update
+                && self.rollback_reason.is_none()
+                && is_rollback_state(&run.state);
+            if !rolls_ours_back {
+                return UpdateStep::Failed(format!(
+                    "service {name} was changed again while this command waited (now version {}, {}: {}); see `shoal service inspect {name}`",
+                    run.version,
+                    run.state,
+                    run.message,
+                    name = self.service
+                ));
+            }
+            self.version = run.version;
+            self.rollback_reason = Some(run.message.clone());
+        }
+        if !run.is_final() {
+            return UpdateStep::Waiting;
+        }
+        match (self.goal, &self.rollback_reason, run.state.as_str()) {
+            (UpdateGoal::Update, None, "completed") => UpdateStep::Done(run.message.clone()),
+            (UpdateGoal::Update, Some(reason), "rolled-back") => {
+                UpdateStep::Failed(format!("update rolled back: {reason}"))
+            }
+            (UpdateGoal::Update, Some(reason), _) if reason != &run.message => {
+                UpdateStep::Failed(format!(
+                    "{}; the update was being rolled back: {reason}",
+                    run.message
+                ))
+            }
+            (UpdateGoal::Rollback, _, "rolled-back") => UpdateStep::Done(run.message.clone()),
+            _ => UpdateStep::Failed(run.message.clone()),
+        }
+    }
+}
+
+/// The lines showing an update run: its counts with a bar, then its message.
+///
+/// ```text
+/// updating: 4 out of 10 tasks  [=============>                     ]  2 in flight, 1 failed
+/// update paused at 4/10: task web.3 failed its health check
+/// ```
+pub fn update_lines(view: &ServiceInspectView) -> Vec<String> {
+    let Some(run) = &view.update else {
+        return vec![format!(
+            "waiting for the update of {} to start",
+            view.spec.name
+        )];
+    };
+    let mut lines = vec![update_counts_line(run)];
+    if !run.message.is_empty() {
+        let message = truncate(&run.message, 4 * MAX_DETAIL_CHARS);
+        if is_rollback_state(&run.state) && !message.starts_with("rollback") {
+            lines.push(format!("rollback: {message}"));
+        } else {
+            lines.push(message);
+        }
+    }
+    lines
+}
+
+fn update_counts_line(run: &UpdateStatusView) -> String {
+    let label = match run.state.as_str() {
+        "rolling-back" => "rollback",
+        "rollback-paused" => "rollback paused",
+        "rolled-back" => "rolled back",
+        other => other,
+    };
+    let mut line = format!(
+        "{label}: {} out of {} tasks  [{}]",
+        run.done,
+        run.total,
+        bar_fraction(run.done, run.total)
+    );
+    let extras: Vec<String> = [(run.in_flight, "in flight"), (run.failed, "failed")]
+        .into_iter()
+        .filter(|(count, _)| *count > 0)
+        .map(|(count, what)| format!("{count} {what}"))
+        .collect();
+    if !extras.is_empty() {
+        line.push_str("  ");
+        line.push_str(&extras.join(", "));
+    }
+    line
+}
+
 fn truncate(text: &str, max: usize) -> String {
     let flat: String = text
         .chars()
@@ -375,6 +532,7 @@ pub(crate) mod tests {
             created_at_ms: 1_000,
             updated_at_ms: 1_000,
             state_changed_at_ms: 1_000,
+            health: None,
         }
     }
 
@@ -396,6 +554,8 @@ pub(crate) mod tests {
             updated_at_ms: 1_000,
             replicas_running: running,
             replicas_desired: desired,
+            update: None,
+            previous_spec: None,
         }
     }
 
@@ -637,6 +797,222 @@ pub(crate) mod tests {
         assert_eq!(
             tty.frame(&frame(&["c"])),
             "\x1b[2A\r\x1b[2Kc\n\r\x1b[2K\n\x1b[1A"
+        );
+    }
+
+    pub(crate) fn run(
+        state: &str,
+        version: u64,
+        counts: [u64; 4],
+        message: &str,
+    ) -> UpdateStatusView {
+        let [total, done, in_flight, failed] = counts;
+        UpdateStatusView {
+            state: state.into(),
+            version,
+            message: message.into(),
+            started_at_ms: 1_000,
+            completed_at_ms: None,
+            total,
+            done,
+            in_flight,
+            failed,
+        }
+    }
+
+    pub(crate) fn updating(run: UpdateStatusView) -> ServiceInspectView {
+        ServiceInspectView {
+            update: Some(run),
+            ..service("replicated", 10, 10, 2)
+        }
+    }
+
+    /// One follower case: the goal, the version started, the inspections seen
+    /// in turn, and the step after each.
+    fn follow(name: &str, goal: UpdateGoal, runs: &[(UpdateStatusView, UpdateStep)]) {
+        let mut follower = UpdateFollower::new("web", goal, 2);
+        for (at, (run, want)) in runs.iter().enumerate() {
+            let step = follower.observe(&updating(run.clone()));
+            assert_eq!(&step, want, "{name}: step {at}");
+        }
+    }
+
+    #[test]
+    fn update_follower_table() {
+        use UpdateStep::{Done, Failed, Waiting};
+        let failed_at_4 =
+            "update failed at 4/10: task web.3 failed its health check; rolling back to app:1";
+        follow(
+            "an update completes",
+            UpdateGoal::Update,
+            &[
+                (
+                    run("updating", 2, [10, 0, 2, 0], "updating to version 2"),
+                    Waiting,
+                ),
+                (
+                    run("updating", 2, [10, 8, 2, 0], "updating to version 2"),
+                    Waiting,
+                ),
+                (
+                    run("completed", 2, [10, 10, 0, 0], "update completed"),
+                    Done("update completed".into()),
+                ),
+            ],
+        );
+        follow(
+            "an update that tolerates failures still completes",
+            UpdateGoal::Update,
+            &[(
+                run(
+                    "completed",
+                    2,
+                    [10, 9, 0, 1],
+                    "update completed; 1 of 10 tasks failed",
+                ),
+                Done("update completed; 1 of 10 tasks failed".into()),
+            )],
+        );
+        follow(
+            "a paused update fails with the run's message",
+            UpdateGoal::Update,
+            &[(
+                run(
+                    "paused",
+                    2,
+                    [10, 4, 0, 1],
+                    "update paused at 4/10: task web.3 failed (exit 1)",
+                ),
+                Failed("update paused at 4/10: task web.3 failed (exit 1)".into()),
+            )],
+        );
+        follow(
+            "an automatic rollback is followed to its end and fails the update",
+            UpdateGoal::Update,
+            &[
+                (
+                    run("updating", 2, [10, 3, 1, 0], "updating to version 2"),
+                    Waiting,
+                ),
+                (run("rolling-back", 3, [10, 6, 1, 0], failed_at_4), Waiting),
+                (run("rolling-back", 3, [10, 9, 1, 0], failed_at_4), Waiting),
+                (
+                    run("rolled-back", 3, [10, 10, 0, 0], "rollback completed"),
+                    Failed(format!("update rolled back: {failed_at_4}")),
+                ),
+            ],
+        );
+        follow(
+            "a rollback that pauses names both reasons",
+            UpdateGoal::Update,
+            &[
+                (run("rolling-back", 3, [10, 6, 1, 0], failed_at_4), Waiting),
+                (
+                    run("rollback-paused", 3, [10, 6, 0, 1], "rollback paused at 6/10: task web.1 failed"),
+                    Failed(format!(
+                        "rollback paused at 6/10: task web.1 failed; the update was being rolled back: {failed_at_4}"
+                    )),
+                ),
+            ],
+        );
+        follow(
+            "a newer update by someone else ends the wait",
+            UpdateGoal::Update,
+            &[(
+                run("updating", 3, [10, 0, 1, 0], "updating to version 3"),
+                Failed("service web was changed again while this command waited (now version 3, updating: updating to version 3); see `shoal service inspect web`".into()),
+            )],
+        );
+        follow(
+            "an older run is a stale answer",
+            UpdateGoal::Update,
+            &[(
+                run("completed", 1, [10, 10, 0, 0], "update completed"),
+                Waiting,
+            )],
+        );
+        follow(
+            "service rollback succeeds when rolled back",
+            UpdateGoal::Rollback,
+            &[
+                (
+                    run("rolling-back", 2, [10, 4, 2, 0], "rollback requested"),
+                    Waiting,
+                ),
+                (
+                    run("rolled-back", 2, [10, 10, 0, 0], "rollback completed"),
+                    Done("rollback completed".into()),
+                ),
+            ],
+        );
+        follow(
+            "service rollback fails when its rollback pauses",
+            UpdateGoal::Rollback,
+            &[(
+                run(
+                    "rollback-paused",
+                    2,
+                    [10, 4, 0, 1],
+                    "rollback paused at 4/10: task web.2 was rejected",
+                ),
+                Failed("rollback paused at 4/10: task web.2 was rejected".into()),
+            )],
+        );
+        follow(
+            "service rollback superseded by a newer rollback",
+            UpdateGoal::Rollback,
+            &[(
+                run("rolling-back", 3, [10, 0, 1, 0], "rollback requested"),
+                Failed("service web was changed again while this command waited (now version 3, rolling-back: rollback requested); see `shoal service inspect web`".into()),
+            )],
+        );
+        let mut follower = UpdateFollower::new("web", UpdateGoal::Update, 2);
+        let no_run = service("replicated", 1, 1, 2);
+        assert_eq!(follower.observe(&no_run), Waiting, "no run yet");
+    }
+
+    #[test]
+    fn update_lines_look_like_the_issue() {
+        let view = updating(run("updating", 2, [10, 4, 2, 1], "updating to version 2"));
+        assert_eq!(
+            update_lines(&view),
+            [
+                format!(
+                    "updating: 4 out of 10 tasks  [{}>{}]  2 in flight, 1 failed",
+                    "=".repeat(13),
+                    " ".repeat(21)
+                ),
+                "updating to version 2".to_owned(),
+            ]
+        );
+        let view = updating(run(
+            "rolling-back",
+            3,
+            [10, 0, 0, 0],
+            "update paused at 4/10: task web.3 failed its health check (exit 1); restoring app:1",
+        ));
+        let lines = update_lines(&view);
+        assert_eq!(
+            lines[0],
+            format!("rollback: 0 out of 10 tasks  [{}]", " ".repeat(35))
+        );
+        assert_eq!(
+            lines[1],
+            "rollback: update paused at 4/10: task web.3 failed its health check (exit 1); restoring app:1"
+        );
+        let done = updating(run("rolled-back", 3, [10, 10, 0, 0], "rollback completed"));
+        assert_eq!(
+            update_lines(&done),
+            [
+                format!("rolled back: 10 out of 10 tasks  [{}>]", "=".repeat(34)),
+                "rollback completed".to_owned()
+            ]
+        );
+        assert_eq!(bar_fraction(0, 0), " ".repeat(35));
+        assert_eq!(bar_fraction(20, 10), format!("{}>", "=".repeat(34)));
+        assert_eq!(
+            update_lines(&service("replicated", 1, 1, 1)),
+            ["waiting for the update of web to start"]
         );
     }
 
