@@ -67,12 +67,30 @@ fn usage_error(e: clap::Error) -> ExitCode {
         | ErrorKind::DisplayVersion
         | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
         _ => {
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("error: invalid command line");
-            eprintln!("{first} (see --help)");
+            eprintln!("{}", one_line(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// The first line of clap's message, with the allowed values (which clap
+/// prints on a line of their own) appended: `error: invalid value 'random'
+/// for '--update-order <ORDER>'; allowed: stop-first, start-first (see --help)`.
+fn one_line(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue};
+    let text = e.to_string();
+    let mut line = text
+        .lines()
+        .next()
+        .unwrap_or("error: invalid command line")
+        .to_owned();
+    if let Some(ContextValue::Strings(allowed)) = e.get(ContextKind::ValidValue) {
+        if !allowed.is_empty() && !line.contains("allowed") {
+            line.push_str(&format!("; allowed: {}", allowed.join(", ")));
+        }
+    }
+    line.push_str(" (see --help)");
+    line
 }
 
 async fn run_daemon(cli: Cli) -> anyhow::Result<()> {
@@ -137,4 +155,38 @@ fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
         LogFormat::Json => builder.json().init(),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_line(args: &[&str]) -> String {
+        let argv = std::iter::once("shoal").chain(args.iter().copied());
+        one_line(&Cli::try_parse_from(argv).unwrap_err())
+    }
+
+    #[test]
+    fn usage_errors_are_one_line_naming_what_is_allowed() {
+        assert_eq!(
+            error_line(&["deploy", "web", "--image", "x", "--update-order", "random"]),
+            "error: invalid value 'random' for '--update-order <ORDER>'; allowed: stop-first, start-first (see --help)"
+        );
+        assert_eq!(
+            error_line(&["service", "update", "web", "--rollback-failure-action", "rollback"]),
+            "error: invalid value 'rollback' for '--rollback-failure-action <ACTION>'; allowed: pause, continue (see --help)"
+        );
+        let ratio = error_line(&[
+            "service",
+            "update",
+            "web",
+            "--update-max-failure-ratio",
+            "2",
+        ]);
+        assert!(
+            ratio.ends_with("2 is not allowed; allowed a number from 0 to 1, e.g. 0.2 (a fifth of the tasks may fail) (see --help)"),
+            "{ratio}"
+        );
+        assert!(!ratio.contains('\n'));
+    }
 }

@@ -658,7 +658,7 @@ pub enum ServiceCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Show a service's spec (defaults filled in) and state as JSON
+    /// Show a service's state, health check, update settings, last update run and previous spec
     Inspect {
         #[arg(value_name = "SERVICE", value_parser = parse_service_name)]
         service: String,

@@ -390,7 +390,16 @@ async fn follow_update(
                         writeln!(sink, "verify: {message}")?;
                         return Ok(());
                     }
-                    UpdateStep::Failed(error) => return Err(anyhow::Error::msg(error)),
+                    UpdateStep::Failed(mut error) => {
+                        if let Some(version) = follower.hint_version() {
+                            if let Ok(tasks) = client.tasks(name).await {
+                                if let Some(hint) = progress::failure_hint(version, &tasks) {
+                                    error = format!("{error}: {hint}");
+                                }
+                            }
+                        }
+                        return Err(anyhow::Error::msg(error));
+                    }
                     UpdateStep::Waiting => None,
                 }
             }
@@ -1000,6 +1009,42 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains(&format!("rollback: {reason}\n")), "{text}");
         assert!(text.contains("rolled back: 2 out of 2 tasks"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_rollback_seen_only_when_finished_names_the_failed_task() {
+        let answer = started(update_run(
+            "updating",
+            2,
+            [2, 0, 1, 0],
+            "updating to version 2",
+        ));
+        let view = updating(update_run(
+            "rolled-back",
+            3,
+            [2, 2, 0, 0],
+            "rollback completed",
+        ));
+        let route = move |method: &str, target: &str, _: usize| -> (u16, String) {
+            match (method, target) {
+                ("POST", _) => answer.clone(),
+                ("GET", "/v1/services/web") => (200, serde_json::to_string(&view).unwrap()),
+                _ => {
+                    let mut failed = task(2, "failed", Some(1), 2);
+                    failed.error = "the container's health check reported unhealthy".into();
+                    let tasks = vec![task(1, "running", Some(1), 1), failed];
+                    (200, serde_json::to_string(&tasks).unwrap())
+                }
+            }
+        };
+        let server = serve(Reply::Route(Arc::new(route)));
+        let error = execute_text(&server.client(), &command("deploy web --image app:2"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            format!("{error:#}"),
+            "update rolled back: task web.2 failed: the container's health check reported unhealthy"
+        );
     }
 
     #[tokio::test]

@@ -330,7 +330,10 @@ pub struct UpdateFollower {
     goal: UpdateGoal,
     /// The run followed: the one started, then its rollback.
     version: u64,
-    /// Why the followed update is being rolled back (its rollback's first message seen).
+    /// The version of the update that is being rolled back, once it is.
+    rolled_back_from: Option<u64>,
+    /// Why: the rollback run's message when first seen running (a final
+    /// rollback run only says that it completed).
     rollback_reason: Option<String>,
 }
 
@@ -345,6 +348,7 @@ impl UpdateFollower {
             service: service.to_owned(),
             goal,
             version,
+            rolled_back_from: None,
             rollback_reason: None,
         }
     }
@@ -359,7 +363,7 @@ impl UpdateFollower {
         }
         if run.version > self.version {
             let rolls_ours_back = self.goal == UpdateGoal::Update
-                && self.rollback_reason.is_none()
+                && self.rolled_back_from.is_none()
                 && is_rollback_state(&run.state);
             if !rolls_ours_back {
                 return UpdateStep::Failed(format!(
@@ -370,27 +374,64 @@ impl UpdateFollower {
                     name = self.service
                 ));
             }
+            self.rolled_back_from = Some(self.version);
             self.version = run.version;
-            self.rollback_reason = Some(run.message.clone());
+            self.rollback_reason = (!run.is_final()).then(|| run.message.clone());
         }
         if !run.is_final() {
             return UpdateStep::Waiting;
         }
-        match (self.goal, &self.rollback_reason, run.state.as_str()) {
-            (UpdateGoal::Update, None, "completed") => UpdateStep::Done(run.message.clone()),
-            (UpdateGoal::Update, Some(reason), "rolled-back") => {
+        let rolled_back = self.rolled_back_from.is_some();
+        match (
+            self.goal,
+            rolled_back,
+            &self.rollback_reason,
+            run.state.as_str(),
+        ) {
+            (UpdateGoal::Update, false, _, "completed") => UpdateStep::Done(run.message.clone()),
+            (UpdateGoal::Update, true, Some(reason), "rolled-back") => {
                 UpdateStep::Failed(format!("update rolled back: {reason}"))
             }
-            (UpdateGoal::Update, Some(reason), _) if reason != &run.message => {
+            (UpdateGoal::Update, true, None, "rolled-back") => {
+                UpdateStep::Failed("update rolled back".to_owned())
+            }
+            (UpdateGoal::Update, true, Some(reason), _) if reason != &run.message => {
                 UpdateStep::Failed(format!(
                     "{}; the update was being rolled back: {reason}",
                     run.message
                 ))
             }
-            (UpdateGoal::Rollback, _, "rolled-back") => UpdateStep::Done(run.message.clone()),
+            (UpdateGoal::Rollback, _, _, "rolled-back") => UpdateStep::Done(run.message.clone()),
             _ => UpdateStep::Failed(run.message.clone()),
         }
     }
+
+    /// When the update was rolled back before this follower saw why, the
+    /// version whose failed tasks say it (see [`failure_hint`]).
+    pub fn hint_version(&self) -> Option<u64> {
+        self.rolled_back_from
+            .filter(|_| self.rollback_reason.is_none())
+    }
+}
+
+/// Why an update run went wrong, from its tasks: the newest failed or
+/// rejected task of `version`, e.g. `task web.3 failed: exit code 1`.
+pub fn failure_hint(version: u64, tasks: &[TaskView]) -> Option<String> {
+    let task = tasks
+        .iter()
+        .filter(|task| task.spec_version == version)
+        .filter(|task| matches!(task.state.as_str(), "failed" | "rejected"))
+        .max_by_key(|task| (task.state_changed_at_ms, &task.id))?;
+    let why = [&task.error, &task.message]
+        .into_iter()
+        .find(|text| !text.is_empty())
+        .map_or_else(|| "no message".to_owned(), |text| text.clone());
+    Some(format!(
+        "task {} {}: {}",
+        task_name(task),
+        task.state,
+        truncate(&why, MAX_DETAIL_CHARS)
+    ))
 }
 
 /// The lines showing an update run: its counts with a bar, then its message.
@@ -966,9 +1007,47 @@ pub(crate) mod tests {
                 Failed("service web was changed again while this command waited (now version 3, rolling-back: rollback requested); see `shoal service inspect web`".into()),
             )],
         );
+        follow(
+            "a rollback first seen finished has no reason of its own",
+            UpdateGoal::Update,
+            &[(
+                run("rolled-back", 3, [10, 10, 0, 0], "rollback completed"),
+                Failed("update rolled back".into()),
+            )],
+        );
+        let mut follower = UpdateFollower::new("web", UpdateGoal::Update, 2);
+        follower.observe(&updating(run(
+            "rolled-back",
+            3,
+            [1, 1, 0, 0],
+            "rollback completed",
+        )));
+        assert_eq!(follower.hint_version(), Some(2));
+        let mut follower = UpdateFollower::new("web", UpdateGoal::Update, 2);
+        follower.observe(&updating(run("rolling-back", 3, [1, 0, 1, 0], failed_at_4)));
+        assert_eq!(follower.hint_version(), None, "the reason was seen");
+
         let mut follower = UpdateFollower::new("web", UpdateGoal::Update, 2);
         let no_run = service("replicated", 1, 1, 2);
         assert_eq!(follower.observe(&no_run), Waiting, "no run yet");
+    }
+
+    #[test]
+    fn failure_hints_name_the_newest_failed_task_of_the_run() {
+        let mut old = task(1, "failed", Some(1), 1);
+        old.error = "exit code 2".into();
+        let mut first = task(3, "failed", Some(1), 2);
+        first.message = "health check failed".into();
+        first.error = "the container's health check reported unhealthy".into();
+        first.state_changed_at_ms = 5_000;
+        let mut earlier = task(2, "rejected", Some(1), 2);
+        earlier.error = "no such image".into();
+        let tasks = vec![old, task(1, "running", Some(1), 2), first, earlier];
+        assert_eq!(
+            failure_hint(2, &tasks).as_deref(),
+            Some("task web.3 failed: the container's health check reported unhealthy")
+        );
+        assert_eq!(failure_hint(3, &tasks), None);
     }
 
     #[test]
