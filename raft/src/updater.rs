@@ -15,7 +15,9 @@
 //! - **to update**: the slot has only live tasks of an older template and has
 //!   had no task of this run (a slot is never restarted twice by one run);
 //! - **failed**: a task of this run failed (or was rejected) before it had run
-//!   through its monitor window. Each slot counts once.
+//!   through its monitor window. Each slot counts once;
+//! - a slot with no live task at all is in flight while the orchestrator will
+//!   fill it (a new slot, or a replacement under the restart policy).
 //!
 //! It then records new failures, applies the failure action once the failed
 //! share exceeds `max_failure_ratio` (pause, continue, or roll back), starts up
@@ -31,8 +33,8 @@ use std::collections::BTreeMap;
 
 use crate::orchestrator::{wanted_slots, SlotKey, Want};
 use crate::service::{
-    DesiredState, FailureAction, Service, Task, TaskState, UpdateConfig, UpdateOrder, UpdateState,
-    RATIO_ONE_PPM,
+    DesiredState, FailureAction, RestartCondition, Service, Task, TaskState, UpdateConfig,
+    UpdateOrder, UpdateState, RATIO_ONE_PPM,
 };
 use crate::state::{slot_key, ClusterState, TaskChange};
 
@@ -105,7 +107,12 @@ fn classify(service: &Service, config: &UpdateConfig, tasks: &[&Task], now_ms: u
     }
     let outdated_live = tasks.iter().filter(live).any(|t| !service.is_current(t));
     if !outdated_live {
-        return SlotStatus::Empty;
+        return if refilled(service, tasks) {
+            // The orchestrator will fill it with a task of this run.
+            SlotStatus::InFlight
+        } else {
+            SlotStatus::Empty
+        };
     }
     if tasks.iter().any(|t| t.spec_version == service.version) {
         // A start-first attempt whose new task ended: the old one still runs.
@@ -113,6 +120,24 @@ fn classify(service: &Service, config: &UpdateConfig, tasks: &[&Task], now_ms: u
     } else {
         SlotStatus::ToUpdate
     }
+}
+
+/// Whether the orchestrator will give a slot without a live task a new one: a
+/// new slot, or one whose last task the restart policy replaces.
+fn refilled(service: &Service, tasks: &[&Task]) -> bool {
+    let Some(latest) = tasks
+        .iter()
+        .max_by_key(|t| (t.state_changed_at_ms, t.restart_count, &t.id))
+    else {
+        return true;
+    };
+    let policy = &service.spec.restart;
+    let restarts = match policy.condition {
+        RestartCondition::None => false,
+        RestartCondition::OnFailure => latest.state != TaskState::Complete,
+        RestartCondition::Any => true,
+    };
+    restarts && (policy.max_attempts == 0 || latest.restart_count < policy.max_attempts)
 }
 
 /// The slots the run covers: those the service wants running.
@@ -254,11 +279,15 @@ pub(crate) fn plan_service(
         } else {
             (UpdateState::Completed, "update")
         };
-        let message = if failed == 0 {
+        let mut message = if failed == 0 {
             format!("{what} completed")
         } else {
             format!("{what} completed; {failed} of {denominator} tasks failed")
         };
+        // A rollback the failure action started keeps saying why.
+        if rolling_back && run.message.starts_with("update failed") {
+            message = format!("{message} ({})", run.message);
+        }
         changes.push(transition(to, message));
         return;
     }
@@ -684,6 +713,14 @@ mod tests {
         );
         sim.until_final();
         assert_eq!(sim.run().state, UpdateState::RolledBack);
+        assert_eq!(sim.running(), 6, "a rollback completes once every slot runs again");
+        assert!(
+            sim.run()
+                .message
+                .starts_with("rollback completed (update failed at 0/6: task web.1 failed"),
+            "{}",
+            sim.run().message
+        );
         assert_eq!(sim.service().spec.image, "app:1");
         assert_eq!(
             sim.service().previous_spec.as_ref().unwrap().image,
