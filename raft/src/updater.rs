@@ -7,7 +7,7 @@
 //!
 //! - **done**: the slot has a live task of the current template that was not
 //!   made by this run, or that has been running (and healthy) for the monitor
-//!   window (a task belongs to the run when it carries the service version the
+//!   window while the tasks it replaces have stopped (a task belongs to the run when it carries the service version the
 //!   run started: every run starts with a new version, so no clock is compared);
 //! - **in flight**: the slot's current task is newer than the run and has not
 //!   yet run through its monitor window; a slot done less than `delay` ago
@@ -94,9 +94,13 @@ fn classify(service: &Service, config: &UpdateConfig, tasks: &[&Task], now_ms: u
         if task.spec_version != service.version {
             return SlotStatus::Done { at_ms: 0 };
         }
+        // Done only once the old tasks it replaces have stopped, too.
+        let old_stopping = tasks
+            .iter()
+            .any(|t| !t.state.is_terminal() && !service.is_current(t));
         return match (task.state, task.running_since_ms) {
             (TaskState::Running, Some(since))
-                if now_ms >= since.saturating_add(config.monitor_ms) =>
+                if now_ms >= since.saturating_add(config.monitor_ms) && !old_stopping =>
             {
                 SlotStatus::Done {
                     at_ms: since.saturating_add(config.monitor_ms),
