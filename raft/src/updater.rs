@@ -717,7 +717,11 @@ mod tests {
         );
         sim.until_final();
         assert_eq!(sim.run().state, UpdateState::RolledBack);
-        assert_eq!(sim.running(), 6, "a rollback completes once every slot runs again");
+        assert_eq!(
+            sim.running(),
+            6,
+            "a rollback completes once every slot runs again"
+        );
         assert!(
             sim.run()
                 .message
