@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use shoal_cli::api::{
     routes, ApiError, BenchCommitRequest, NodeUpdate, ScaleRequest, ServiceSpecDoc,
-    ServiceUpdateRequest,
+    ServiceUpdateRequest, StackDeployRequest,
 };
 
 use crate::node::Node;
@@ -60,6 +60,11 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(routes::SERVICE_SCALE, post(service_scale))
         .route(routes::SERVICE_UPDATE, post(service_update))
         .route(routes::SERVICE_ROLLBACK, post(service_rollback))
+        .route(routes::SERVICE_PLAN, post(service_plan))
+        .route(routes::STACKS, get(stacks_ls))
+        .route(routes::STACK, post(stack_deploy).delete(stack_rm))
+        .route(routes::STACK_SERVICES, get(stack_services))
+        .route(routes::STACK_TASKS, get(stack_tasks))
         .route(routes::DEV_NOOP, post(noop))
         .route(routes::DEV_BENCH_COMMIT, post(bench_commit))
         .fallback(not_found)
@@ -114,6 +119,9 @@ async fn call(node: &Arc<Node>, op: LeaderOp) -> Api {
         LeaderReply::Tasks(v) => Json(v).into_response(),
         LeaderReply::ServiceRemoved(v) => Json(v).into_response(),
         LeaderReply::Done => Json(serde_json::json!({})).into_response(),
+        LeaderReply::Plan(v) => Json(v).into_response(),
+        LeaderReply::Stacks(v) => Json(v).into_response(),
+        LeaderReply::StackRemoved(v) => Json(v).into_response(),
     })
 }
 
@@ -240,6 +248,35 @@ async fn service_update(
 
 async fn service_rollback(State(node): State<Arc<Node>>, UrlPath(name): UrlPath<String>) -> Api {
     call(&node, LeaderOp::RollbackService(name)).await
+}
+
+async fn service_plan(State(node): State<Arc<Node>>, doc: JsonBody<ServiceSpecDoc>) -> Api {
+    call(&node, LeaderOp::PlanService(body(doc)?)).await
+}
+
+async fn stacks_ls(State(node): State<Arc<Node>>) -> Api {
+    call(&node, LeaderOp::Stacks).await
+}
+
+async fn stack_deploy(
+    State(node): State<Arc<Node>>,
+    UrlPath(stack): UrlPath<String>,
+    req: JsonBody<StackDeployRequest>,
+) -> Api {
+    let request = body(req)?;
+    call(&node, LeaderOp::DeployStack { stack, request }).await
+}
+
+async fn stack_services(State(node): State<Arc<Node>>, UrlPath(stack): UrlPath<String>) -> Api {
+    call(&node, LeaderOp::StackServices(stack)).await
+}
+
+async fn stack_tasks(State(node): State<Arc<Node>>, UrlPath(stack): UrlPath<String>) -> Api {
+    call(&node, LeaderOp::StackTasks(stack)).await
+}
+
+async fn stack_rm(State(node): State<Arc<Node>>, UrlPath(stack): UrlPath<String>) -> Api {
+    call(&node, LeaderOp::RemoveStack(stack)).await
 }
 
 async fn service_rm(State(node): State<Arc<Node>>, UrlPath(name): UrlPath<String>) -> Api {

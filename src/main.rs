@@ -15,6 +15,7 @@ mod ops;
 mod peer_server;
 mod raft_network;
 mod services;
+mod stacks;
 mod wire;
 
 use std::process::ExitCode;

@@ -114,6 +114,14 @@ pub async fn execute(node: &Arc<Node>, op: LeaderOp) -> Result<LeaderReply, OpEr
         }
         LeaderOp::UpdateService { name, update } => update_service(node, &name, update).await,
         LeaderOp::RollbackService(name) => rollback_service(node, &name).await,
+        LeaderOp::PlanService(doc) => crate::stacks::plan_service(node, doc).await,
+        LeaderOp::DeployStack { stack, request } => {
+            crate::stacks::deploy_stack(node, stack, request).await
+        }
+        LeaderOp::Stacks => crate::stacks::stacks(node).await,
+        LeaderOp::StackServices(stack) => crate::stacks::stack_services(node, stack).await,
+        LeaderOp::StackTasks(stack) => crate::stacks::stack_tasks(node, stack).await,
+        LeaderOp::RemoveStack(stack) => crate::stacks::remove_stack(node, stack).await,
         LeaderOp::Tasks(name) => {
             node.linearizable().await?;
             node.state.read(|s| {

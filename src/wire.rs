@@ -8,9 +8,9 @@
 
 use serde::{Deserialize, Serialize};
 use shoal_cli::api::{
-    BenchReport, DeployView, NodeUpdate, NodeView, RemovedServiceView, RemovedView,
-    ServiceInspectView, ServiceSpecDoc, ServiceUpdateRequest, ServiceView, StatusView, TaskView,
-    TokenView,
+    BenchReport, DeployView, NodeUpdate, NodeView, PlanView, RemovedServiceView, RemovedStackView,
+    RemovedView, ServiceInspectView, ServiceSpecDoc, ServiceUpdateRequest, ServiceView,
+    StackDeployRequest, StackView, StatusView, TaskView, TokenView,
 };
 use shoal_raft::{NodeId, Resources, Role, Task, TaskId, TaskStatusUpdate, TypeConfig};
 
@@ -157,6 +157,19 @@ pub enum LeaderOp {
     /// Return the service to its previous spec; answered with
     /// [`LeaderReply::Deployed`].
     RollbackService(String),
+    /// What deploying the spec would change and where its tasks would go;
+    /// changes nothing. Answered with [`LeaderReply::Plan`].
+    PlanService(ServiceSpecDoc),
+    /// Create, update (and with `prune`, remove) a stack's services in one
+    /// Raft entry, or only plan it; answered with [`LeaderReply::Plan`].
+    DeployStack {
+        stack: String,
+        request: StackDeployRequest,
+    },
+    Stacks,
+    StackServices(String),
+    StackTasks(String),
+    RemoveStack(String),
 }
 
 #[allow(clippy::large_enum_variant)]
@@ -176,6 +189,9 @@ pub enum LeaderReply {
     Tasks(Vec<TaskView>),
     ServiceRemoved(RemovedServiceView),
     Done,
+    Plan(PlanView),
+    Stacks(Vec<StackView>),
+    StackRemoved(RemovedStackView),
 }
 
 /// The first and only message a joiner sends, after it has checked the

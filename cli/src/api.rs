@@ -53,6 +53,12 @@ pub mod routes {
     pub const SERVICE_SCALE: &str = "/v1/services/{name}/scale";
     pub const SERVICE_UPDATE: &str = "/v1/services/{name}/update";
     pub const SERVICE_ROLLBACK: &str = "/v1/services/{name}/rollback";
+    /// The diff and placement a deploy would make, changing nothing.
+    pub const SERVICE_PLAN: &str = "/v1/plan/service";
+    pub const STACKS: &str = "/v1/stacks";
+    pub const STACK: &str = "/v1/stacks/{stack}";
+    pub const STACK_SERVICES: &str = "/v1/stacks/{stack}/services";
+    pub const STACK_TASKS: &str = "/v1/stacks/{stack}/tasks";
 }
 
 /// Concrete request paths (with percent-encoded segments) for the routes in [`routes`].
@@ -117,6 +123,26 @@ pub mod paths {
 
     pub fn service_rollback(name: &str) -> String {
         format!("{}/rollback", service(name))
+    }
+
+    pub fn service_plan() -> String {
+        routes::SERVICE_PLAN.to_owned()
+    }
+
+    pub fn stacks() -> String {
+        routes::STACKS.to_owned()
+    }
+
+    pub fn stack(stack: &str) -> String {
+        format!("{}/{}", routes::STACKS, percent_encode_segment(stack))
+    }
+
+    pub fn stack_services(stack: &str) -> String {
+        format!("{}/services", self::stack(stack))
+    }
+
+    pub fn stack_tasks(stack: &str) -> String {
+        format!("{}/tasks", self::stack(stack))
     }
 
     fn node_path(node: &str) -> String {
@@ -549,6 +575,77 @@ impl std::fmt::Display for PortDoc {
         let protocol = self.protocol.as_deref().unwrap_or(defaults::PROTOCOL);
         write!(f, "{}:{}/{protocol}", self.published, self.target)
     }
+}
+
+/// The body of `POST /v1/stacks/{stack}`: the stack's services as a Compose
+/// file names them (the cluster names them `STACK_NAME`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct StackDeployRequest {
+    pub services: Vec<ServiceSpecDoc>,
+    /// Remove the stack's services that are not in `services`.
+    pub prune: bool,
+    /// Answer with the plan and change nothing.
+    pub dry_run: bool,
+}
+
+/// Most services in one stack.
+pub const MAX_STACK_SERVICES: usize = 1_000;
+
+/// What a deploy does to one service, as [`PlanView`] shows it. `change` is one of
+/// [`PLAN_CHANGES`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ServicePlanView {
+    pub name: String,
+    pub change: String,
+    pub image: String,
+    /// The image before, for an update.
+    pub from_image: Option<String>,
+    /// Replicas after the deploy; `null` for a global service.
+    pub replicas: Option<u64>,
+    /// Replicas before, for a scale.
+    pub from_replicas: Option<u64>,
+    /// Tasks replaced at once, for an update.
+    pub parallelism: Option<u64>,
+    /// New tasks the deploy would place now, by node name.
+    pub placed: BTreeMap<String, u64>,
+    /// New tasks no node would take now, by the scheduler's reason.
+    pub unplaced: BTreeMap<String, u64>,
+}
+
+/// The values of [`ServicePlanView::change`].
+pub const PLAN_CHANGES: [&str; 7] = [
+    "create",
+    "update",
+    "scale",
+    "settings",
+    "unchanged",
+    "remove",
+    "would-remove",
+];
+
+/// The answer to a deploy's plan (`POST /v1/plan/service`) and to
+/// `POST /v1/stacks/{stack}` (with or without `dry_run`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PlanView {
+    pub services: Vec<ServicePlanView>,
+    /// Whether the change was made (false for a dry run).
+    pub applied: bool,
+}
+
+/// One stack in `stack ls`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct StackView {
+    pub name: String,
+    pub services: u64,
+}
+
+/// The answer to `DELETE /v1/stacks/{stack}`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RemovedStackView {
+    pub name: String,
+    /// The services removed, by their full names.
+    pub services: Vec<String>,
 }
 
 /// The answer to `POST /v1/services`, `POST /v1/services/{name}/update` and

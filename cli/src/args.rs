@@ -120,6 +120,9 @@ pub enum Command {
     /// List, inspect, scale and remove services
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// Deploy and manage whole applications from Compose files
+    #[command(subcommand)]
+    Stack(StackCommand),
 }
 
 impl Command {
@@ -457,6 +460,10 @@ pub struct DeployArgs {
     /// Print the API's JSON answer (progress goes to standard error)
     #[arg(long)]
     pub json: bool,
+
+    /// Show what the deploy would change and where its tasks would go; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Health check flags, shared by `deploy` and `service update`.
@@ -665,6 +672,9 @@ pub enum ServiceCommand {
         /// Print the API's JSON answer as it is
         #[arg(long)]
         json: bool,
+        /// yaml: print the spec as a file `shoal deploy -f` takes back unchanged
+        #[arg(long, value_name = "FORMAT", value_parser = PossibleValuesParser::new(["yaml", "json"]))]
+        format: Option<String>,
     },
     /// Change some fields of a service's spec; a change of its tasks rolls out as a rolling update
     Update(Box<ServiceUpdateArgs>),
@@ -808,6 +818,81 @@ pub struct ScaleArgs {
     pub detach: bool,
 
     /// How long to wait for the services to converge
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_WAIT_TIMEOUT, value_parser = parse_wait_timeout)]
+    pub timeout: Duration,
+}
+
+/// `shoal stack ...`: applications described by Compose files.
+#[derive(Subcommand, Debug, Clone, PartialEq)]
+pub enum StackCommand {
+    /// Create or update a stack from a Compose file, then wait until it runs
+    #[command(after_help = "Examples:
+  shoal stack deploy -c compose.yml shop --dry-run
+  shoal stack deploy -c compose.yml shop --prune")]
+    Deploy(StackDeployArgs),
+    /// List stacks
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a stack's services
+    Services {
+        #[arg(value_name = "STACK", value_parser = parse_service_name)]
+        stack: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a stack's tasks
+    Ps {
+        #[arg(value_name = "STACK", value_parser = parse_service_name)]
+        stack: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a stack's services and wait until their containers are gone
+    Rm(StackRmArgs),
+}
+
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct StackDeployArgs {
+    /// The Compose file (its folder's .env supplies variables too)
+    #[arg(short = 'c', long = "compose-file", value_name = "FILE")]
+    pub compose_file: PathBuf,
+
+    #[arg(value_name = "STACK", value_parser = parse_service_name)]
+    pub stack: String,
+
+    /// Remove the stack's services that the file no longer has
+    #[arg(long)]
+    pub prune: bool,
+
+    /// Show what would change and where tasks would go; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Return once the cluster accepted the stack instead of waiting for it to run
+    #[arg(short, long)]
+    pub detach: bool,
+
+    /// How long to wait for each service to converge
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_WAIT_TIMEOUT, value_parser = parse_wait_timeout)]
+    pub timeout: Duration,
+
+    /// Print the API's JSON answer
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct StackRmArgs {
+    #[arg(value_name = "STACK", value_parser = parse_service_name)]
+    pub stack: String,
+
+    /// Return once the cluster accepted the removal instead of waiting for the containers
+    #[arg(short, long)]
+    pub detach: bool,
+
+    /// How long to wait for the containers to be gone
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_WAIT_TIMEOUT, value_parser = parse_wait_timeout)]
     pub timeout: Duration,
 }

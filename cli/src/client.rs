@@ -16,8 +16,9 @@ use tokio::net::UnixStream;
 
 use crate::api::{
     self, paths, routes, BenchCommitRequest, BenchReport, DeployView, NodeUpdate, NodeView,
-    RemovedServiceView, RemovedView, ScaleRequest, ServiceInspectView, ServiceSpecDoc,
-    ServiceUpdateRequest, ServiceView, StatusView, TaskView, TokenView,
+    PlanView, RemovedServiceView, RemovedStackView, RemovedView, ScaleRequest, ServiceInspectView,
+    ServiceSpecDoc, ServiceUpdateRequest, ServiceView, StackDeployRequest, StackView, StatusView,
+    TaskView, TokenView,
 };
 use crate::args::{socket_url, MAX_SOCKET_PATH_LEN};
 
@@ -198,6 +199,41 @@ impl ApiClient {
     pub async fn deploy(&self, spec: &ServiceSpecDoc) -> Result<DeployView, ClientError> {
         let body = serde_json::to_vec(spec).expect("ServiceSpecDoc serializes to JSON");
         self.call(Method::POST, paths::services(), Some(body)).await
+    }
+
+    /// What deploying `spec` would change, without changing anything.
+    pub async fn plan_service(&self, spec: &ServiceSpecDoc) -> Result<PlanView, ClientError> {
+        let body = serde_json::to_vec(spec).expect("ServiceSpecDoc serializes to JSON");
+        self.call(Method::POST, paths::service_plan(), Some(body))
+            .await
+    }
+
+    pub async fn deploy_stack(
+        &self,
+        stack: &str,
+        request: &StackDeployRequest,
+    ) -> Result<PlanView, ClientError> {
+        let body = serde_json::to_vec(request).expect("StackDeployRequest serializes to JSON");
+        self.call(Method::POST, paths::stack(stack), Some(body))
+            .await
+    }
+
+    pub async fn stacks(&self) -> Result<Vec<StackView>, ClientError> {
+        self.call(Method::GET, paths::stacks(), None).await
+    }
+
+    pub async fn stack_services(&self, stack: &str) -> Result<Vec<ServiceView>, ClientError> {
+        self.call(Method::GET, paths::stack_services(stack), None)
+            .await
+    }
+
+    pub async fn stack_tasks(&self, stack: &str) -> Result<Vec<TaskView>, ClientError> {
+        self.call(Method::GET, paths::stack_tasks(stack), None)
+            .await
+    }
+
+    pub async fn remove_stack(&self, stack: &str) -> Result<RemovedStackView, ClientError> {
+        self.call(Method::DELETE, paths::stack(stack), None).await
     }
 
     pub async fn services(&self) -> Result<Vec<ServiceView>, ClientError> {

@@ -27,7 +27,8 @@ pub use args::Cli;
 pub use client::{ApiClient, ClientError};
 
 use args::{
-    Command, DeployArgs, NodeCommand, RollbackArgs, ServiceCommand, ServiceUpdateArgs, TokenCommand,
+    Command, DeployArgs, NodeCommand, RollbackArgs, ServiceCommand, ServiceUpdateArgs,
+    StackCommand, StackDeployArgs, TokenCommand,
 };
 use progress::{Redraw, UpdateFollower, UpdateGoal, UpdateStep, Verdict};
 
@@ -140,13 +141,60 @@ async fn execute(
                 output::tasks_table(&tasks, now_ms())
             }
         }
-        Command::Service(ServiceCommand::Inspect { service, json }) => {
+        Command::Service(ServiceCommand::Inspect {
+            service,
+            json,
+            format,
+        }) => {
             let view = client.service(service).await?;
-            if *json {
-                output::json(&view)
-            } else {
-                output::service_block(&view)
+            match format.as_deref() {
+                Some("yaml") => output::spec_yaml(&view.spec)?,
+                Some(_) => output::json(&view.spec),
+                None if *json => output::json(&view),
+                None => output::service_block(&view),
             }
+        }
+        Command::Stack(StackCommand::Deploy(args)) => {
+            deploy_stack(client, args, console).await?;
+            return Ok(None);
+        }
+        Command::Stack(StackCommand::Ls { json }) => {
+            let stacks = client.stacks().await?;
+            if *json {
+                output::json(&stacks)
+            } else {
+                output::stacks_table(&stacks)
+            }
+        }
+        Command::Stack(StackCommand::Services { stack, json }) => {
+            let services = client.stack_services(stack).await?;
+            if *json {
+                output::json(&services)
+            } else {
+                output::services_table(&services)
+            }
+        }
+        Command::Stack(StackCommand::Ps { stack, json }) => {
+            let tasks = client.stack_tasks(stack).await?;
+            if *json {
+                output::json(&tasks)
+            } else {
+                output::tasks_table(&tasks, now_ms())
+            }
+        }
+        Command::Stack(StackCommand::Rm(args)) => {
+            let removed = client.remove_stack(&args.stack).await?;
+            for name in &removed.services {
+                writeln!(console.out, "removed service {name}")?;
+            }
+            if !args.detach {
+                let deadline = Instant::now() + args.timeout;
+                for name in &removed.services {
+                    wait_removed(client, name, deadline, args.timeout).await?;
+                }
+                writeln!(console.out, "verify: containers removed")?;
+            }
+            return Ok(None);
         }
         Command::Service(ServiceCommand::Update(args)) => {
             update_service(client, args, console).await?;
@@ -232,6 +280,16 @@ async fn deploy(
     };
     let mut spec = args.to_spec(base).map_err(anyhow::Error::msg)?;
     spec.validate()?;
+    if args.dry_run {
+        let plan = client.plan_service(&spec).await?;
+        let text = if args.json {
+            output::json(&plan)
+        } else {
+            output::plan_text(&plan, false)
+        };
+        console.out.write_all(text.as_bytes())?;
+        return Ok(());
+    }
     if args.force {
         // One more than the stored value redeploys every task; a new service
         // is deployed anyway.
@@ -271,6 +329,77 @@ async fn deploy(
         terminal,
     )
     .await
+}
+
+/// `shoal stack deploy`: reads the Compose file (warnings to standard error),
+/// sends the whole stack as one request, prints the plan, and unless
+/// `--detach` or `--dry-run` follows every service it changed.
+async fn deploy_stack(
+    client: &ApiClient,
+    args: &StackDeployArgs,
+    console: &mut Console<'_>,
+) -> anyhow::Result<()> {
+    let environment: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    let stack = compose::load_compose(&args.compose_file, &environment)?;
+    for warning in &stack.warnings {
+        writeln!(console.err, "warning: {warning}")?;
+    }
+    let request = api::StackDeployRequest {
+        services: stack.services.into_values().collect(),
+        prune: args.prune,
+        dry_run: args.dry_run,
+    };
+    let plan = client.deploy_stack(&args.stack, &request).await?;
+    let text = if args.json {
+        output::json(&plan)
+    } else {
+        output::plan_text(&plan, args.prune)
+    };
+    console.out.write_all(text.as_bytes())?;
+    console.out.flush()?;
+    if args.dry_run || args.detach {
+        return Ok(());
+    }
+    for service in &plan.services {
+        let (sink, terminal) = console.progress_sink(args.json);
+        match service.change.as_str() {
+            "create" | "scale" => {
+                writeln!(sink, "{}:", service.name)?;
+                let deadline = Instant::now() + args.timeout;
+                wait_converged(
+                    client,
+                    &service.name,
+                    deadline,
+                    args.timeout,
+                    sink,
+                    terminal,
+                )
+                .await?;
+            }
+            "update" => {
+                writeln!(sink, "{}:", service.name)?;
+                let inspect = client.service(&service.name).await?;
+                if let Some(run) = inspect.update {
+                    follow_update(
+                        client,
+                        &service.name,
+                        UpdateGoal::Update,
+                        run.version,
+                        args.timeout,
+                        sink,
+                        terminal,
+                    )
+                    .await?;
+                }
+            }
+            "remove" => {
+                let deadline = Instant::now() + args.timeout;
+                wait_removed(client, &service.name, deadline, args.timeout).await?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Waits for what a deploy, update or rollback started: the update run it

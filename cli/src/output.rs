@@ -10,8 +10,8 @@ use comfy_table::{presets, ContentArrangement, Table};
 use serde::Serialize;
 
 use crate::api::{
-    NodeView, ServiceInspectView, ServiceSpecDoc, ServiceView, StatusView, TaskView, TokenView,
-    UpdateSettingsDoc,
+    NodeView, PlanView, ServiceInspectView, ServiceSpecDoc, ServiceView, StackView, StatusView,
+    TaskView, TokenView, UpdateSettingsDoc,
 };
 use crate::progress::{short_id, task_name};
 
@@ -166,6 +166,107 @@ pub fn token_text(token: &TokenView, quiet: bool) -> String {
         "To add a {} to this cluster, run this on the new node:\n\n    {}\n",
         token.role, token.join_command
     )
+}
+
+/// `stack ls`: one row per stack.
+pub fn stacks_table(stacks: &[StackView]) -> String {
+    let rows = stacks
+        .iter()
+        .map(|stack| vec![stack.name.clone(), stack.services.to_string()]);
+    table(&["NAME", "SERVICES"], rows)
+}
+
+/// `service inspect --format yaml`: the spec as a file `shoal deploy -f` takes
+/// back unchanged.
+pub fn spec_yaml(spec: &ServiceSpecDoc) -> anyhow::Result<String> {
+    let mut text = serde_saphyr::to_string(spec)?;
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    Ok(text)
+}
+
+/// A plan (`--dry-run`, `stack deploy`): one line per service saying what
+/// changes, then where new tasks go and what cannot be placed.
+pub fn plan_text(plan: &PlanView, prune: bool) -> String {
+    let mut out = String::new();
+    let width = plan
+        .services
+        .iter()
+        .map(|s| s.name.len())
+        .max()
+        .unwrap_or(0);
+    for s in &plan.services {
+        let replicas = s
+            .replicas
+            .map_or_else(|| "global".to_owned(), |r| format!("replicas {r}"));
+        let (mark, what) = match s.change.as_str() {
+            "create" => ('+', format!("image {}  {replicas}  (new)", s.image)),
+            "update" => (
+                '~',
+                format!(
+                    "image {} -> {}  (rolling update, parallelism {})",
+                    s.from_image.as_deref().unwrap_or("?"),
+                    s.image,
+                    match s.parallelism {
+                        Some(0) => "all".to_owned(),
+                        Some(p) => p.to_string(),
+                        None => "?".to_owned(),
+                    }
+                ),
+            ),
+            "scale" => (
+                '~',
+                format!(
+                    "replicas {} -> {}  (scale; no task restarts)",
+                    s.from_replicas.unwrap_or(0),
+                    s.replicas.unwrap_or(0)
+                ),
+            ),
+            "settings" => ('~', "update settings only; no task restarts".to_owned()),
+            "remove" => ('-', "(removed)".to_owned()),
+            "would-remove" => (
+                '-',
+                if prune {
+                    "(removed)".to_owned()
+                } else {
+                    "(would be removed with --prune)".to_owned()
+                },
+            ),
+            _ => ('=', "(unchanged)".to_owned()),
+        };
+        let _ = writeln!(out, "{mark} service {:<width$}  {what}", s.name);
+    }
+    for s in &plan.services {
+        let placed: u64 = s.placed.values().sum();
+        if placed > 0 {
+            let nodes: Vec<String> = s.placed.iter().map(|(n, c)| format!("{n} {c}")).collect();
+            let first = if s.change == "update" {
+                " (first batch)"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "placement: {} {placed} task{}{first} -> {}",
+                s.name,
+                if placed == 1 { "" } else { "s" },
+                nodes.join(", ")
+            );
+        }
+        for (reason, count) in &s.unplaced {
+            let _ = writeln!(
+                out,
+                "placement: {} {count} task{} cannot be placed: {reason}",
+                s.name,
+                if *count == 1 { "" } else { "s" }
+            );
+        }
+    }
+    if !plan.applied {
+        out.push_str("(dry run: nothing was changed)\n");
+    }
+    out
 }
 
 /// `service ls`: one row per service, sorted by name.
