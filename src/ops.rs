@@ -210,6 +210,8 @@ async fn deploy(
             if doc.force_update.is_none() {
                 spec.force_update = old.force_update;
             }
+            // Stack membership changes only through stack commands.
+            spec.stack = old.stack.clone();
             store_spec(node, &old, spec).await
         }
     }
@@ -277,7 +279,8 @@ async fn update_service(
         .read(|s| find_service(s, name).map(|svc| svc.spec.clone()))?;
     let mut doc = services::doc_from_spec(&old);
     update.apply_to(&mut doc);
-    let spec = services::spec_from_doc(&doc)?;
+    let mut spec = services::spec_from_doc(&doc)?;
+    spec.stack = old.stack.clone();
     node.state
         .read(|s| services::check_fits_somewhere(s, &spec))?;
     store_spec(node, &old, spec).await

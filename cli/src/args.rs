@@ -1670,7 +1670,7 @@ mod tests {
         });
         check_ok(
             "service inspect web --json",
-            |cli| matches!(&cli.command, Command::Service(ServiceCommand::Inspect { service, json: true }) if service == "web"),
+            |cli| matches!(&cli.command, Command::Service(ServiceCommand::Inspect { service, json: true, .. }) if service == "web"),
         );
         check_ok("service scale web=5 api=0 --detach", |cli| {
             cli.command

@@ -579,6 +579,87 @@ mod tests {
             .collect()
     }
 
+    fn planned(name: &str, change: &str) -> crate::api::ServicePlanView {
+        crate::api::ServicePlanView {
+            name: name.into(),
+            change: change.into(),
+            image: "app:2".into(),
+            from_image: None,
+            replicas: Some(3),
+            from_replicas: None,
+            parallelism: None,
+            placed: Default::default(),
+            unplaced: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_plan_reads_as_a_diff_then_placements() {
+        let mut web = planned("shop_web", "create");
+        web.placed = [("node-a", 1), ("node-b", 1), ("node-c", 1)]
+            .iter()
+            .map(|(n, c)| (n.to_string(), *c))
+            .collect();
+        let mut api = planned("shop_api", "update");
+        api.from_image = Some("app:1".into());
+        api.parallelism = Some(1);
+        api.placed = [("node-b".to_string(), 1)].into_iter().collect();
+        let mut eu = planned("shop_eu", "create");
+        eu.unplaced = [("no node satisfies node.labels.zone==eu: 0 of 3 nodes".to_string(), 2)]
+            .into_iter()
+            .collect();
+        let mut db = planned("shop_db", "scale");
+        db.from_replicas = Some(1);
+        let plan = PlanView {
+            services: vec![
+                api,
+                db,
+                eu,
+                planned("shop_old", "would-remove"),
+                planned("shop_same", "unchanged"),
+                web,
+            ],
+            applied: false,
+        };
+        assert_eq!(
+            plan_text(&plan, false),
+            "~ service shop_api   image app:1 -> app:2  (rolling update, parallelism 1)\n\
+             ~ service shop_db    replicas 1 -> 3  (scale; no task restarts)\n\
+             + service shop_eu    image app:2  replicas 3  (new)\n\
+             - service shop_old   (would be removed with --prune)\n\
+             = service shop_same  (unchanged)\n\
+             + service shop_web   image app:2  replicas 3  (new)\n\
+             placement: shop_api 1 task (first batch) -> node-b 1\n\
+             placement: shop_eu 2 tasks cannot be placed: no node satisfies \
+             node.labels.zone==eu: 0 of 3 nodes\n\
+             placement: shop_web 3 tasks -> node-a 1, node-b 1, node-c 1\n\
+             (dry run: nothing was changed)\n"
+        );
+    }
+
+    #[test]
+    fn a_spec_printed_as_yaml_reads_back_unchanged() {
+        let doc = ServiceSpecDoc {
+            name: "web".into(),
+            image: "app:1".into(),
+            args: vec!["sh".into(), "-c".into(), "echo 'a: b' # not a comment".into()],
+            env: [("EMPTY".to_string(), String::new()), ("N".to_string(), "007".to_string())]
+                .into_iter()
+                .collect(),
+            replicas: Some(3),
+            cpus: Some(0.5),
+            health_test: Some(vec!["CMD".into(), "true".into()]),
+            update_max_failure_ratio: Some(0.25),
+            update_order: Some("start-first".into()),
+            constraints: vec!["node.labels.zone==eu".into()],
+            ports: vec![crate::units::parse_port("8080:80/udp").unwrap()],
+            ..ServiceSpecDoc::default()
+        };
+        let yaml = spec_yaml(&doc).unwrap();
+        let back = crate::spec::parse_spec(&yaml, crate::spec::SpecFormat::Yaml).unwrap();
+        assert_eq!(back, doc, "{yaml}");
+    }
+
     #[test]
     fn nodes_table_columns_and_rows() {
         let mut down = sample_node(2, "worker-b");
