@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode};
 use shoal_raft::{apply, schedule, ClusterState, Command, TaskChange};
 
-use common::{build, count, heap, mib, peak, rate, reset_peak, secs, vm_hwm, Shape};
+use common::{build, count, heap, mib, peak, rate, reset_peak, secs, timed, vm_hwm, Shape};
 
 #[global_allocator]
 static ALLOC: common::Counting = common::Counting;
@@ -101,9 +101,7 @@ fn reserved_share(state: &ClusterState) -> f64 {
 fn summary(scenario: &Scenario, state: &ClusterState, built_in: Duration) -> Vec<TaskChange> {
     let state_heap = heap();
     let before = reset_peak();
-    let started = Instant::now();
-    let changes = schedule(state);
-    let scheduled = started.elapsed();
+    let (changes, scheduled, scheduled_cpu) = timed(|| schedule(state));
     let schedule_peak = peak() - before;
     let placed = changes
         .iter()
@@ -117,17 +115,13 @@ fn summary(scenario: &Scenario, state: &ClusterState, built_in: Duration) -> Vec
         now_ms: NOW_MS,
     };
     let before = reset_peak();
-    let started = Instant::now();
-    let response = apply(&mut applied, &command);
-    let apply_time = started.elapsed();
+    let (response, apply_time, apply_cpu) = timed(|| apply(&mut applied, &command));
     let apply_peak = peak() - before;
     assert!(!response.is_rejected(), "{response:?}");
     drop(command);
 
     // The pass after: nothing left to place, the stuck tasks already explained.
-    let started = Instant::now();
-    let again = schedule(&applied);
-    let idle_pass = started.elapsed();
+    let (again, idle_pass, idle_cpu) = timed(|| schedule(&applied));
     assert!(again.is_empty(), "{} changes after the pass", again.len());
 
     let shape = scenario.shape;
@@ -144,16 +138,21 @@ fn summary(scenario: &Scenario, state: &ClusterState, built_in: Duration) -> Vec
         100.0 * reserved_share(&applied),
     );
     println!(
-        "scheduler/{}: schedule {} placed + {} unassignable in {} = {} placements/s; \
-         apply {} = {} changes/s; next pass (nothing to do) {}; decisions digest {:016x}",
+        "scheduler/{}: schedule {} placed + {} unassignable in {} wall ({} CPU) = {} \
+         placements/s wall ({} per CPU-second); apply {} wall ({} CPU) = {} changes/s wall; \
+         next pass (nothing to place) {} wall ({} CPU); decisions digest {:016x}",
         scenario.name,
         count(placed),
         count(unassignable),
         secs(scheduled),
+        secs(scheduled_cpu),
         rate(placed, scheduled),
+        rate(placed, scheduled_cpu),
         secs(apply_time),
+        secs(apply_cpu),
         rate(changes.len() as u64, apply_time),
         secs(idle_pass),
+        secs(idle_cpu),
         digest(&changes),
     );
     println!(

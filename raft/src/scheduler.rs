@@ -23,7 +23,8 @@
 //! give the same decisions.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Bound;
 
 use crate::service::{
@@ -67,7 +68,37 @@ struct ServiceCount {
 }
 
 /// A service's counts by node index.
-type Counts = BTreeMap<usize, ServiceCount>;
+type Counts = HashMap<usize, ServiceCount, Fnv>;
+
+/// FNV-1a, for the pass's lookup tables: cheaper than SipHash on short keys, and
+/// the same on every run. The tables are only looked up, never iterated where
+/// their order could reach a decision.
+#[derive(Default)]
+struct FnvHasher(u64);
+
+impl Hasher for FnvHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut hash = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &b in bytes {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = hash;
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write(&n.to_le_bytes());
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type Fnv = BuildHasherDefault<FnvHasher>;
 
 /// What a filter sees of a node's usage, for the service being placed.
 struct Used<'u> {
@@ -301,25 +332,40 @@ pub fn schedule(state: &ClusterState) -> Vec<TaskChange> {
 }
 
 fn schedule_with(state: &ClusterState, walk: Walk) -> Vec<TaskChange> {
-    // Grouped by service version.
-    let mut pending: BTreeMap<(&str, u64), Vec<&Task>> = BTreeMap::new();
+    // Pending tasks per service, then per version. The hash map only finds a
+    // service's entry; the order of the pass is the services' name order.
+    let mut index: HashMap<&str, usize, Fnv> = HashMap::default();
+    let mut pending: Vec<(&str, BTreeMap<u64, Vec<&Task>>)> = Vec::new();
+    let mut count = 0;
     for task in state.tasks.values() {
         if task.state == TaskState::Pending && task.desired_state == DesiredState::Running {
-            pending
-                .entry((task.service.as_str(), task.spec_version))
+            let service = task.service.as_str();
+            let at = *index.entry(service).or_insert_with(|| {
+                pending.push((service, BTreeMap::new()));
+                pending.len() - 1
+            });
+            pending[at]
+                .1
+                .entry(task.spec_version)
                 .or_default()
                 .push(task);
+            count += 1;
         }
     }
     if pending.is_empty() {
         return Vec::new();
     }
-    let mut pass = Pass::new(state, pending.keys().map(|(service, _)| *service), walk);
-    let mut changes = Vec::new();
-    for mut group in pending.into_values() {
-        // Within a group by slot (then node, then id).
-        group.sort_unstable_by(|a, b| (a.slot, a.node_id, &a.id).cmp(&(b.slot, b.node_id, &b.id)));
-        pass.schedule_group(&group, &mut changes);
+    pending.sort_unstable_by_key(|(service, _)| *service);
+    let mut pass = Pass::new(state, pending.iter().map(|(service, _)| *service), walk);
+    let mut changes = Vec::with_capacity(count);
+    for (service, versions) in pending.into_iter().enumerate() {
+        for mut group in versions.1.into_values() {
+            // Within a group by slot (then node, then id).
+            group.sort_unstable_by(|a, b| {
+                (a.slot, a.node_id, &a.id).cmp(&(b.slot, b.node_id, &b.id))
+            });
+            pass.schedule_group(service, &group, &mut changes);
+        }
     }
     changes
 }
@@ -339,8 +385,8 @@ struct Pass<'s> {
     /// The open nodes (ready, engine up, active) by (live tasks, index).
     open: BTreeSet<(u64, usize)>,
     open_count: usize,
-    /// Per service with pending tasks, what its tasks hold per node.
-    services: BTreeMap<&'s str, Counts>,
+    /// Per service with pending tasks (in name order), what its tasks hold per node.
+    services: Vec<Counts>,
     classes: BTreeMap<&'s [Constraint], Class>,
     walk: Walk,
 }
@@ -349,8 +395,8 @@ impl<'s> Pass<'s> {
     fn new(state: &'s ClusterState, pending: impl Iterator<Item = &'s str>, walk: Walk) -> Self {
         let nodes: Vec<&NodeRecord> = state.nodes.values().collect();
         let mut usage = vec![NodeUsage::default(); nodes.len()];
-        let mut services: BTreeMap<&str, Counts> =
-            pending.map(|service| (service, Counts::new())).collect();
+        let index: HashMap<&str, usize, Fnv> = pending.enumerate().map(|(i, s)| (s, i)).collect();
+        let mut services = vec![Counts::default(); index.len()];
         for task in state.tasks.values() {
             if !task.occupies_node() {
                 continue;
@@ -360,8 +406,8 @@ impl<'s> Pass<'s> {
             };
             let live = task.desired_state == DesiredState::Running;
             usage[i].add(&task.spec, live);
-            if let Some(counts) = services.get_mut(task.service.as_str()) {
-                let count = counts.entry(i).or_default();
+            if let Some(&service) = index.get(task.service.as_str()) {
+                let count = services[service].entry(i).or_default();
                 count.held += 1;
                 count.live += u64::from(live);
             }
@@ -430,12 +476,16 @@ impl<'s> Pass<'s> {
     }
 
     /// Places tasks of one service version, which share one spec for placement.
-    fn schedule_group(&mut self, group: &[&'s Task], changes: &mut Vec<TaskChange>) {
+    fn schedule_group(
+        &mut self,
+        service: usize,
+        group: &[&'s Task],
+        changes: &mut Vec<TaskChange>,
+    ) {
         let first = group[0];
-        let service = first.service.as_str();
         let filters = Filters::new(&first.spec);
         // Taken out while the group is placed, put back for the service's next version.
-        let mut counts = self.services.remove(service).unwrap_or_default();
+        let mut counts = std::mem::take(&mut self.services[service]);
         let (preset, free): (Vec<&Task>, Vec<&Task>) =
             group.iter().copied().partition(|t| t.node_id.is_some());
 
@@ -475,7 +525,7 @@ impl<'s> Pass<'s> {
                 _ => self.place_by_heap(&free, &filters, &mut counts, changes),
             }
         }
-        self.services.insert(service, counts);
+        self.services[service] = counts;
     }
 
     /// Spread score, lowest first.
@@ -575,6 +625,7 @@ impl<'s> Pass<'s> {
         }
         let rest = &free[placed..];
         if !rest.is_empty() {
+            // The heap's keys are distinct, so the map's order cannot show.
             let heap: BinaryHeap<_> = counts
                 .iter()
                 .filter(|(&i, c)| c.live > 0 && allowed[i])

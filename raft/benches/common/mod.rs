@@ -94,6 +94,26 @@ pub fn vm_hwm() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// CPU time this thread has run, from /proc/thread-self/schedstat (ns
+/// resolution). On this shared machine it moves much less than wall time
+/// when other processes compete for the cores.
+pub fn thread_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    let ns = stat
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    Duration::from_nanos(ns)
+}
+
+/// Wall and CPU time of `work`.
+pub fn timed<T>(work: impl FnOnce() -> T) -> (T, Duration, Duration) {
+    let (wall, cpu) = (std::time::Instant::now(), thread_cpu());
+    let out = work();
+    (out, wall.elapsed(), thread_cpu().saturating_sub(cpu))
+}
+
 pub fn mib(bytes: usize) -> String {
     format!("{:.0} MiB", bytes as f64 / MIB as f64)
 }
