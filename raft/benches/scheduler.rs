@@ -66,10 +66,13 @@ fn scenarios() -> Vec<Scenario> {
     ]
 }
 
-/// A digest of the decisions, to compare passes across scheduler changes.
+/// A digest of the decisions in task id order, to compare passes across
+/// scheduler changes (whatever order a version emits them in).
 fn digest(changes: &[TaskChange]) -> u64 {
+    let mut sorted: Vec<&TaskChange> = changes.iter().collect();
+    sorted.sort_by(|a, b| id_of(a).cmp(id_of(b)));
     let mut hasher = DefaultHasher::new();
-    for change in changes {
+    for change in sorted {
         match change {
             TaskChange::Assign { task_id, node_id } => (0u8, task_id, node_id).hash(&mut hasher),
             TaskChange::Unassignable { task_id, reason } => {
@@ -79,6 +82,13 @@ fn digest(changes: &[TaskChange]) -> u64 {
         }
     }
     hasher.finish()
+}
+
+fn id_of(change: &TaskChange) -> &str {
+    match change {
+        TaskChange::Assign { task_id, .. } | TaskChange::Unassignable { task_id, .. } => task_id,
+        _ => "",
+    }
 }
 
 fn reserved_share(state: &ClusterState) -> f64 {

@@ -20,7 +20,7 @@
 //! and a pass about O(tasks·log nodes + classes·nodes), where classes is the
 //! number of distinct constraint lists. A group whose constraints leave few
 //! nodes uses a heap over just those instead, when that is cheaper; both ways
-//! give the same decisions.
+//! give the same decisions. The decisions come out in task id order.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
@@ -335,9 +335,9 @@ fn schedule_with(state: &ClusterState, walk: Walk) -> Vec<TaskChange> {
     // Pending tasks per service, then per version. The hash map only finds a
     // service's entry; the order of the pass is the services' name order.
     let mut index: HashMap<&str, usize, Fnv> = HashMap::default();
-    let mut pending: Vec<(&str, BTreeMap<u64, Vec<&Task>>)> = Vec::new();
+    let mut pending: Vec<(&str, BTreeMap<u64, Vec<Pending>>)> = Vec::new();
     let mut count = 0;
-    for task in state.tasks.values() {
+    for (seq, task) in state.tasks.values().enumerate() {
         if task.state == TaskState::Pending && task.desired_state == DesiredState::Running {
             let service = task.service.as_str();
             let at = *index.entry(service).or_insert_with(|| {
@@ -348,7 +348,7 @@ fn schedule_with(state: &ClusterState, walk: Walk) -> Vec<TaskChange> {
                 .1
                 .entry(task.spec_version)
                 .or_default()
-                .push(task);
+                .push((seq, task));
             count += 1;
         }
     }
@@ -361,14 +361,23 @@ fn schedule_with(state: &ClusterState, walk: Walk) -> Vec<TaskChange> {
     for (service, versions) in pending.into_iter().enumerate() {
         for mut group in versions.1.into_values() {
             // Within a group by slot (then node, then id).
-            group.sort_unstable_by(|a, b| {
+            group.sort_unstable_by(|(_, a), (_, b)| {
                 (a.slot, a.node_id, &a.id).cmp(&(b.slot, b.node_id, &b.id))
             });
             pass.schedule_group(service, &group, &mut changes);
         }
     }
-    changes
+    // In the task map's order: applying them then walks the map in order, which
+    // is several times faster than jumping about it service by service.
+    changes.sort_unstable_by_key(|(seq, _)| *seq);
+    changes.into_iter().map(|(_, change)| change).collect()
 }
+
+/// Decisions, each with the position of its task in the task map.
+type Changes = Vec<(usize, TaskChange)>;
+
+/// A pending task and its position in the task map.
+type Pending<'s> = (usize, &'s Task);
 
 /// The nodes one constraint list allows among the open ones.
 struct Class {
@@ -452,10 +461,11 @@ impl<'s> Pass<'s> {
 
     fn assign(
         &mut self,
+        seq: usize,
         task: &Task,
         i: usize,
         counts: &mut Counts,
-        changes: &mut Vec<TaskChange>,
+        changes: &mut Changes,
     ) {
         let before = self.usage[i].live_total;
         self.usage[i].add(&task.spec, true);
@@ -465,10 +475,11 @@ impl<'s> Pass<'s> {
         let count = counts.entry(i).or_default();
         count.held += 1;
         count.live += 1;
-        changes.push(TaskChange::Assign {
+        let change = TaskChange::Assign {
             task_id: task.id.clone(),
             node_id: self.nodes[i].id,
-        });
+        };
+        changes.push((seq, change));
     }
 
     fn explain_all(&self, filters: &Filters, counts: &Counts) -> String {
@@ -476,32 +487,30 @@ impl<'s> Pass<'s> {
     }
 
     /// Places tasks of one service version, which share one spec for placement.
-    fn schedule_group(
-        &mut self,
-        service: usize,
-        group: &[&'s Task],
-        changes: &mut Vec<TaskChange>,
-    ) {
-        let first = group[0];
+    fn schedule_group(&mut self, service: usize, group: &[Pending<'s>], changes: &mut Changes) {
+        let first = group[0].1;
         let filters = Filters::new(&first.spec);
         // Taken out while the group is placed, put back for the service's next version.
         let mut counts = std::mem::take(&mut self.services[service]);
-        let (preset, free): (Vec<&Task>, Vec<&Task>) =
-            group.iter().copied().partition(|t| t.node_id.is_some());
+        let (preset, free): (Vec<Pending>, Vec<Pending>) = group
+            .iter()
+            .copied()
+            .partition(|(_, t)| t.node_id.is_some());
 
         // Global tasks come with their node: check that node only.
-        for task in preset {
+        for (seq, task) in preset {
             let Some(i) = task.node_id.and_then(|id| self.index(id)) else {
-                unassignable(task, "its node is no longer a member".to_owned(), changes);
+                let reason = "its node is no longer a member".to_owned();
+                unassignable(seq, task, reason, changes);
                 continue;
             };
             let node = self.nodes[i];
             let used = self.used(&counts, i);
             if filters.fixed_ok(node, &used) && filters.usage_ok(node, &used) {
-                self.assign(task, i, &mut counts, changes);
+                self.assign(seq, task, i, &mut counts, changes);
             } else {
                 let reason = filters.explain(std::iter::once((node, used)));
-                unassignable(task, reason, changes);
+                unassignable(seq, task, reason, changes);
             }
         }
         if !free.is_empty() {
@@ -536,12 +545,12 @@ impl<'s> Pass<'s> {
 
     fn place_by_heap(
         &mut self,
-        free: &[&'s Task],
+        free: &[Pending<'s>],
         filters: &Filters,
         counts: &mut Counts,
-        changes: &mut Vec<TaskChange>,
+        changes: &mut Changes,
     ) {
-        let constraints = free[0].spec.constraints.as_slice();
+        let constraints = free[0].1.spec.constraints.as_slice();
         let list = std::mem::take(&mut self.class(constraints).list);
         let heap: BinaryHeap<_> = list.iter().map(|&i| self.score(counts, i)).collect();
         self.class(constraints).list = list;
@@ -552,14 +561,14 @@ impl<'s> Pass<'s> {
     /// empty; the rest are unassignable.
     fn place_from_heap(
         &mut self,
-        free: &[&'s Task],
+        free: &[Pending<'s>],
         mut heap: BinaryHeap<Reverse<(u64, u64, usize)>>,
         filters: &Filters,
         counts: &mut Counts,
-        changes: &mut Vec<TaskChange>,
+        changes: &mut Changes,
     ) {
         let mut exhausted: Option<String> = None;
-        for &task in free {
+        for &(seq, task) in free {
             let chosen = loop {
                 let Some(Reverse((_, _, i))) = heap.pop() else {
                     break None;
@@ -571,14 +580,14 @@ impl<'s> Pass<'s> {
             };
             match chosen {
                 Some(i) => {
-                    self.assign(task, i, counts, changes);
+                    self.assign(seq, task, i, counts, changes);
                     heap.push(self.score(counts, i));
                 }
                 None => {
                     let reason = exhausted
                         .get_or_insert_with(|| self.explain_all(filters, counts))
                         .clone();
-                    unassignable(task, reason, changes);
+                    unassignable(seq, task, reason, changes);
                 }
             }
         }
@@ -589,12 +598,12 @@ impl<'s> Pass<'s> {
     /// taken first, in order; the others follow from a heap.
     fn place_by_cursor(
         &mut self,
-        free: &[&'s Task],
+        free: &[Pending<'s>],
         filters: &Filters,
         counts: &mut Counts,
-        changes: &mut Vec<TaskChange>,
+        changes: &mut Changes,
     ) {
-        let constraints = free[0].spec.constraints.as_slice();
+        let constraints = free[0].1.spec.constraints.as_slice();
         let allowed = std::mem::take(&mut self.class(constraints).allowed);
         let mut cursor: Option<(u64, usize)> = None;
         let mut placed = 0;
@@ -620,7 +629,8 @@ impl<'s> Pass<'s> {
             let Some(i) = next else {
                 break;
             };
-            self.assign(free[placed], i, counts, changes);
+            let (seq, task) = free[placed];
+            self.assign(seq, task, i, counts, changes);
             placed += 1;
         }
         let rest = &free[placed..];
@@ -641,12 +651,13 @@ fn index_of(nodes: &[&NodeRecord], id: NodeId) -> Option<usize> {
     nodes.binary_search_by_key(&id, |node| node.id).ok()
 }
 
-fn unassignable(task: &Task, reason: String, changes: &mut Vec<TaskChange>) {
+fn unassignable(seq: usize, task: &Task, reason: String, changes: &mut Changes) {
     if task.message != reason {
-        changes.push(TaskChange::Unassignable {
+        let change = TaskChange::Unassignable {
             task_id: task.id.clone(),
             reason,
-        });
+        };
+        changes.push((seq, change));
     }
 }
 
