@@ -337,8 +337,9 @@ fn schedule_with(state: &ClusterState, walk: Walk) -> Vec<TaskChange> {
     let mut index: HashMap<&str, usize, Fnv> = HashMap::default();
     let mut pending: Vec<(&str, BTreeMap<u64, Vec<Pending>>)> = Vec::new();
     let mut count = 0;
-    for (seq, task) in state.tasks.values().enumerate() {
+    for task in state.tasks.values() {
         if task.state == TaskState::Pending && task.desired_state == DesiredState::Running {
+            let seq = count;
             let service = task.service.as_str();
             let at = *index.entry(service).or_insert_with(|| {
                 pending.push((service, BTreeMap::new()));
@@ -357,7 +358,7 @@ fn schedule_with(state: &ClusterState, walk: Walk) -> Vec<TaskChange> {
     }
     pending.sort_unstable_by_key(|(service, _)| *service);
     let mut pass = Pass::new(state, pending.iter().map(|(service, _)| *service), walk);
-    let mut changes = Vec::with_capacity(count);
+    let mut changes: Changes = (0..count).map(|_| None).collect();
     for (service, versions) in pending.into_iter().enumerate() {
         for mut group in versions.1.into_values() {
             // Within a group by slot (then node, then id).
@@ -369,14 +370,17 @@ fn schedule_with(state: &ClusterState, walk: Walk) -> Vec<TaskChange> {
     }
     // In the task map's order: applying them then walks the map in order, which
     // is several times faster than jumping about it service by service.
-    changes.sort_unstable_by_key(|(seq, _)| *seq);
-    changes.into_iter().map(|(_, change)| change).collect()
+    // `filter_map` collects into the same allocation; `flatten` would not.
+    #[allow(clippy::filter_map_identity)]
+    let changes = changes.into_iter().filter_map(|change| change).collect();
+    changes
 }
 
-/// Decisions, each with the position of its task in the task map.
-type Changes = Vec<(usize, TaskChange)>;
+/// Decisions by the position of their task among the pending tasks, in the task
+/// map's order; `None` where a task needs no change.
+type Changes = Vec<Option<TaskChange>>;
 
-/// A pending task and its position in the task map.
+/// A pending task and its position among the pending tasks.
 type Pending<'s> = (usize, &'s Task);
 
 /// The nodes one constraint list allows among the open ones.
@@ -479,7 +483,7 @@ impl<'s> Pass<'s> {
             task_id: task.id.clone(),
             node_id: self.nodes[i].id,
         };
-        changes.push((seq, change));
+        changes[seq] = Some(change);
     }
 
     fn explain_all(&self, filters: &Filters, counts: &Counts) -> String {
@@ -657,7 +661,7 @@ fn unassignable(seq: usize, task: &Task, reason: String, changes: &mut Changes) 
             task_id: task.id.clone(),
             reason,
         };
-        changes.push((seq, change));
+        changes[seq] = Some(change);
     }
 }
 
