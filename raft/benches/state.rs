@@ -398,15 +398,21 @@ fn bench(c: &mut Criterion) {
         follower.state().read(|s| *s == state),
         "installed state differs"
     );
+    // The store's build clones the state under its read lock before encoding.
+    let (copy, clone_wall, clone_cpu) = timed(|| state.clone());
+    drop(copy);
     println!(
-        "state/snapshot: store: {} bytes; build (encode + redb write + fsync) {} wall ({} CPU \
-         on this thread); install (decode + write + fsync) {} wall ({} CPU on this thread); \
-         process VmHWM {}",
+        "state/snapshot: store: {} bytes; build (clone + encode + redb write + fsync) {} wall \
+         ({} CPU on this thread, the write runs on tokio's blocking pool); install (decode + \
+         write + fsync) {} wall ({} CPU on this thread); a clone of the state alone {} wall \
+         ({} CPU); process VmHWM {}",
         count(data.len() as u64),
         secs(build_wall),
         secs(build_cpu),
         secs(install_wall),
         secs(install_cpu),
+        secs(clone_wall),
+        secs(clone_cpu),
         mib(vm_hwm() as usize),
     );
 
