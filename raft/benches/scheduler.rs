@@ -128,7 +128,10 @@ fn summary(scenario: &Scenario, state: &ClusterState, built_in: Duration) -> Vec
     let (response, apply_time, apply_cpu) = timed(|| apply(&mut applied, &command));
     let apply_peak = peak() - before;
     assert!(!response.is_rejected(), "{response:?}");
-    drop(command);
+    // The pass as the leader would commit it: one log entry.
+    let entry_bytes = shoal_raft::codec::encode(&shoal_raft::LogPayload::V1(command))
+        .expect("encode")
+        .len();
 
     // The pass after: nothing left to place, the stuck tasks already explained.
     let (again, idle_pass, idle_cpu) = timed(|| schedule(&applied));
@@ -166,12 +169,14 @@ fn summary(scenario: &Scenario, state: &ClusterState, built_in: Duration) -> Vec
         digest(&changes),
     );
     println!(
-        "scheduler/{}: heap: state {}, schedule peak +{}, apply peak +{}; process VmHWM {}",
+        "scheduler/{}: heap: state {}, schedule peak +{}, apply peak +{}; process VmHWM {}; \
+         the pass as one log entry: {} bytes",
         scenario.name,
         mib(state_heap),
         mib(schedule_peak),
         mib(apply_peak),
         mib(vm_hwm() as usize),
+        count(entry_bytes as u64),
     );
     changes
 }
