@@ -67,8 +67,14 @@ fn a_stack_deploys_redeploys_without_restarts_updates_one_service_and_is_removed
     // A dry run shows the plan and changes nothing.
     let plan = stack_deploy(&c, &file, &["--dry-run"]);
     assert!(plan.contains("+ service shop_web"), "{plan}");
-    assert!(plan.contains("image shoal-test:latest  replicas 3  (new)"), "{plan}");
-    assert!(plan.contains("placement: shop_web 3 tasks -> node-a 1, node-b 1, node-c 1"), "{plan}");
+    assert!(
+        plan.contains("image shoal-test:latest  replicas 3  (new)"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("placement: shop_web 3 tasks -> node-a 1, node-b 1, node-c 1"),
+        "{plan}"
+    );
     assert!(plan.contains("(dry run: nothing was changed)"), "{plan}");
     let ls = c.nodes[0].json(&["stack", "ls"]).unwrap();
     assert_eq!(ls, serde_json::json!([]), "a dry run created nothing");
@@ -85,15 +91,24 @@ fn a_stack_deploys_redeploys_without_restarts_updates_one_service_and_is_removed
     assert_eq!(services.as_array().unwrap().len(), 3);
     let tasks = c.nodes[0].json(&["stack", "ps", "shop"]).unwrap();
     assert_eq!(tasks.as_array().unwrap().len(), 6);
-    let inspect = c.nodes[0].json(&["service", "inspect", "shop_web"]).unwrap();
-    assert_eq!(inspect["spec"]["env"]["MODE"], "prod", "interpolated default");
+    let inspect = c.nodes[0]
+        .json(&["service", "inspect", "shop_web"])
+        .unwrap();
+    assert_eq!(
+        inspect["spec"]["env"]["MODE"], "prod",
+        "interpolated default"
+    );
 
     // Unchanged: nothing restarts.
     let before = containers(&c);
     let out = stack_deploy(&c, &file, &[]);
     assert_eq!(out.matches("(unchanged)").count(), 3, "{out}");
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(containers(&c), before, "an unchanged redeploy restarts nothing");
+    assert_eq!(
+        containers(&c),
+        before,
+        "an unchanged redeploy restarts nothing"
+    );
 
     // One service changes: only it is updated.
     std::fs::write(&file, compose("sleep 200000", true)).unwrap();
@@ -104,7 +119,9 @@ fn a_stack_deploys_redeploys_without_restarts_updates_one_service_and_is_removed
     assert_eq!(after["shop_web"], before["shop_web"]);
     assert_eq!(after["shop_worker"], before["shop_worker"]);
     assert_eq!(after["shop_api"].len(), 2);
-    assert!(after["shop_api"].iter().all(|id| !before["shop_api"].contains(id)));
+    assert!(after["shop_api"]
+        .iter()
+        .all(|id| !before["shop_api"].contains(id)));
 
     // The round trip: inspect --format yaml, then deploy -f, changes nothing.
     let yaml = c.nodes[0].ok(&["service", "inspect", "shop_web", "--format", "yaml"]);
@@ -116,7 +133,10 @@ fn a_stack_deploys_redeploys_without_restarts_updates_one_service_and_is_removed
     // Without the worker, and without --prune: it stays, and the plan says so.
     std::fs::write(&file, compose("sleep 200000", false)).unwrap();
     let out = stack_deploy(&c, &file, &[]);
-    assert!(out.contains("- service shop_worker  (would be removed with --prune)"), "{out}");
+    assert!(
+        out.contains("- service shop_worker  (would be removed with --prune)"),
+        "{out}"
+    );
     assert_eq!(docker_running(&c, "shop_worker").len(), 1);
     let out = stack_deploy(&c, &file, &["--prune"]);
     assert!(out.contains("- service shop_worker  (removed)"), "{out}");
@@ -163,7 +183,11 @@ fn a_bad_compose_file_is_refused_with_its_position_and_changes_nothing() {
     )
     .unwrap();
     let out = c.nodes[0].cli(&["stack", "deploy", "-c", file.to_str().unwrap(), "shop"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("warning: services.web.build: not supported by shoal; ignored"),

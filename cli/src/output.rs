@@ -605,9 +605,12 @@ mod tests {
         api.parallelism = Some(1);
         api.placed = [("node-b".to_string(), 1)].into_iter().collect();
         let mut eu = planned("shop_eu", "create");
-        eu.unplaced = [("no node satisfies node.labels.zone==eu: 0 of 3 nodes".to_string(), 2)]
-            .into_iter()
-            .collect();
+        eu.unplaced = [(
+            "no node satisfies node.labels.zone==eu: 0 of 3 nodes".to_string(),
+            2,
+        )]
+        .into_iter()
+        .collect();
         let mut db = planned("shop_db", "scale");
         db.from_replicas = Some(1);
         let plan = PlanView {
@@ -642,10 +645,17 @@ mod tests {
         let doc = ServiceSpecDoc {
             name: "web".into(),
             image: "app:1".into(),
-            args: vec!["sh".into(), "-c".into(), "echo 'a: b' # not a comment".into()],
-            env: [("EMPTY".to_string(), String::new()), ("N".to_string(), "007".to_string())]
-                .into_iter()
-                .collect(),
+            args: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo 'a: b' # not a comment".into(),
+            ],
+            env: [
+                ("EMPTY".to_string(), String::new()),
+                ("N".to_string(), "007".to_string()),
+            ]
+            .into_iter()
+            .collect(),
             replicas: Some(3),
             cpus: Some(0.5),
             health_test: Some(vec!["CMD".into(), "true".into()]),

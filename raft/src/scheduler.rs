@@ -7,13 +7,25 @@
 //! sentence naming the filter that eliminated the most nodes. The pass is pure and
 //! deterministic, and counts its own earlier assignments.
 //!
-//! Cost: node usage is computed once per pass (one walk over the tasks); the tasks
-//! of one service version share a heap of nodes by score, and a node that fails a
-//! filter for that group is dropped for the rest of the group (usage only grows
-//! within a pass), so a pass costs about O(tasks·log nodes + groups·nodes).
+//! Cost: node usage is computed once per pass (one walk over the tasks, counting
+//! per service only for the services with pending tasks), into a vector indexed
+//! by the node's position. The nodes every spec may use (ready, engine up,
+//! active) are kept in one ordered set by (live tasks, id) that follows every
+//! assignment. A group of tasks of one service version walks that set in order
+//! from a cursor, skipping nodes its constraints refuse and nodes that already
+//! run the service (those come after every node that does not, and are placed
+//! from a heap once the walk is done); a node that fails a filter for the group
+//! is passed once and not seen again (usage only grows within a pass). So a
+//! placement costs O(log nodes) plus the nodes its constraints refuse on the way,
+//! and a pass about O(tasks·log nodes + classes·nodes), where classes is the
+//! number of distinct constraint lists. A group whose constraints leave few
+//! nodes uses a heap over just those instead, when that is cheaper; both ways
+//! give the same decisions. The decisions come out in task id order.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::ops::Bound;
 
 use crate::service::{
     format_bytes, format_cpus, Constraint, DesiredState, PortSpec, Protocol, ServiceSpec, Task,
@@ -28,39 +40,76 @@ struct NodeUsage {
     nano_cpus: u64,
     memory_bytes: u64,
     ports: BTreeSet<(u16, Protocol)>,
-    /// Tasks that hold the node, per service (including those stopping).
-    per_service: BTreeMap<String, u64>,
     /// Live tasks (meant to run), for spreading.
     live_total: u64,
-    live_per_service: BTreeMap<String, u64>,
 }
 
 impl NodeUsage {
-    fn add(&mut self, task: &Task, live: bool) {
-        let r = &task.spec.resources;
+    fn add(&mut self, spec: &ServiceSpec, live: bool) {
+        let r = &spec.resources;
         self.nano_cpus = self.nano_cpus.saturating_add(r.reserve_nano_cpus);
         self.memory_bytes = self.memory_bytes.saturating_add(r.reserve_memory_bytes);
-        for port in &task.spec.ports {
+        for port in &spec.ports {
             self.ports.insert((port.published, port.protocol));
         }
-        *self.per_service.entry(task.service.clone()).or_default() += 1;
         if live {
             self.live_total += 1;
-            *self
-                .live_per_service
-                .entry(task.service.clone())
-                .or_default() += 1;
         }
     }
+}
 
-    fn live_of(&self, service: &str) -> u64 {
-        self.live_per_service.get(service).copied().unwrap_or(0)
+/// What one service's tasks hold on one node.
+#[derive(Debug, Clone, Copy, Default)]
+struct ServiceCount {
+    /// Tasks that hold the node (including those stopping).
+    held: u64,
+    /// Live tasks (meant to run), for spreading.
+    live: u64,
+}
+
+/// A service's counts by node index.
+type Counts = HashMap<usize, ServiceCount, Fnv>;
+
+/// FNV-1a, for the pass's lookup tables: cheaper than SipHash on short keys, and
+/// the same on every run. The tables are only looked up, never iterated where
+/// their order could reach a decision.
+#[derive(Default)]
+struct FnvHasher(u64);
+
+impl Hasher for FnvHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut hash = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &b in bytes {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = hash;
     }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write(&n.to_le_bytes());
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type Fnv = BuildHasherDefault<FnvHasher>;
+
+/// What a filter sees of a node's usage, for the service being placed.
+struct Used<'u> {
+    node: &'u NodeUsage,
+    /// Tasks of the service being placed that hold the node.
+    held_of_service: u64,
 }
 
 /// One reason a node cannot take a task.
 trait Filter {
-    fn check(&self, node: &NodeRecord, usage: &NodeUsage) -> bool;
+    fn check(&self, node: &NodeRecord, used: &Used) -> bool;
     /// Why `eliminated` of `total` nodes were refused.
     fn explain(&self, eliminated: usize, total: usize) -> String;
 }
@@ -76,7 +125,7 @@ fn nodes(n: usize) -> String {
 struct Ready;
 
 impl Filter for Ready {
-    fn check(&self, node: &NodeRecord, _: &NodeUsage) -> bool {
+    fn check(&self, node: &NodeRecord, _: &Used) -> bool {
         node.status == NodeStatus::Ready
     }
     fn explain(&self, eliminated: usize, _: usize) -> String {
@@ -87,7 +136,7 @@ impl Filter for Ready {
 struct EngineUp;
 
 impl Filter for EngineUp {
-    fn check(&self, node: &NodeRecord, _: &NodeUsage) -> bool {
+    fn check(&self, node: &NodeRecord, _: &Used) -> bool {
         node.engine_error.is_none()
     }
     fn explain(&self, eliminated: usize, _: usize) -> String {
@@ -98,7 +147,7 @@ impl Filter for EngineUp {
 struct Active;
 
 impl Filter for Active {
-    fn check(&self, node: &NodeRecord, _: &NodeUsage) -> bool {
+    fn check(&self, node: &NodeRecord, _: &Used) -> bool {
         node.availability == Availability::Active
     }
     fn explain(&self, eliminated: usize, _: usize) -> String {
@@ -106,10 +155,20 @@ impl Filter for Active {
     }
 }
 
+/// Whether a node passes the filters every spec shares (ready, engine up, active).
+fn open(node: &NodeRecord) -> bool {
+    let idle = NodeUsage::default();
+    let used = Used {
+        node: &idle,
+        held_of_service: 0,
+    };
+    Ready.check(node, &used) && EngineUp.check(node, &used) && Active.check(node, &used)
+}
+
 struct Satisfies<'a>(&'a Constraint);
 
 impl Filter for Satisfies<'_> {
-    fn check(&self, node: &NodeRecord, _: &NodeUsage) -> bool {
+    fn check(&self, node: &NodeRecord, _: &Used) -> bool {
         self.0.matches(node)
     }
     fn explain(&self, eliminated: usize, total: usize) -> String {
@@ -121,14 +180,13 @@ impl Filter for Satisfies<'_> {
     }
 }
 
-struct MaxPerNode<'a> {
-    service: &'a str,
+struct MaxPerNode {
     max: u64,
 }
 
-impl Filter for MaxPerNode<'_> {
-    fn check(&self, _: &NodeRecord, usage: &NodeUsage) -> bool {
-        self.max == 0 || usage.per_service.get(self.service).copied().unwrap_or(0) < self.max
+impl Filter for MaxPerNode {
+    fn check(&self, _: &NodeRecord, used: &Used) -> bool {
+        self.max == 0 || used.held_of_service < self.max
     }
     fn explain(&self, eliminated: usize, _: usize) -> String {
         format!("max {} per node reached on {}", self.max, nodes(eliminated))
@@ -138,8 +196,8 @@ impl Filter for MaxPerNode<'_> {
 struct Cpu(u64);
 
 impl Filter for Cpu {
-    fn check(&self, node: &NodeRecord, usage: &NodeUsage) -> bool {
-        self.0 == 0 || usage.nano_cpus.saturating_add(self.0) <= node.resources.nano_cpus
+    fn check(&self, node: &NodeRecord, used: &Used) -> bool {
+        self.0 == 0 || used.node.nano_cpus.saturating_add(self.0) <= node.resources.nano_cpus
     }
     fn explain(&self, eliminated: usize, _: usize) -> String {
         format!(
@@ -153,8 +211,8 @@ impl Filter for Cpu {
 struct Memory(u64);
 
 impl Filter for Memory {
-    fn check(&self, node: &NodeRecord, usage: &NodeUsage) -> bool {
-        self.0 == 0 || usage.memory_bytes.saturating_add(self.0) <= node.resources.memory_bytes
+    fn check(&self, node: &NodeRecord, used: &Used) -> bool {
+        self.0 == 0 || used.node.memory_bytes.saturating_add(self.0) <= node.resources.memory_bytes
     }
     fn explain(&self, eliminated: usize, _: usize) -> String {
         format!(
@@ -168,8 +226,11 @@ impl Filter for Memory {
 struct HostPort(PortSpec);
 
 impl Filter for HostPort {
-    fn check(&self, _: &NodeRecord, usage: &NodeUsage) -> bool {
-        !usage.ports.contains(&(self.0.published, self.0.protocol))
+    fn check(&self, _: &NodeRecord, used: &Used) -> bool {
+        !used
+            .node
+            .ports
+            .contains(&(self.0.published, self.0.protocol))
     }
     fn explain(&self, eliminated: usize, _: usize) -> String {
         format!(
@@ -189,39 +250,39 @@ struct Filters<'a> {
 }
 
 impl<'a> Filters<'a> {
-    fn new(service: &'a str, spec: &'a ServiceSpec) -> Self {
+    fn new(spec: &'a ServiceSpec) -> Self {
         let mut fixed: Vec<Box<dyn Filter + 'a>> =
             vec![Box::new(Ready), Box::new(EngineUp), Box::new(Active)];
         for constraint in &spec.constraints {
             fixed.push(Box::new(Satisfies(constraint)));
         }
         let mut usage: Vec<Box<dyn Filter + 'a>> = vec![Box::new(MaxPerNode {
-            service,
             max: spec.max_per_node,
         })];
-        usage.push(Box::new(Cpu(spec.resources.reserve_nano_cpus)));
-        usage.push(Box::new(Memory(spec.resources.reserve_memory_bytes)));
+        // Reservations and ports are checked only when the spec has them.
+        if spec.resources.reserve_nano_cpus > 0 {
+            usage.push(Box::new(Cpu(spec.resources.reserve_nano_cpus)));
+        }
+        if spec.resources.reserve_memory_bytes > 0 {
+            usage.push(Box::new(Memory(spec.resources.reserve_memory_bytes)));
+        }
         for port in &spec.ports {
             usage.push(Box::new(HostPort(*port)));
         }
         Filters { fixed, usage }
     }
 
-    fn fixed_ok(&self, node: &NodeRecord, usage: &NodeUsage) -> bool {
-        self.fixed.iter().all(|f| f.check(node, usage))
+    fn fixed_ok(&self, node: &NodeRecord, used: &Used) -> bool {
+        self.fixed.iter().all(|f| f.check(node, used))
     }
 
-    fn usage_ok(&self, node: &NodeRecord, usage: &NodeUsage) -> bool {
-        self.usage.iter().all(|f| f.check(node, usage))
+    fn usage_ok(&self, node: &NodeRecord, used: &Used) -> bool {
+        self.usage.iter().all(|f| f.check(node, used))
     }
 
     /// Blames each refused node on the first filter it fails and explains, the filter
     /// that eliminated the most nodes first.
-    fn explain<'n>(
-        &self,
-        candidates: impl Iterator<Item = &'n NodeRecord>,
-        usage: &BTreeMap<NodeId, NodeUsage>,
-    ) -> String {
+    fn explain<'n>(&self, candidates: impl Iterator<Item = (&'n NodeRecord, Used<'n>)>) -> String {
         let all: Vec<&dyn Filter> = self
             .fixed
             .iter()
@@ -230,11 +291,9 @@ impl<'a> Filters<'a> {
             .collect();
         let mut blamed = vec![0usize; all.len()];
         let mut total = 0;
-        let idle = NodeUsage::default();
-        for node in candidates {
+        for (node, used) in candidates {
             total += 1;
-            let used = usage.get(&node.id).unwrap_or(&idle);
-            if let Some(i) = all.iter().position(|f| !f.check(node, used)) {
+            if let Some(i) = all.iter().position(|f| !f.check(node, &used)) {
                 blamed[i] += 1;
             }
         }
@@ -255,132 +314,354 @@ impl<'a> Filters<'a> {
     }
 }
 
+/// How a group of tasks finds its nodes; both ways decide the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    /// Whichever is cheaper for the group.
+    Auto,
+    /// The ordered set of open nodes, from a cursor.
+    Cursor,
+    /// A heap over the nodes the group's constraints allow.
+    Heap,
+}
+
 /// Assigns pending tasks meant to run to nodes; tasks no node can take get an
 /// explanation (written only when it changed).
 pub fn schedule(state: &ClusterState) -> Vec<TaskChange> {
-    let mut usage: BTreeMap<NodeId, NodeUsage> = BTreeMap::new();
-    let mut pending: Vec<&Task> = Vec::new();
+    schedule_with(state, Walk::Auto)
+}
+
+fn schedule_with(state: &ClusterState, walk: Walk) -> Vec<TaskChange> {
+    // Pending tasks per service, then per version. The hash map only finds a
+    // service's entry; the order of the pass is the services' name order.
+    let mut index: HashMap<&str, usize, Fnv> = HashMap::default();
+    let mut pending: Vec<(&str, BTreeMap<u64, Vec<Pending>>)> = Vec::new();
+    let mut count = 0;
     for task in state.tasks.values() {
-        if task.occupies_node() {
-            if let Some(node) = task.node_id {
-                let live = task.desired_state == DesiredState::Running;
-                usage.entry(node).or_default().add(task, live);
-            }
-        } else if task.state == TaskState::Pending && task.desired_state == DesiredState::Running {
-            pending.push(task);
+        if task.state == TaskState::Pending && task.desired_state == DesiredState::Running {
+            let seq = count;
+            let service = task.service.as_str();
+            let at = *index.entry(service).or_insert_with(|| {
+                pending.push((service, BTreeMap::new()));
+                pending.len() - 1
+            });
+            pending[at]
+                .1
+                .entry(task.spec_version)
+                .or_default()
+                .push((seq, task));
+            count += 1;
         }
     }
-    // Group by service version; within a group by slot (then node, then id).
-    pending.sort_by(|a, b| {
-        (&a.service, a.spec_version, a.slot, a.node_id, &a.id).cmp(&(
-            &b.service,
-            b.spec_version,
-            b.slot,
-            b.node_id,
-            &b.id,
-        ))
-    });
-    let mut changes = Vec::new();
-    let mut rest = pending.as_slice();
-    while let Some(first) = rest.first() {
-        let end = rest
-            .iter()
-            .position(|t| t.service != first.service || t.spec_version != first.spec_version)
-            .unwrap_or(rest.len());
-        let (group, tail) = rest.split_at(end);
-        rest = tail;
-        schedule_group(state, group, &mut usage, &mut changes);
+    if pending.is_empty() {
+        return Vec::new();
     }
+    pending.sort_unstable_by_key(|(service, _)| *service);
+    let mut pass = Pass::new(state, pending.iter().map(|(service, _)| *service), walk);
+    let mut changes: Changes = (0..count).map(|_| None).collect();
+    for (service, versions) in pending.into_iter().enumerate() {
+        for mut group in versions.1.into_values() {
+            // Within a group by slot (then node, then id).
+            group.sort_unstable_by(|(_, a), (_, b)| {
+                (a.slot, a.node_id, &a.id).cmp(&(b.slot, b.node_id, &b.id))
+            });
+            pass.schedule_group(service, &group, &mut changes);
+        }
+    }
+    // In the task map's order: applying them then walks the map in order, which
+    // is several times faster than jumping about it service by service.
+    // `filter_map` collects into the same allocation; `flatten` would not.
+    #[allow(clippy::filter_map_identity)]
+    let changes = changes.into_iter().filter_map(|change| change).collect();
     changes
 }
 
-fn unassignable(task: &Task, reason: String, changes: &mut Vec<TaskChange>) {
+/// Decisions by the position of their task among the pending tasks, in the task
+/// map's order; `None` where a task needs no change.
+type Changes = Vec<Option<TaskChange>>;
+
+/// A pending task and its position among the pending tasks.
+type Pending<'s> = (usize, &'s Task);
+
+/// The nodes one constraint list allows among the open ones.
+struct Class {
+    allowed: Vec<bool>,
+    /// Their indices, in id order.
+    list: Vec<usize>,
+}
+
+/// One scheduling pass: what every node holds, updated as tasks are assigned.
+struct Pass<'s> {
+    /// Every node, in id order; a node is named by its index here.
+    nodes: Vec<&'s NodeRecord>,
+    usage: Vec<NodeUsage>,
+    /// The open nodes (ready, engine up, active) by (live tasks, index).
+    open: BTreeSet<(u64, usize)>,
+    open_count: usize,
+    /// Per service with pending tasks (in name order), what its tasks hold per node.
+    services: Vec<Counts>,
+    classes: BTreeMap<&'s [Constraint], Class>,
+    walk: Walk,
+}
+
+impl<'s> Pass<'s> {
+    fn new(state: &'s ClusterState, pending: impl Iterator<Item = &'s str>, walk: Walk) -> Self {
+        let nodes: Vec<&NodeRecord> = state.nodes.values().collect();
+        let mut usage = vec![NodeUsage::default(); nodes.len()];
+        let index: HashMap<&str, usize, Fnv> = pending.enumerate().map(|(i, s)| (s, i)).collect();
+        let mut services = vec![Counts::default(); index.len()];
+        for task in state.tasks.values() {
+            if !task.occupies_node() {
+                continue;
+            }
+            let Some(i) = task.node_id.and_then(|id| index_of(&nodes, id)) else {
+                continue;
+            };
+            let live = task.desired_state == DesiredState::Running;
+            usage[i].add(&task.spec, live);
+            if let Some(&service) = index.get(task.service.as_str()) {
+                let count = services[service].entry(i).or_default();
+                count.held += 1;
+                count.live += u64::from(live);
+            }
+        }
+        let open: BTreeSet<(u64, usize)> = (0..nodes.len())
+            .filter(|&i| open(nodes[i]))
+            .map(|i| (usage[i].live_total, i))
+            .collect();
+        Pass {
+            open_count: open.len(),
+            nodes,
+            usage,
+            open,
+            services,
+            classes: BTreeMap::new(),
+            walk,
+        }
+    }
+
+    fn index(&self, id: NodeId) -> Option<usize> {
+        index_of(&self.nodes, id)
+    }
+
+    fn class(&mut self, constraints: &'s [Constraint]) -> &mut Class {
+        let nodes = &self.nodes;
+        self.classes.entry(constraints).or_insert_with(|| {
+            let allowed: Vec<bool> = nodes
+                .iter()
+                .map(|node| open(node) && constraints.iter().all(|c| c.matches(node)))
+                .collect();
+            let list = (0..nodes.len()).filter(|&i| allowed[i]).collect();
+            Class { allowed, list }
+        })
+    }
+
+    fn used<'u>(&'u self, counts: &Counts, i: usize) -> Used<'u> {
+        Used {
+            node: &self.usage[i],
+            held_of_service: counts.get(&i).map_or(0, |c| c.held),
+        }
+    }
+
+    fn assign(
+        &mut self,
+        seq: usize,
+        task: &Task,
+        i: usize,
+        counts: &mut Counts,
+        changes: &mut Changes,
+    ) {
+        let before = self.usage[i].live_total;
+        self.usage[i].add(&task.spec, true);
+        if self.open.remove(&(before, i)) {
+            self.open.insert((self.usage[i].live_total, i));
+        }
+        let count = counts.entry(i).or_default();
+        count.held += 1;
+        count.live += 1;
+        let change = TaskChange::Assign {
+            task_id: task.id.clone(),
+            node_id: self.nodes[i].id,
+        };
+        changes[seq] = Some(change);
+    }
+
+    fn explain_all(&self, filters: &Filters, counts: &Counts) -> String {
+        filters.explain((0..self.nodes.len()).map(|i| (self.nodes[i], self.used(counts, i))))
+    }
+
+    /// Places tasks of one service version, which share one spec for placement.
+    fn schedule_group(&mut self, service: usize, group: &[Pending<'s>], changes: &mut Changes) {
+        let first = group[0].1;
+        let filters = Filters::new(&first.spec);
+        // Taken out while the group is placed, put back for the service's next version.
+        let mut counts = std::mem::take(&mut self.services[service]);
+        let (preset, free): (Vec<Pending>, Vec<Pending>) = group
+            .iter()
+            .copied()
+            .partition(|(_, t)| t.node_id.is_some());
+
+        // Global tasks come with their node: check that node only.
+        for (seq, task) in preset {
+            let Some(i) = task.node_id.and_then(|id| self.index(id)) else {
+                let reason = "its node is no longer a member".to_owned();
+                unassignable(seq, task, reason, changes);
+                continue;
+            };
+            let node = self.nodes[i];
+            let used = self.used(&counts, i);
+            if filters.fixed_ok(node, &used) && filters.usage_ok(node, &used) {
+                self.assign(seq, task, i, &mut counts, changes);
+            } else {
+                let reason = filters.explain(std::iter::once((node, used)));
+                unassignable(seq, task, reason, changes);
+            }
+        }
+        if !free.is_empty() {
+            let constraints = first.spec.constraints.as_slice();
+            let allowed = self.class(constraints).list.len();
+            let walk = match self.walk {
+                Walk::Auto => {
+                    // The cursor passes about open/allowed nodes per placement; the
+                    // heap starts with every allowed node.
+                    let passed = free.len().saturating_mul(self.open_count) / allowed.max(1);
+                    if passed <= allowed {
+                        Walk::Cursor
+                    } else {
+                        Walk::Heap
+                    }
+                }
+                fixed => fixed,
+            };
+            match walk {
+                Walk::Cursor => self.place_by_cursor(&free, &filters, &mut counts, changes),
+                _ => self.place_by_heap(&free, &filters, &mut counts, changes),
+            }
+        }
+        self.services[service] = counts;
+    }
+
+    /// Spread score, lowest first.
+    fn score(&self, counts: &Counts, i: usize) -> Reverse<(u64, u64, usize)> {
+        let live = counts.get(&i).map_or(0, |c| c.live);
+        Reverse((live, self.usage[i].live_total, i))
+    }
+
+    fn place_by_heap(
+        &mut self,
+        free: &[Pending<'s>],
+        filters: &Filters,
+        counts: &mut Counts,
+        changes: &mut Changes,
+    ) {
+        let constraints = free[0].1.spec.constraints.as_slice();
+        let list = std::mem::take(&mut self.class(constraints).list);
+        let heap: BinaryHeap<_> = list.iter().map(|&i| self.score(counts, i)).collect();
+        self.class(constraints).list = list;
+        self.place_from_heap(free, heap, filters, counts, changes);
+    }
+
+    /// Takes nodes from `heap` (best first) until `free` is placed or the heap is
+    /// empty; the rest are unassignable.
+    fn place_from_heap(
+        &mut self,
+        free: &[Pending<'s>],
+        mut heap: BinaryHeap<Reverse<(u64, u64, usize)>>,
+        filters: &Filters,
+        counts: &mut Counts,
+        changes: &mut Changes,
+    ) {
+        let mut exhausted: Option<String> = None;
+        for &(seq, task) in free {
+            let chosen = loop {
+                let Some(Reverse((_, _, i))) = heap.pop() else {
+                    break None;
+                };
+                if filters.usage_ok(self.nodes[i], &self.used(counts, i)) {
+                    break Some(i);
+                }
+                // Usage only grows in a pass: this node is out for the rest of the group.
+            };
+            match chosen {
+                Some(i) => {
+                    self.assign(seq, task, i, counts, changes);
+                    heap.push(self.score(counts, i));
+                }
+                None => {
+                    let reason = exhausted
+                        .get_or_insert_with(|| self.explain_all(filters, counts))
+                        .clone();
+                    unassignable(seq, task, reason, changes);
+                }
+            }
+        }
+    }
+
+    /// Walks the open nodes by (live tasks, id) from a cursor: every node that does
+    /// not run the service yet ranks before every node that does, so those are
+    /// taken first, in order; the others follow from a heap.
+    fn place_by_cursor(
+        &mut self,
+        free: &[Pending<'s>],
+        filters: &Filters,
+        counts: &mut Counts,
+        changes: &mut Changes,
+    ) {
+        let constraints = free[0].1.spec.constraints.as_slice();
+        let allowed = std::mem::take(&mut self.class(constraints).allowed);
+        let mut cursor: Option<(u64, usize)> = None;
+        let mut placed = 0;
+        while placed < free.len() {
+            let next = loop {
+                let after = match cursor {
+                    None => Bound::Unbounded,
+                    Some(key) => Bound::Excluded(key),
+                };
+                let Some(&key) = self.open.range((after, Bound::Unbounded)).next() else {
+                    break None;
+                };
+                cursor = Some(key);
+                let i = key.1;
+                // Nodes already running the service come later, from the heap; a
+                // node assigned here moves behind the cursor's path with its new
+                // count, so it is passed over too.
+                let runs = counts.get(&i).is_some_and(|c| c.live > 0);
+                if allowed[i] && !runs && filters.usage_ok(self.nodes[i], &self.used(counts, i)) {
+                    break Some(i);
+                }
+            };
+            let Some(i) = next else {
+                break;
+            };
+            let (seq, task) = free[placed];
+            self.assign(seq, task, i, counts, changes);
+            placed += 1;
+        }
+        let rest = &free[placed..];
+        if !rest.is_empty() {
+            // The heap's keys are distinct, so the map's order cannot show.
+            let heap: BinaryHeap<_> = counts
+                .iter()
+                .filter(|(&i, c)| c.live > 0 && allowed[i])
+                .map(|(&i, _)| self.score(counts, i))
+                .collect();
+            self.place_from_heap(rest, heap, filters, counts, changes);
+        }
+        self.class(constraints).allowed = allowed;
+    }
+}
+
+fn index_of(nodes: &[&NodeRecord], id: NodeId) -> Option<usize> {
+    nodes.binary_search_by_key(&id, |node| node.id).ok()
+}
+
+fn unassignable(seq: usize, task: &Task, reason: String, changes: &mut Changes) {
     if task.message != reason {
-        changes.push(TaskChange::Unassignable {
+        let change = TaskChange::Unassignable {
             task_id: task.id.clone(),
             reason,
-        });
-    }
-}
-
-fn assign(
-    task: &Task,
-    node: NodeId,
-    usage: &mut BTreeMap<NodeId, NodeUsage>,
-    changes: &mut Vec<TaskChange>,
-) {
-    usage.entry(node).or_default().add(task, true);
-    changes.push(TaskChange::Assign {
-        task_id: task.id.clone(),
-        node_id: node,
-    });
-}
-
-/// Places tasks of one service version, which share one spec for placement.
-fn schedule_group(
-    state: &ClusterState,
-    group: &[&Task],
-    usage: &mut BTreeMap<NodeId, NodeUsage>,
-    changes: &mut Vec<TaskChange>,
-) {
-    let first = group[0];
-    let service = first.service.as_str();
-    let filters = Filters::new(service, &first.spec);
-    let idle = NodeUsage::default();
-    let (preset, free): (Vec<&Task>, Vec<&Task>) =
-        group.iter().copied().partition(|t| t.node_id.is_some());
-
-    // Global tasks come with their node: check that node only.
-    for task in preset {
-        let Some(node) = task.node_id.and_then(|id| state.nodes.get(&id)) else {
-            unassignable(task, "its node is no longer a member".to_owned(), changes);
-            continue;
         };
-        let used = usage.get(&node.id).unwrap_or(&idle);
-        if filters.fixed_ok(node, used) && filters.usage_ok(node, used) {
-            assign(task, node.id, usage, changes);
-        } else {
-            let reason = filters.explain(std::iter::once(node), usage);
-            unassignable(task, reason, changes);
-        }
-    }
-    if free.is_empty() {
-        return;
-    }
-    let score = |id: NodeId, usage: &BTreeMap<NodeId, NodeUsage>| {
-        let used = usage.get(&id).unwrap_or(&idle);
-        Reverse((used.live_of(service), used.live_total, id))
-    };
-    let mut heap: BinaryHeap<Reverse<(u64, u64, NodeId)>> = state
-        .nodes
-        .values()
-        .filter(|node| filters.fixed_ok(node, usage.get(&node.id).unwrap_or(&idle)))
-        .map(|node| score(node.id, usage))
-        .collect();
-    let mut exhausted: Option<String> = None;
-    for task in free {
-        let chosen = loop {
-            let Some(Reverse((_, _, id))) = heap.pop() else {
-                break None;
-            };
-            let node = &state.nodes[&id];
-            if filters.usage_ok(node, usage.get(&id).unwrap_or(&idle)) {
-                break Some(id);
-            }
-            // Usage only grows in a pass: this node is out for the rest of the group.
-        };
-        match chosen {
-            Some(id) => {
-                assign(task, id, usage, changes);
-                heap.push(score(id, usage));
-            }
-            None => {
-                let reason = exhausted
-                    .get_or_insert_with(|| filters.explain(state.nodes.values(), usage))
-                    .clone();
-                unassignable(task, reason, changes);
-            }
-        }
+        changes[seq] = Some(change);
     }
 }
 
@@ -871,6 +1152,33 @@ mod properties {
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// The cursor over the open nodes and the heap over a class's nodes must
+        /// decide the same, at every tick of a perturbed cluster.
+        #[test]
+        fn both_walks_decide_the_same(
+            nodes in prop::collection::vec(node_setup(), 1..9),
+            services in prop::collection::vec(service_setup(), 1..4),
+            events in prop::collection::vec(event(), 0..6),
+        ) {
+            let mut state = build(&nodes, &services);
+            let mut now_ms = 1_000_000;
+            for round in 0..=events.len() {
+                for _ in 0..4 {
+                    now_ms += 1_000;
+                    let changes = orchestrator::reconcile(&state, now_ms);
+                    apply(&mut state, &Command::ApplyTaskChanges { changes, now_ms });
+                    let cursor = scheduler::schedule_with(&state, scheduler::Walk::Cursor);
+                    let heap = scheduler::schedule_with(&state, scheduler::Walk::Heap);
+                    prop_assert_eq!(&cursor, &heap);
+                    prop_assert_eq!(&scheduler::schedule(&state), &heap);
+                    tick(&mut state, now_ms);
+                }
+                if let Some(event) = events.get(round) {
+                    perturb(&mut state, event, now_ms);
+                }
+            }
+        }
 
         #[test]
         fn converged_clusters_keep_their_invariants(

@@ -968,17 +968,29 @@ impl ClusterState {
             return Err("this cluster has used every task id; no task can be created".to_owned());
         }
         // Slots that already have a live task of the current version: a Create for one
-        // of them comes from a batch computed before that task existed.
-        let mut filled: BTreeSet<(String, u64, Option<NodeId>)> = BTreeSet::new();
+        // of them comes from a batch computed before that task existed. Only the
+        // services this batch creates tasks for are looked at, and the keys borrow
+        // their names from the batch.
+        let mut filled: BTreeSet<(&str, u64, Option<NodeId>)> = BTreeSet::new();
         if creates > 0 {
-            for task in self.tasks.values() {
+            let named: BTreeSet<&str> = changes
+                .iter()
+                .filter_map(|change| match change {
+                    TaskChange::Create { service, .. } => Some(service.as_str()),
+                    _ => None,
+                })
+                .collect();
+            for task in self.tasks.values().filter(|task| task.is_live()) {
+                let Some(&service) = named.get(task.service.as_str()) else {
+                    continue;
+                };
                 let current = self
                     .services
-                    .get(&task.service)
+                    .get(service)
                     .is_some_and(|s| s.is_current(task));
-                if task.is_live() && current {
+                if current {
                     let (slot, node) = slot_key(task);
-                    filled.insert((task.service.clone(), slot, node));
+                    filled.insert((service, slot, node));
                 }
             }
         }
@@ -994,7 +1006,7 @@ impl ClusterState {
                         continue;
                     };
                     let key = (
-                        service.clone(),
+                        service.as_str(),
                         *slot,
                         if *slot == 0 { *node_id } else { None },
                     );
