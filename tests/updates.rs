@@ -12,11 +12,13 @@ use common::services::{deploy, docker_running, running_count, tasks, three_nodes
 use common::{wait_for, Cluster};
 use serde_json::Value;
 
-/// The fewest running tasks and containers seen while sampling.
+/// The fewest running tasks and containers seen while sampling, and the
+/// most containers.
 #[derive(Debug, Clone, Copy)]
 struct Minimum {
     tasks: usize,
     containers: usize,
+    most_containers: usize,
     samples: usize,
 }
 
@@ -34,6 +36,7 @@ impl Sampler {
         let min = Arc::new(Mutex::new(Minimum {
             tasks: usize::MAX,
             containers: usize::MAX,
+            most_containers: 0,
             samples: 0,
         }));
         let (dir, id) = (c.nodes[0].dir.clone(), c.cluster_id.clone().unwrap());
@@ -57,6 +60,7 @@ impl Sampler {
                 let mut m = min2.lock().unwrap();
                 m.tasks = m.tasks.min(running);
                 m.containers = m.containers.min(containers);
+                m.most_containers = m.most_containers.max(containers);
                 m.samples += 1;
                 drop(m);
                 std::thread::sleep(Duration::from_millis(50));
@@ -144,7 +148,7 @@ fn assert_all_on(c: &Cluster, service: &str, version: u64, cmd: &[&str]) {
     }
 }
 
-fn rolling_update(order: &str, fewest: usize) {
+fn rolling_update(order: &str, fewest: usize, most: usize) {
     let c = three_nodes();
     deploy(&c, "web", &["--replicas", "6"]);
     wait_running(&c, "web", 6, Duration::from_secs(60));
@@ -176,6 +180,7 @@ fn rolling_update(order: &str, fewest: usize) {
     assert!(min.samples > 10, "too few samples: {min:?}");
     assert!(min.tasks >= fewest, "{order}: {min:?}");
     assert!(min.containers >= fewest, "{order}: {min:?}");
+    assert!(min.most_containers <= most, "{order}: {min:?}");
     assert_eq!(update_state(&c, 0, "web"), "completed");
     assert_all_on(&c, "web", 2, &["sleep", "200000"]);
     let per_slot = tasks_of_version(&c, 0, "web", 2);
@@ -189,12 +194,13 @@ fn rolling_update(order: &str, fewest: usize) {
 
 #[test]
 fn a_stop_first_update_keeps_all_but_parallelism_running() {
-    rolling_update("stop-first", 4);
+    // Stop-first: a new container starts only once the old one has stopped.
+    rolling_update("stop-first", 4, 6);
 }
 
 #[test]
 fn a_start_first_update_never_drops_below_the_replica_count() {
-    rolling_update("start-first", 6);
+    rolling_update("start-first", 6, 8);
 }
 
 /// Deploys `web` with 4 healthy replicas (a passing health check).

@@ -247,7 +247,10 @@ impl Slot<'_> {
             return;
         }
         let Some(latest) = unreplaced.first() else {
-            self.create(0, changes);
+            // Stop-first: the new task waits until the old one has stopped.
+            if !updater::holds_for_stop(self.service, self.tasks) {
+                self.create(0, changes);
+            }
             return;
         };
         if !self.service.is_current(latest) {

@@ -22,8 +22,8 @@
 //! It then records new failures, applies the failure action once the failed
 //! share exceeds `max_failure_ratio` (pause, continue, or roll back), starts up
 //! to `parallelism` minus in-flight slots (stop-first: the old task is stopped
-//! and the new one created in the same batch; start-first: the new one is
-//! created and the orchestrator stops the old once the new one runs), and
+//! and the orchestrator creates the new one once it has; start-first: the new
+//! one is created and the orchestrator stops the old once the new one runs), and
 //! completes the run once nothing is in flight or left to update.
 //!
 //! Everything it needs is in the replicated state, so a new leader carries on
@@ -110,6 +110,9 @@ fn classify(service: &Service, config: &UpdateConfig, tasks: &[&Task], now_ms: u
         };
     }
     let outdated_live = tasks.iter().filter(live).any(|t| !service.is_current(t));
+    if holds_for_stop(service, tasks) {
+        return SlotStatus::InFlight;
+    }
     if !outdated_live {
         return if refilled(service, tasks) {
             // The orchestrator will fill it with a task of this run.
@@ -124,6 +127,22 @@ fn classify(service: &Service, config: &UpdateConfig, tasks: &[&Task], now_ms: u
     } else {
         SlotStatus::ToUpdate
     }
+}
+
+/// Whether a stop-first run is waiting for a slot's old task to stop before
+/// the orchestrator starts its new one: the slot has no live task of the
+/// current template and an older task that is still stopping.
+pub(crate) fn holds_for_stop(service: &Service, tasks: &[&Task]) -> bool {
+    let stop_first = service
+        .active_update_config()
+        .is_some_and(|c| c.order == UpdateOrder::StopFirst);
+    stop_first
+        && !tasks.iter().any(|t| t.is_live() && service.is_current(t))
+        && tasks.iter().any(|t| {
+            !t.state.is_terminal()
+                && t.desired_state == DesiredState::Shutdown
+                && !service.is_current(t)
+        })
 }
 
 /// Whether the orchestrator will give a slot without a live task a new one: a
@@ -312,23 +331,29 @@ pub(crate) fn plan_service(
         .into_iter()
         .take(budget.min(usize::MAX as u64) as usize)
     {
-        if config.order == UpdateOrder::StopFirst {
-            let tasks = slots.get(&key).map(Vec::as_slice).unwrap_or(&[]);
-            for task in tasks.iter().filter(|t| t.is_live()) {
-                changes.push(TaskChange::SetDesired {
-                    task_id: task.id.clone(),
-                    desired: DesiredState::Shutdown,
-                    reason: reason.clone(),
+        match config.order {
+            // The orchestrator creates the new task once the old one has stopped.
+            UpdateOrder::StopFirst => {
+                let tasks = slots.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+                for task in tasks.iter().filter(|t| t.is_live()) {
+                    changes.push(TaskChange::SetDesired {
+                        task_id: task.id.clone(),
+                        desired: DesiredState::Shutdown,
+                        reason: reason.clone(),
+                    });
+                }
+            }
+            // The orchestrator stops the old task once the new one runs.
+            UpdateOrder::StartFirst => {
+                let (slot, node_id) = key;
+                changes.push(TaskChange::Create {
+                    service: name.clone(),
+                    slot,
+                    node_id,
+                    restart_count: 0,
                 });
             }
         }
-        let (slot, node_id) = key;
-        changes.push(TaskChange::Create {
-            service: name.clone(),
-            slot,
-            node_id,
-            restart_count: 0,
-        });
     }
 }
 
@@ -605,6 +630,24 @@ mod tests {
             "never fewer than replicas - parallelism"
         );
         assert!(sim.created_per_slot(&before).values().all(|n| *n == 1));
+        // Stop-first: each new task was created only once the old one had stopped.
+        for slot in 1..=6 {
+            let tasks: Vec<&Task> = sim
+                .state
+                .tasks
+                .values()
+                .filter(|t| t.slot == slot)
+                .collect();
+            let old = tasks.iter().find(|t| t.spec.image == "app:1").unwrap();
+            let new = tasks.iter().find(|t| t.spec.image == "app:2").unwrap();
+            assert_eq!(old.state, TaskState::Shutdown);
+            assert!(
+                new.created_at_ms >= old.state_changed_at_ms,
+                "slot {slot}: new task created at {} before the old one stopped at {}",
+                new.created_at_ms,
+                old.state_changed_at_ms
+            );
+        }
     }
 
     #[test]
@@ -661,7 +704,8 @@ mod tests {
                 "monitor {monitor} delay {delay}: slot 2 created at {}, slot 1 done at {first_done}",
                 second.created_at_ms
             );
-            assert!(second.created_at_ms < first_done + delay + 2 * TICK);
+            // Stop-first: its old task's stop comes between.
+            assert!(second.created_at_ms < first_done + delay + sim.stop_ms + 3 * TICK);
         }
     }
 
@@ -879,15 +923,13 @@ mod tests {
             now_ms,
         });
         assert_eq!(sim.state, before);
-        // The first step starts slot 1 of the newest run only.
+        // The first step starts slot 1 of the newest run only: stop-first, so
+        // its old task stops first and no new task is created yet.
         let changes = reconcile(&sim.state, sim.now);
         assert_eq!(
             render(&changes),
-            [
-                "desire shutdown t0: replaced by version 3 (rolling update)",
-                "create web.1 attempt 0"
-            ]
-            .map(|s| s.replace("t0", &sim.created[&1][0]))
+            ["desire shutdown t0: replaced by version 3 (rolling update)"]
+                .map(|s| s.replace("t0", &sim.created[&1][0]))
         );
     }
 }
