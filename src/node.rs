@@ -43,6 +43,8 @@ pub struct Node {
     /// Why this node's container engine cannot be used, as the agent last
     /// found; sent to the leader with every heartbeat.
     pub engine_error: Mutex<Option<String>>,
+    /// The routing mesh and DNS: the endpoint table and connections.
+    pub mesh: Arc<crate::mesh::Mesh>,
 }
 
 /// One command waiting to be proposed, and where its outcome goes.

@@ -335,8 +335,9 @@ pub struct ServiceSpecDoc {
     pub pull: Option<String>,
 }
 
-/// A port published on the node that runs the task: `-p 8080:80/tcp`.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+/// A published port: `-p 8080:80/tcp` (ingress: every node listens),
+/// `-p mode=host,published=8080,target=80` (only the task's node).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PortDoc {
     pub published: u16,
@@ -344,13 +345,39 @@ pub struct PortDoc {
     /// `"tcp"` or `"udp"`; `None` means tcp.
     #[serde(default)]
     pub protocol: Option<String>,
+    /// `"ingress"` or `"host"`; `None` means ingress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// `"least-conn"`, `"round-robin"` or `"local-first"`; `None` means
+    /// least-conn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// `"v2"`: prepend a PROXY protocol v2 header with the client's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<String>,
 }
 
+/// Publish modes, balancing policies and PROXY protocol versions of a port.
+pub const PUBLISH_MODES: [&str; 2] = ["ingress", "host"];
+pub const BALANCE_POLICIES: [&str; 3] = ["least-conn", "round-robin", "local-first"];
+pub const PROXY_PROTOCOLS: [&str; 1] = ["v2"];
+
 impl std::fmt::Display for PortDoc {
-    /// `8080:80/tcp`, the form `service ls` shows.
+    /// `8080:80/tcp`, the form `service ls` shows, with the options that
+    /// differ from the defaults (`,mode=host`, `,policy=round-robin`, ...).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let protocol = self.protocol.as_deref().unwrap_or(defaults::PROTOCOL);
-        write!(f, "{}:{}/{protocol}", self.published, self.target)
+        write!(f, "{}:{}/{protocol}", self.published, self.target)?;
+        if let Some(mode) = self.mode.as_deref().filter(|m| *m != "ingress") {
+            write!(f, ",mode={mode}")?;
+        }
+        if let Some(policy) = self.policy.as_deref().filter(|p| *p != "least-conn") {
+            write!(f, ",policy={policy}")?;
+        }
+        if let Some(version) = self.proxy_protocol.as_deref() {
+            write!(f, ",proxy-protocol={version}")?;
+        }
+        Ok(())
     }
 }
 
@@ -833,6 +860,17 @@ impl ServiceSpecDoc {
                 }
             }
             check_choice(&format!("ports[{i}].protocol"), &port.protocol, &PROTOCOLS)?;
+            check_choice(&format!("ports[{i}].mode"), &port.mode, &PUBLISH_MODES)?;
+            check_choice(
+                &format!("ports[{i}].policy"),
+                &port.policy,
+                &BALANCE_POLICIES,
+            )?;
+            check_choice(
+                &format!("ports[{i}].proxy_protocol"),
+                &port.proxy_protocol,
+                &PROXY_PROTOCOLS,
+            )?;
             let protocol = port.protocol.as_deref().unwrap_or(defaults::PROTOCOL);
             if !published.insert((port.published, protocol)) {
                 return Err(spec_field(
@@ -1262,6 +1300,7 @@ mod tests {
                 published,
                 target,
                 protocol: protocol.map(str::to_owned),
+                ..PortDoc::default()
             }
         }
         type Edit = Box<dyn Fn(&mut ServiceSpecDoc)>;
