@@ -325,6 +325,11 @@ async fn run_agent(node: Arc<Node>) {
         for image in images.split(',').filter(|i| !i.is_empty()) {
             fake.add_image(image);
         }
+        // Where the fake's "containers" are reached by the mesh (a test
+        // serves their ports there).
+        if let Ok(ip) = std::env::var("SHOAL_FAKE_ADDRESS") {
+            fake.set_address(ip.parse().ok());
+        }
         tracing::warn!("SHOAL_FAKE_RUNTIME is set: tasks run in an in-memory fake engine");
         let fake: Arc<dyn crate::agent::ContainerRuntime> = Arc::new(fake);
         node.mesh.set_runtime(fake.clone());

@@ -150,7 +150,7 @@ pub struct NewNodeArgs {
     pub heartbeat_timeout: Duration,
 
     /// Address to answer DNS for `*.shoal` on (repeatable; `none` disables) [default: the listen IP, or 127.0.0.1, port 53; port 5354 where 53 is taken]
-    #[arg(long = "dns-addr", value_name = "ADDR:PORT|none", value_parser = parse_dns_addr)]
+    #[arg(long = "dns-addr", value_name = "ADDR:PORT|none", env = "SHOAL_DNS_ADDR", value_delimiter = ',', value_parser = parse_dns_addr)]
     pub dns_addr: Vec<String>,
 }
 
@@ -189,7 +189,7 @@ pub struct RunArgs {
     pub heartbeat_timeout: Duration,
 
     /// Address to answer DNS for `*.shoal` on (repeatable; `none` disables) [default: the listen IP, or 127.0.0.1, port 53; port 5354 where 53 is taken]
-    #[arg(long = "dns-addr", value_name = "ADDR:PORT|none", value_parser = parse_dns_addr)]
+    #[arg(long = "dns-addr", value_name = "ADDR:PORT|none", env = "SHOAL_DNS_ADDR", value_delimiter = ',', value_parser = parse_dns_addr)]
     pub dns_addr: Vec<String>,
 }
 
