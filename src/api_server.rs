@@ -57,6 +57,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(routes::SERVICE, get(service_get).delete(service_rm))
         .route(routes::SERVICE_TASKS, get(service_tasks))
         .route(routes::SERVICE_SCALE, post(service_scale))
+        .route(routes::SERVICE_ENDPOINTS, get(service_endpoints))
         .route(routes::DEV_NOOP, post(noop))
         .route(routes::DEV_BENCH_COMMIT, post(bench_commit))
         .fallback(not_found)
@@ -224,6 +225,14 @@ async fn service_scale(
 ) -> Api {
     let replicas = body(req)?.replicas;
     call(&node, LeaderOp::Scale { name, replicas }).await
+}
+
+/// Answered by this node's mesh, without the leader.
+async fn service_endpoints(State(node): State<Arc<Node>>, UrlPath(name): UrlPath<String>) -> Api {
+    match crate::mesh::endpoint_views(&node.mesh.table(), &name) {
+        Some(views) => Ok(Json(views).into_response()),
+        None => Err(OpError::not_found(format!("no service named {name}")).into()),
+    }
 }
 
 async fn service_rm(State(node): State<Arc<Node>>, UrlPath(name): UrlPath<String>) -> Api {

@@ -165,6 +165,16 @@ fn ingress_port_answers_on_every_node_balances_and_survives_failures() {
     println!("answers per task: {per_task:?}");
     assert_eq!(per_task.len(), 3, "{per_task:?}");
 
+    // `service inspect` on a worker lists the three tasks as endpoints.
+    let inspect = c.nodes[1].json(&["service", "inspect", "web"]).unwrap();
+    let endpoints = inspect["endpoints"].as_array().cloned().unwrap_or_default();
+    assert_eq!(endpoints.len(), 3, "{inspect}");
+    for e in &endpoints {
+        assert_eq!(e["port"], port, "{e}");
+        assert_eq!(e["target"], 80, "{e}");
+        assert!(IPS.contains(&e["address"].as_str().unwrap_or("")), "{e}");
+    }
+
     // DNS on a worker: web.shoal is every node (ingress), the SRV record
     // names the published port, tasks.web.shoal the tasks' nodes.
     let dns: SocketAddr = format!("127.0.0.2:{dns_port}").parse().unwrap();

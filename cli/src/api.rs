@@ -49,6 +49,8 @@ pub mod routes {
     pub const SERVICE: &str = "/v1/services/{name}";
     pub const SERVICE_TASKS: &str = "/v1/services/{name}/tasks";
     pub const SERVICE_SCALE: &str = "/v1/services/{name}/scale";
+    /// The tasks taking connections, as the answering node's mesh sees them.
+    pub const SERVICE_ENDPOINTS: &str = "/v1/services/{name}/endpoints";
 }
 
 /// Concrete request paths (with percent-encoded segments) for the routes in [`routes`].
@@ -101,6 +103,10 @@ pub mod paths {
 
     pub fn service_tasks(name: &str) -> String {
         format!("{}/tasks", service(name))
+    }
+
+    pub fn service_endpoints(name: &str) -> String {
+        format!("{}/endpoints", service(name))
     }
 
     pub fn service_scale(name: &str) -> String {
@@ -336,7 +342,8 @@ pub struct ServiceSpecDoc {
 }
 
 /// A published port: `-p 8080:80/tcp` (ingress: every node listens),
-/// `-p mode=host,published=8080,target=80` (only the task's node).
+/// `-p mode=host,published=8080,target=80` (only the task's node). No
+/// field is skipped when empty: the type also travels in postcard frames.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PortDoc {
@@ -346,14 +353,14 @@ pub struct PortDoc {
     #[serde(default)]
     pub protocol: Option<String>,
     /// `"ingress"` or `"host"`; `None` means ingress.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub mode: Option<String>,
     /// `"least-conn"`, `"round-robin"` or `"local-first"`; `None` means
     /// least-conn.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub policy: Option<String>,
     /// `"v2"`: prepend a PROXY protocol v2 header with the client's address.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub proxy_protocol: Option<String>,
 }
 
@@ -992,6 +999,26 @@ fn percent_encode_segment(segment: &str) -> String {
         }
     }
     encoded
+}
+
+/// One task taking connections on one published port: `GET
+/// /v1/services/NAME/endpoints` and `service inspect`'s `endpoints`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct EndpointView {
+    pub task: String,
+    pub slot: u64,
+    pub node_id: u64,
+    pub node: String,
+    /// The task's node address (where its container is reached from).
+    pub address: String,
+    /// The published port and the task's container port behind it.
+    pub port: u16,
+    pub target: u16,
+    pub protocol: String,
+    /// `"ingress"` or `"host"`.
+    pub mode: String,
+    /// `"healthy"`, `"starting"`, `"unhealthy"` or `"none"` (no health check).
+    pub health: String,
 }
 
 #[cfg(test)]

@@ -138,7 +138,12 @@ async fn execute(
         }
         Command::Service(ServiceCommand::Inspect { service, json: _ }) => {
             // Inspect is JSON either way; `--json` is accepted like on every read.
-            output::json(&client.service(service).await?)
+            let mut view = serde_json::to_value(client.service(service).await?)?;
+            let endpoints = client.endpoints(service).await?;
+            if let Some(object) = view.as_object_mut() {
+                object.insert("endpoints".into(), serde_json::to_value(endpoints)?);
+            }
+            output::json(&view)
         }
         Command::Init(_) | Command::Join(_) | Command::Run(_) => {
             bail!("`init`, `join` and `run` start a node; the shoal binary runs them itself, not the control client")

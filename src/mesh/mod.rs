@@ -203,6 +203,43 @@ impl Drop for ActiveGuard {
     }
 }
 
+/// The endpoints of `service` in `table`, one per task and published port;
+/// `None` when the table has no such service.
+pub fn endpoint_views(
+    table: &EndpointTable,
+    service: &str,
+) -> Option<Vec<shoal_cli::api::EndpointView>> {
+    let entry = table.services.get(service)?;
+    let mut views = Vec::new();
+    for backend in &entry.backends {
+        let node = table.nodes.get(&backend.node_id);
+        for port in &entry.ports {
+            let Some(target) = backend.target(port.published, port.protocol) else {
+                continue;
+            };
+            views.push(shoal_cli::api::EndpointView {
+                task: backend.task_id.clone(),
+                slot: backend.slot,
+                node_id: backend.node_id,
+                node: node.map(|n| n.name.clone()).unwrap_or_default(),
+                address: node
+                    .and_then(|n| n.ip())
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_default(),
+                port: port.published,
+                target,
+                protocol: port.protocol.as_str().to_string(),
+                mode: port.mode.as_str().to_string(),
+                health: match backend.health {
+                    Some(h) => h.as_str().to_string(),
+                    None => "none".to_string(),
+                },
+            });
+        }
+    }
+    Some(views)
+}
+
 /// Starts the mesh's loops: the endpoint table's feed, the listeners of
 /// published ports, and the DNS server.
 pub fn start(node: Arc<Node>) {
