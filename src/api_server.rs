@@ -65,6 +65,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(routes::STACK, post(stack_deploy).delete(stack_rm))
         .route(routes::STACK_SERVICES, get(stack_services))
         .route(routes::STACK_TASKS, get(stack_tasks))
+        .route(routes::SERVICE_ENDPOINTS, get(service_endpoints))
         .route(routes::DEV_NOOP, post(noop))
         .route(routes::DEV_BENCH_COMMIT, post(bench_commit))
         .fallback(not_found)
@@ -277,6 +278,14 @@ async fn stack_tasks(State(node): State<Arc<Node>>, UrlPath(stack): UrlPath<Stri
 
 async fn stack_rm(State(node): State<Arc<Node>>, UrlPath(stack): UrlPath<String>) -> Api {
     call(&node, LeaderOp::RemoveStack(stack)).await
+}
+
+/// Answered by this node's mesh, without the leader.
+async fn service_endpoints(State(node): State<Arc<Node>>, UrlPath(name): UrlPath<String>) -> Api {
+    match crate::mesh::endpoint_views(&node.mesh.table(), &name) {
+        Some(views) => Ok(Json(views).into_response()),
+        None => Err(OpError::not_found(format!("no service named {name}")).into()),
+    }
 }
 
 async fn service_rm(State(node): State<Arc<Node>>, UrlPath(name): UrlPath<String>) -> Api {

@@ -29,6 +29,8 @@ pub struct StartOptions {
     pub advertise: Option<String>,
     pub name: Option<String>,
     pub timing: Timing,
+    /// `--dns-addr`: `IP:PORT`s or `none`; empty means the default.
+    pub dns: Vec<String>,
 }
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:4500";
@@ -63,7 +65,7 @@ pub async fn init(opts: StartOptions) -> Result<()> {
         advertise.clone(),
         vec![(node_id, advertise.clone())],
     );
-    let node = start(dd, meta.clone(), endpoint, opts.timing.clone()).await?;
+    let node = start(dd, meta.clone(), endpoint, opts.timing.clone(), &opts.dns).await?;
 
     let members = [(
         node_id,
@@ -184,7 +186,7 @@ pub async fn join(opts: StartOptions, server: String, token_text: String) -> Res
         accepted.node_id,
         role_str(accepted.role)
     );
-    let node = start(dd, meta, endpoint, opts.timing.clone()).await?;
+    let node = start(dd, meta, endpoint, opts.timing.clone(), &opts.dns).await?;
     serve_until_signal(node).await
 }
 
@@ -237,7 +239,7 @@ pub async fn run(opts: StartOptions) -> Result<()> {
         dd.save_meta(&meta)?;
     }
     let endpoint = Endpoint::bind(listen, &identity)?;
-    let node = start(dd, meta, endpoint, opts.timing.clone()).await?;
+    let node = start(dd, meta, endpoint, opts.timing.clone(), &opts.dns).await?;
     serve_until_signal(node).await
 }
 
@@ -248,7 +250,9 @@ async fn start(
     meta: NodeMeta,
     endpoint: Endpoint,
     timing: Timing,
+    dns: &[String],
 ) -> Result<Arc<Node>> {
+    let mesh_config = crate::mesh::config(endpoint.local_addr().ip(), dns);
     let (log_store, sm_store) = shoal_raft::store::open(&dd.raft_path())
         .await
         .with_context(|| format!("cannot open {}", dd.raft_path().display()))?;
@@ -285,6 +289,7 @@ async fn start(
         proposer,
         engine_error: Mutex::new(None),
         service_writes: tokio::sync::Mutex::new(()),
+        mesh: crate::mesh::Mesh::new(meta.node_id, mesh_config),
     });
     let _ = network.node.set(Arc::downgrade(&node));
 
@@ -292,6 +297,7 @@ async fn start(
     tokio::spawn(crate::leader::run(node.clone()));
     tokio::spawn(crate::heartbeat::run(node.clone()));
     tokio::spawn(run_agent(node.clone()));
+    crate::mesh::start(node.clone());
     let listener = crate::api_server::bind(&socket).await?;
     let api_node = node.clone();
     tokio::spawn(async move {
@@ -320,8 +326,15 @@ async fn run_agent(node: Arc<Node>) {
         for image in images.split(',').filter(|i| !i.is_empty()) {
             fake.add_image(image);
         }
+        // Where the fake's "containers" are reached by the mesh (a test
+        // serves their ports there).
+        if let Ok(ip) = std::env::var("SHOAL_FAKE_ADDRESS") {
+            fake.set_address(ip.parse().ok());
+        }
         tracing::warn!("SHOAL_FAKE_RUNTIME is set: tasks run in an in-memory fake engine");
-        crate::agent::driver::run(node, Arc::new(fake)).await;
+        let fake: Arc<dyn crate::agent::ContainerRuntime> = Arc::new(fake);
+        node.mesh.set_runtime(fake.clone());
+        crate::agent::driver::run(node, fake).await;
         return;
     }
     let mut warned = false;
@@ -340,7 +353,9 @@ async fn run_agent(node: Arc<Node>) {
     };
     node.set_engine_error(None);
     tracing::info!(api = %runtime.api_version(), "connected to the Docker engine");
-    crate::agent::driver::run(node, Arc::new(runtime)).await;
+    let runtime: Arc<dyn crate::agent::ContainerRuntime> = Arc::new(runtime);
+    node.mesh.set_runtime(runtime.clone());
+    crate::agent::driver::run(node, runtime).await;
 }
 
 async fn serve_until_signal(node: Arc<Node>) -> Result<()> {

@@ -10,6 +10,7 @@ mod dispatcher;
 mod heartbeat;
 mod leader;
 mod liveness;
+mod mesh;
 mod node;
 mod ops;
 mod peer_server;
@@ -104,6 +105,7 @@ async fn run_daemon(cli: Cli) -> anyhow::Result<()> {
                 advertise: a.node.advertise_addr.map(|s| s.to_string()),
                 name: Some(a.node.name),
                 timing: Timing::with_heartbeat_timeout(a.node.heartbeat_timeout),
+                dns: a.node.dns_addr,
             })
             .await
         }
@@ -115,6 +117,7 @@ async fn run_daemon(cli: Cli) -> anyhow::Result<()> {
                     advertise: a.node.advertise_addr.map(|s| s.to_string()),
                     name: Some(a.node.name),
                     timing: Timing::with_heartbeat_timeout(a.node.heartbeat_timeout),
+                    dns: a.node.dns_addr,
                 },
                 a.addr.to_string(),
                 a.token,
@@ -128,6 +131,7 @@ async fn run_daemon(cli: Cli) -> anyhow::Result<()> {
                 advertise: a.advertise_addr.map(|s| s.to_string()),
                 name: None,
                 timing: Timing::with_heartbeat_timeout(a.heartbeat_timeout),
+                dns: a.dns_addr,
             })
             .await
         }

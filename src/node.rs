@@ -47,6 +47,8 @@ pub struct Node {
     /// changed one (deploy, update, scale, rollback), so two of them never
     /// write over each other's change.
     pub service_writes: tokio::sync::Mutex<()>,
+    /// The routing mesh and DNS: the endpoint table and connections.
+    pub mesh: Arc<crate::mesh::Mesh>,
 }
 
 /// One command waiting to be proposed, and where its outcome goes.

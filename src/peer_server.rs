@@ -50,6 +50,19 @@ async fn serve_member(node: Arc<Node>, peer: NodeId, conn: shoal_net::Connection
                     return;
                 }
             };
+            if let PeerRequest::WatchEndpoints { node_id } = req {
+                if node_id == peer && node.is_leader() {
+                    crate::mesh::feed::serve(node, peer, send).await;
+                }
+                return;
+            }
+            if let PeerRequest::MeshConnect(request) = req {
+                // Client connections are capped by the mesh, not by the
+                // request limit: a long connection must not hold Raft back.
+                drop(_permit);
+                crate::mesh::ingress::serve_remote(node, peer, request, send, recv).await;
+                return;
+            }
             if let PeerRequest::WatchTasks { node_id } = req {
                 // A long-lived stream: the leader pushes this node's tasks.
                 if node_id == peer && node.is_leader() {
@@ -109,7 +122,9 @@ async fn handle(node: &Arc<Node>, peer: NodeId, req: PeerRequest) -> PeerRespons
         PeerRequest::ReportTasks(report) => {
             PeerResponse::ReportTasks(crate::ops::report_tasks(node, peer, report).await)
         }
-        PeerRequest::WatchTasks { .. } => PeerResponse::ReportTasks(Err(OpError::internal(
+        PeerRequest::WatchTasks { .. }
+        | PeerRequest::WatchEndpoints { .. }
+        | PeerRequest::MeshConnect(_) => PeerResponse::ReportTasks(Err(OpError::internal(
             "a task stream is served on its own stream",
         ))),
     }

@@ -9,9 +9,9 @@ use shoal_cli::api::{
 };
 use shoal_cli::units;
 use shoal_raft::{
-    ClusterState, Constraint, DesiredState, FailureAction, HealthCheck, PortSpec, Protocol,
-    PullPolicy, ResourceSpec, RestartCondition, RestartPolicy, Service, ServiceMode, ServiceSpec,
-    Task, TaskState, UpdateConfig, UpdateOrder,
+    BalancePolicy, ClusterState, Constraint, DesiredState, FailureAction, HealthCheck, PortSpec,
+    Protocol, PublishMode, PullPolicy, ResourceSpec, RestartCondition, RestartPolicy, Service,
+    ServiceMode, ServiceSpec, Task, TaskState, UpdateConfig, UpdateOrder,
 };
 
 use crate::wire::OpError;
@@ -68,11 +68,39 @@ pub fn spec_from_doc(doc: &ServiceSpecDoc) -> Result<ServiceSpec, OpError> {
                     ))
                 }
             };
-            Ok(PortSpec {
-                published: p.published,
-                target: p.target,
-                protocol,
-            })
+            let mut port = PortSpec::ingress(p.published, p.target, protocol);
+            port.mode = match p.mode.as_deref() {
+                None | Some("ingress") => PublishMode::Ingress,
+                Some("host") => PublishMode::Host,
+                Some(other) => {
+                    return Err(field(
+                        "ports",
+                        format!("mode {other:?} is not allowed; allowed: ingress, host"),
+                    ))
+                }
+            };
+            port.policy = match p.policy.as_deref() {
+                None | Some("least-conn") => BalancePolicy::LeastConnections,
+                Some("round-robin") => BalancePolicy::RoundRobin,
+                Some("local-first") => BalancePolicy::LocalFirst,
+                Some(other) => {
+                    return Err(field(
+                        "ports",
+                        format!("policy {other:?} is not allowed; allowed: least-conn, round-robin, local-first"),
+                    ))
+                }
+            };
+            port.proxy_protocol = match p.proxy_protocol.as_deref() {
+                None => false,
+                Some("v2") => true,
+                Some(other) => {
+                    return Err(field(
+                        "ports",
+                        format!("proxy protocol {other:?} is not allowed; allowed: v2"),
+                    ))
+                }
+            };
+            Ok(port)
         })
         .collect::<Result<Vec<_>, OpError>>()?;
     let cpus = |name: &str, v: Option<f64>| -> Result<u64, OpError> {
@@ -273,6 +301,9 @@ pub fn doc_from_spec(spec: &ServiceSpec) -> ServiceSpecDoc {
                 published: p.published,
                 target: p.target,
                 protocol: Some(p.protocol.as_str().to_string()),
+                mode: Some(p.mode.as_str().to_string()),
+                policy: (!p.is_host()).then(|| p.policy.as_str().to_string()),
+                proxy_protocol: p.proxy_protocol.then(|| "v2".to_string()),
             })
             .collect(),
         cpus: cpus(spec.resources.limit_nano_cpus),

@@ -43,6 +43,45 @@ pub enum PeerRequest {
     },
     /// An agent's batch of task state changes.
     ReportTasks(TaskReport),
+    /// Opens the stream of the endpoint table (every service's published
+    /// ports and tasks taking connections): one [`EndpointFeed::Full`],
+    /// then [`EndpointFeed::Changes`], for as long as the leader leads.
+    WatchEndpoints {
+        node_id: NodeId,
+    },
+    /// Carries one client connection of the routing mesh to a task that
+    /// runs on the receiving node: answered with one [`MeshReply`] frame,
+    /// then the stream carries the connection's bytes both ways.
+    MeshConnect(MeshConnect),
+}
+
+/// Frames of the endpoint stream from the leader to every node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum EndpointFeed {
+    Full(crate::mesh::table::EndpointTable),
+    Changes(crate::mesh::table::TableChanges),
+    /// Nothing changed; keeps the stream's liveness visible.
+    Idle,
+}
+
+/// A mesh connection for `task` (on the receiving node) from `client`, who
+/// reached the published port at `local`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MeshConnect {
+    pub service: String,
+    pub task_id: TaskId,
+    pub published: u16,
+    pub protocol: shoal_raft::Protocol,
+    pub client: std::net::SocketAddr,
+    pub local: std::net::SocketAddr,
+}
+
+/// Whether the receiving node reached the task's container.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MeshReply {
+    Connected,
+    /// The task is not on this node or its container refused; try another.
+    Refused(String),
 }
 
 /// Frames of the task stream from the leader to an agent.

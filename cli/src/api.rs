@@ -59,6 +59,8 @@ pub mod routes {
     pub const STACK: &str = "/v1/stacks/{stack}";
     pub const STACK_SERVICES: &str = "/v1/stacks/{stack}/services";
     pub const STACK_TASKS: &str = "/v1/stacks/{stack}/tasks";
+    /// The tasks taking connections, as the answering node's mesh sees them.
+    pub const SERVICE_ENDPOINTS: &str = "/v1/services/{name}/endpoints";
 }
 
 /// Concrete request paths (with percent-encoded segments) for the routes in [`routes`].
@@ -111,6 +113,10 @@ pub mod paths {
 
     pub fn service_tasks(name: &str) -> String {
         format!("{}/tasks", service(name))
+    }
+
+    pub fn service_endpoints(name: &str) -> String {
+        format!("{}/endpoints", service(name))
     }
 
     pub fn service_scale(name: &str) -> String {
@@ -558,8 +564,10 @@ pub fn validate_health_cmd(cmd: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A port published on the node that runs the task: `-p 8080:80/tcp`.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+/// A published port: `-p 8080:80/tcp` (ingress: every node listens),
+/// `-p mode=host,published=8080,target=80` (only the task's node). No
+/// field is skipped when empty: the type also travels in postcard frames.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PortDoc {
     pub published: u16,
@@ -567,13 +575,39 @@ pub struct PortDoc {
     /// `"tcp"` or `"udp"`; `None` means tcp.
     #[serde(default)]
     pub protocol: Option<String>,
+    /// `"ingress"` or `"host"`; `None` means ingress.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// `"least-conn"`, `"round-robin"` or `"local-first"`; `None` means
+    /// least-conn.
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// `"v2"`: prepend a PROXY protocol v2 header with the client's address.
+    #[serde(default)]
+    pub proxy_protocol: Option<String>,
 }
 
+/// Publish modes, balancing policies and PROXY protocol versions of a port.
+pub const PUBLISH_MODES: [&str; 2] = ["ingress", "host"];
+pub const BALANCE_POLICIES: [&str; 3] = ["least-conn", "round-robin", "local-first"];
+pub const PROXY_PROTOCOLS: [&str; 1] = ["v2"];
+
 impl std::fmt::Display for PortDoc {
-    /// `8080:80/tcp`, the form `service ls` shows.
+    /// `8080:80/tcp`, the form `service ls` shows, with the options that
+    /// differ from the defaults (`,mode=host`, `,policy=round-robin`, ...).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let protocol = self.protocol.as_deref().unwrap_or(defaults::PROTOCOL);
-        write!(f, "{}:{}/{protocol}", self.published, self.target)
+        write!(f, "{}:{}/{protocol}", self.published, self.target)?;
+        if let Some(mode) = self.mode.as_deref().filter(|m| *m != "ingress") {
+            write!(f, ",mode={mode}")?;
+        }
+        if let Some(policy) = self.policy.as_deref().filter(|p| *p != "least-conn") {
+            write!(f, ",policy={policy}")?;
+        }
+        if let Some(version) = self.proxy_protocol.as_deref() {
+            write!(f, ",proxy-protocol={version}")?;
+        }
+        Ok(())
     }
 }
 
@@ -1217,6 +1251,17 @@ impl ServiceSpecDoc {
                 }
             }
             check_choice(&format!("ports[{i}].protocol"), &port.protocol, &PROTOCOLS)?;
+            check_choice(&format!("ports[{i}].mode"), &port.mode, &PUBLISH_MODES)?;
+            check_choice(
+                &format!("ports[{i}].policy"),
+                &port.policy,
+                &BALANCE_POLICIES,
+            )?;
+            check_choice(
+                &format!("ports[{i}].proxy_protocol"),
+                &port.proxy_protocol,
+                &PROXY_PROTOCOLS,
+            )?;
             let protocol = port.protocol.as_deref().unwrap_or(defaults::PROTOCOL);
             if !published.insert((port.published, protocol)) {
                 return Err(spec_field(
@@ -1620,6 +1665,26 @@ fn percent_encode_segment(segment: &str) -> String {
     encoded
 }
 
+/// One task taking connections on one published port: `GET
+/// /v1/services/NAME/endpoints` and `service inspect`'s `endpoints`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct EndpointView {
+    pub task: String,
+    pub slot: u64,
+    pub node_id: u64,
+    pub node: String,
+    /// The task's node address (where its container is reached from).
+    pub address: String,
+    /// The published port and the task's container port behind it.
+    pub port: u16,
+    pub target: u16,
+    pub protocol: String,
+    /// `"ingress"` or `"host"`.
+    pub mode: String,
+    /// `"healthy"`, `"starting"`, `"unhealthy"` or `"none"` (no health check).
+    pub health: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1929,6 +1994,7 @@ mod tests {
                 published,
                 target,
                 protocol: protocol.map(str::to_owned),
+                ..PortDoc::default()
             }
         }
         type Edit = Box<dyn Fn(&mut ServiceSpecDoc)>;

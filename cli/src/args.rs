@@ -151,6 +151,10 @@ pub struct NewNodeArgs {
     /// How long a node may stay silent before it is marked down, when this node leads (e.g. 500ms, 2s)
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_heartbeat_timeout)]
     pub heartbeat_timeout: Duration,
+
+    /// Address to answer DNS for `*.shoal` on (repeatable; `none` disables) [default: the listen IP, or 127.0.0.1, port 53; port 5354 where 53 is taken]
+    #[arg(long = "dns-addr", value_name = "ADDR:PORT|none", env = "SHOAL_DNS_ADDR", value_delimiter = ',', value_parser = parse_dns_addr)]
+    pub dns_addr: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone, PartialEq)]
@@ -186,6 +190,10 @@ pub struct RunArgs {
     /// How long a node may stay silent before it is marked down, when this node leads (e.g. 500ms, 2s)
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_heartbeat_timeout)]
     pub heartbeat_timeout: Duration,
+
+    /// Address to answer DNS for `*.shoal` on (repeatable; `none` disables) [default: the listen IP, or 127.0.0.1, port 53; port 5354 where 53 is taken]
+    #[arg(long = "dns-addr", value_name = "ADDR:PORT|none", env = "SHOAL_DNS_ADDR", value_delimiter = ',', value_parser = parse_dns_addr)]
+    pub dns_addr: Vec<String>,
 }
 
 #[derive(Subcommand, Debug, Clone, PartialEq)]
@@ -1101,6 +1109,17 @@ fn parse_wait_timeout(input: &str) -> Result<Duration, String> {
     Ok(timeout)
 }
 
+/// `none`, or an `IP:PORT` to serve DNS on.
+fn parse_dns_addr(input: &str) -> Result<String, String> {
+    if input == "none" || input.parse::<SocketAddr>().is_ok() {
+        Ok(input.to_string())
+    } else {
+        Err(format!(
+            "DNS address {input:?} is not IP:PORT or none, e.g. 127.0.0.1:53"
+        ))
+    }
+}
+
 fn parse_heartbeat_timeout(input: &str) -> Result<Duration, String> {
     let timeout = parse_duration(input)?;
     if !(MIN_HEARTBEAT_TIMEOUT..=MAX_HEARTBEAT_TIMEOUT).contains(&timeout) {
@@ -1308,6 +1327,7 @@ mod tests {
                             advertise_addr: Some("127.0.0.2:4600".parse().unwrap()),
                             name: "n2".into(),
                             heartbeat_timeout: Duration::from_millis(500),
+                            dns_addr: Vec::new(),
                         },
                     })
             },
@@ -1334,6 +1354,7 @@ mod tests {
                     listen: None,
                     advertise_addr: None,
                     heartbeat_timeout: Duration::from_secs(2),
+                    dns_addr: Vec::new(),
                 })
         });
         check_ok(

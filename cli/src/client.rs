@@ -15,10 +15,10 @@ use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 
 use crate::api::{
-    self, paths, routes, BenchCommitRequest, BenchReport, DeployView, NodeUpdate, NodeView,
-    PlanView, RemovedServiceView, RemovedStackView, RemovedView, ScaleRequest, ServiceInspectView,
-    ServiceSpecDoc, ServiceUpdateRequest, ServiceView, StackDeployRequest, StackView, StatusView,
-    TaskView, TokenView,
+    self, paths, routes, BenchCommitRequest, BenchReport, DeployView, EndpointView, NodeUpdate,
+    NodeView, PlanView, RemovedServiceView, RemovedStackView, RemovedView, ScaleRequest,
+    ServiceInspectView, ServiceSpecDoc, ServiceUpdateRequest, ServiceView, StackDeployRequest,
+    StackView, StatusView, TaskView, TokenView,
 };
 use crate::args::{socket_url, MAX_SOCKET_PATH_LEN};
 
@@ -242,6 +242,12 @@ impl ApiClient {
 
     pub async fn service(&self, name: &str) -> Result<ServiceInspectView, ClientError> {
         self.call(Method::GET, paths::service(name), None).await
+    }
+
+    /// The tasks of the service taking connections.
+    pub async fn endpoints(&self, name: &str) -> Result<Vec<EndpointView>, ClientError> {
+        self.call(Method::GET, paths::service_endpoints(name), None)
+            .await
     }
 
     /// Every task the cluster keeps for the service, history included.

@@ -775,6 +775,7 @@ impl<'a> Reader<'a> {
         let mut target = None;
         let mut published = None;
         let mut protocol = None;
+        let mut mode = None;
         for (key, value) in self.map(node, path)? {
             let at = path.join(&key);
             match key.as_str() {
@@ -792,17 +793,15 @@ impl<'a> Reader<'a> {
                     protocol = Some(p);
                 }
                 "mode" => {
-                    let mode = self.text(value, &at)?;
-                    if mode != "host" {
+                    let m = self.text(value, &at)?;
+                    if !crate::api::PUBLISH_MODES.contains(&m.as_str()) {
                         return Err(self.error(
                             value,
                             &at,
-                            format!(
-                                "{mode:?} is not allowed; shoal publishes a port on the nodes \
-                                 that run the service's tasks: allowed: host"
-                            ),
+                            format!("{m:?} is not allowed; allowed: ingress, host"),
                         ));
                     }
+                    mode = Some(m);
                 }
                 "name" | "app_protocol" | "host_ip" => {
                     return Err(self.error(value, &at, "not supported by shoal"));
@@ -823,6 +822,9 @@ impl<'a> Reader<'a> {
             published,
             target,
             protocol,
+            mode,
+            policy: None,
+            proxy_protocol: None,
         })
     }
 

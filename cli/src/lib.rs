@@ -150,8 +150,19 @@ async fn execute(
             match format.as_deref() {
                 Some("yaml") => output::spec_yaml(&view.spec)?,
                 Some(_) => output::json(&view.spec),
-                None if *json => output::json(&view),
-                None => output::service_block(&view),
+                None if *json => {
+                    // The answering node's mesh adds the service's endpoints.
+                    let endpoints = client.endpoints(service).await.unwrap_or_default();
+                    let mut value = serde_json::to_value(&view)?;
+                    if let Some(object) = value.as_object_mut() {
+                        object.insert("endpoints".into(), serde_json::to_value(endpoints)?);
+                    }
+                    output::json(&value)
+                }
+                None => {
+                    let endpoints = client.endpoints(service).await.unwrap_or_default();
+                    output::service_block(&view) + &output::endpoints_text(&endpoints)
+                }
             }
         }
         Command::Stack(StackCommand::Deploy(args)) => {

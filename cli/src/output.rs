@@ -10,8 +10,8 @@ use comfy_table::{presets, ContentArrangement, Table};
 use serde::Serialize;
 
 use crate::api::{
-    NodeView, PlanView, ServiceInspectView, ServiceSpecDoc, ServiceView, StackView, StatusView,
-    TaskView, TokenView, UpdateSettingsDoc,
+    EndpointView, NodeView, PlanView, ServiceInspectView, ServiceSpecDoc, ServiceView, StackView,
+    StatusView, TaskView, TokenView, UpdateSettingsDoc,
 };
 use crate::progress::{short_id, task_name};
 
@@ -165,6 +165,31 @@ pub fn token_text(token: &TokenView, quiet: bool) -> String {
     format!(
         "To add a {} to this cluster, run this on the new node:\n\n    {}\n",
         token.role, token.join_command
+    )
+}
+
+/// The endpoints part of `service inspect`: the tasks taking connections,
+/// as the answering node's mesh sees them; nothing when there are none.
+pub fn endpoints_text(endpoints: &[EndpointView]) -> String {
+    if endpoints.is_empty() {
+        return String::new();
+    }
+    let rows = endpoints.iter().map(|e| {
+        vec![
+            e.task.chars().take(12).collect(),
+            e.node.clone(),
+            format!("{}:{}", e.address, e.port),
+            format!("{}/{}", e.target, e.protocol),
+            e.mode.clone(),
+            e.health.clone(),
+        ]
+    });
+    format!(
+        "Endpoints:\n{}",
+        table(
+            &["TASK", "NODE", "ADDRESS", "TARGET", "MODE", "HEALTH"],
+            rows
+        )
     )
 }
 

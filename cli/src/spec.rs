@@ -127,11 +127,13 @@ command: [\"httpd\", \"-f\"]
                     published: 8080,
                     target: 80,
                     protocol: None,
+                    ..PortDoc::default()
                 },
                 PortDoc {
                     published: 5353,
                     target: 53,
                     protocol: Some("udp".into()),
+                    ..PortDoc::default()
                 },
             ],
             env: BTreeMap::from([("MODE".into(), "prod".into())]),

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::api::{PortDoc, PROTOCOLS};
+use crate::api::{PortDoc, BALANCE_POLICIES, PROTOCOLS, PROXY_PROTOCOLS, PUBLISH_MODES};
 
 /// The most CPUs a limit or reservation may name.
 pub const MAX_CPUS: f64 = 1024.0;
@@ -16,7 +16,9 @@ pub const NANO_CPUS_PER_CPU: u64 = 1_000_000_000;
 
 const DURATION_FORMS: &str = "a whole number followed by ms, s, m or h, e.g. 500ms, 2s, 1m, 1h";
 const MEMORY_FORMS: &str = "allowed units b, k, m, g (k = 1024 bytes), e.g. 512k, 256m, 1g";
-const PORT_FORMS: &str = "expected PUBLISHED:TARGET[/tcp|udp], e.g. 8080:80 or 5353:53/udp";
+const PORT_FORMS: &str = "expected PUBLISHED:TARGET[/tcp|udp][,OPTION=VALUE...] or \
+     published=N,target=N[,OPTION=VALUE...], e.g. 8080:80, 5353:53/udp, \
+     8080:80,proxy-protocol=v2 or mode=host,published=8080,target=80";
 
 /// Parses `500ms`, `2s`, `1m` or `1h` (a whole number and one unit).
 pub fn parse_duration(input: &str) -> Result<Duration, String> {
@@ -127,10 +129,78 @@ pub fn nano_cpus(cpus: f64) -> Result<u64, String> {
     Ok(nano)
 }
 
-/// Parses `PUBLISHED:TARGET[/tcp|udp]`, both ports from 1 to 65535. The
-/// protocol is stored lowercase, and left out when not given (meaning tcp).
+/// Parses `PUBLISHED:TARGET[/tcp|udp]` followed by `,KEY=VALUE` options, or
+/// the long form `published=N,target=N,...`; ports from 1 to 65535. Options:
+/// `mode=ingress|host`, `policy=least-conn|round-robin|local-first`,
+/// `proxy-protocol=v2`, and in the long form `protocol=tcp|udp`. Values are
+/// stored lowercase, and left out when not given (meaning the default).
 pub fn parse_port(input: &str) -> Result<PortDoc, String> {
-    let (ports, protocol) = match input.split_once('/') {
+    let mut parts = input.split(',');
+    let first = parts.next().unwrap_or_default();
+    let long = first.contains('=');
+    let mut doc = if long {
+        PortDoc::default()
+    } else {
+        parse_short_port(first, input)?
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let options = if long { input.split(',') } else { parts };
+    for option in options {
+        let Some((key, value)) = option.split_once('=') else {
+            return Err(format!(
+                "port {input:?} has option {option:?} without '='; {PORT_FORMS}"
+            ));
+        };
+        let key = key.trim().to_ascii_lowercase();
+        let value = value.trim().to_ascii_lowercase();
+        if !seen.insert(key.clone()) {
+            return Err(format!("port {input:?} gives {key} twice"));
+        }
+        let choice = |allowed: &[&str]| -> Result<Option<String>, String> {
+            if allowed.contains(&value.as_str()) {
+                Ok(Some(value.clone()))
+            } else {
+                Err(format!(
+                    "port {input:?} has {key}={value:?}; allowed {}",
+                    allowed.join(", ")
+                ))
+            }
+        };
+        let number = |text: &str| -> Result<u16, String> {
+            match text.parse::<u16>() {
+                Ok(port) if port > 0 => Ok(port),
+                _ => Err(format!(
+                    "port {input:?} has {key}={text:?}; a port is a number from 1 to 65535"
+                )),
+            }
+        };
+        match key.as_str() {
+            "published" if long => doc.published = number(&value)?,
+            "target" if long => doc.target = number(&value)?,
+            "protocol" if long => doc.protocol = choice(&PROTOCOLS)?,
+            "mode" => doc.mode = choice(&PUBLISH_MODES)?,
+            "policy" => doc.policy = choice(&BALANCE_POLICIES)?,
+            "proxy-protocol" => doc.proxy_protocol = choice(&PROXY_PROTOCOLS)?,
+            _ => {
+                return Err(format!(
+                    "port {input:?} has unknown option {key:?}; allowed mode, policy, \
+                     proxy-protocol (and published, target, protocol in the long form)"
+                ))
+            }
+        }
+    }
+    for (name, value) in [("published", doc.published), ("target", doc.target)] {
+        if value == 0 {
+            return Err(format!("port {input:?} has no {name} port; {PORT_FORMS}"));
+        }
+    }
+    Ok(doc)
+}
+
+/// `PUBLISHED:TARGET[/tcp|udp]`, the first part of `full`.
+fn parse_short_port(part: &str, full: &str) -> Result<PortDoc, String> {
+    let input = full;
+    let (ports, protocol) = match part.split_once('/') {
         Some((ports, protocol)) => {
             let protocol = protocol.to_ascii_lowercase();
             if !PROTOCOLS.contains(&protocol.as_str()) {
@@ -140,7 +210,7 @@ pub fn parse_port(input: &str) -> Result<PortDoc, String> {
             }
             (ports, Some(protocol))
         }
-        None => (input, None),
+        None => (part, None),
     };
     let Some((published, target)) = ports.split_once(':') else {
         return Err(format!(
@@ -159,6 +229,7 @@ pub fn parse_port(input: &str) -> Result<PortDoc, String> {
         published: number("published", published)?,
         target: number("target", target)?,
         protocol,
+        ..PortDoc::default()
     })
 }
 
@@ -279,9 +350,33 @@ mod tests {
             published,
             target,
             protocol: protocol.map(str::to_owned),
+            ..PortDoc::default()
+        };
+        let host = PortDoc {
+            mode: Some("host".into()),
+            ..port(8080, 80, None)
+        };
+        let proxied = PortDoc {
+            proxy_protocol: Some("v2".into()),
+            policy: Some("local-first".into()),
+            ..port(8080, 80, None)
         };
         let cases: &[(&str, Result<PortDoc, &str>)] = &[
             ("8080:80", Ok(port(8080, 80, None))),
+            ("mode=host,published=8080,target=80", Ok(host.clone())),
+            ("8080:80,mode=HOST", Ok(host)),
+            ("8080:80,proxy-protocol=v2,policy=local-first", Ok(proxied)),
+            (
+                "published=53,target=5353,protocol=udp",
+                Ok(port(53, 5353, Some("udp"))),
+            ),
+            ("8080:80,mode=overlay", Err("allowed ingress, host")),
+            ("8080:80,proxy-protocol=v1", Err("allowed v2")),
+            ("8080:80,published=9", Err("unknown option \"published\"")),
+            ("8080:80,mode=host,mode=host", Err("gives mode twice")),
+            ("8080:80,policy", Err("without '='")),
+            ("mode=host,target=80", Err("has no published port")),
+            ("published=0,target=80", Err("published=\"0\"")),
             ("8080:80/tcp", Ok(port(8080, 80, Some("tcp")))),
             ("5353:53/UDP", Ok(port(5353, 53, Some("udp")))),
             ("65535:1", Ok(port(65535, 1, None))),

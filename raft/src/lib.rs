@@ -26,10 +26,10 @@ pub use codec::CodecError;
 pub use orchestrator::reconcile;
 pub use scheduler::schedule;
 pub use service::{
-    Constraint, ConstraintKey, ConstraintOp, DesiredState, FailureAction, Health, HealthCheck,
-    PortSpec, Protocol, PullPolicy, ResourceSpec, RestartCondition, RestartPolicy, Service,
-    ServiceMode, ServiceSpec, SpecError, Task, TaskId, TaskState, TaskStatusUpdate, UpdateConfig,
-    UpdateOrder, UpdateState, UpdateStatus,
+    BalancePolicy, Constraint, ConstraintKey, ConstraintOp, DesiredState, FailureAction, Health,
+    HealthCheck, PortSpec, Protocol, PublishMode, PullPolicy, ResourceSpec, RestartCondition,
+    RestartPolicy, Service, ServiceMode, ServiceSpec, SpecError, Task, TaskId, TaskState,
+    TaskStatusUpdate, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
 };
 pub use state::{
     apply, task_id, Availability, CaMaterial, ClusterState, Command, LogPayload, NewNode,

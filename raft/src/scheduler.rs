@@ -49,7 +49,7 @@ impl NodeUsage {
         let r = &spec.resources;
         self.nano_cpus = self.nano_cpus.saturating_add(r.reserve_nano_cpus);
         self.memory_bytes = self.memory_bytes.saturating_add(r.reserve_memory_bytes);
-        for port in &spec.ports {
+        for port in spec.ports.iter().filter(|p| p.is_host()) {
             self.ports.insert((port.published, port.protocol));
         }
         if live {
@@ -266,7 +266,7 @@ impl<'a> Filters<'a> {
         if spec.resources.reserve_memory_bytes > 0 {
             usage.push(Box::new(Memory(spec.resources.reserve_memory_bytes)));
         }
-        for port in &spec.ports {
+        for port in spec.ports.iter().filter(|p| p.is_host()) {
             usage.push(Box::new(HostPort(*port)));
         }
         Filters { fixed, usage }
@@ -791,13 +791,7 @@ mod tests {
 
     #[test]
     fn host_ports_and_max_per_node() {
-        let port = |s: &mut ServiceSpec| {
-            s.ports = vec![PortSpec {
-                published: 8080,
-                target: 80,
-                protocol: Protocol::Tcp,
-            }]
-        };
+        let port = |s: &mut ServiceSpec| s.ports = vec![PortSpec::host(8080, 80, Protocol::Tcp)];
         check(
             &pending(2, spec(3, port), 3),
             &[
@@ -990,11 +984,7 @@ mod properties {
             spec.resources.reserve_nano_cpus = setup.reserve_cpu_tenths * CPU / 10;
             spec.resources.reserve_memory_bytes = setup.reserve_memory_mib << 20;
             if let Some(published) = setup.port {
-                spec.ports = vec![PortSpec {
-                    published,
-                    target: 80,
-                    protocol: Protocol::Tcp,
-                }];
+                spec.ports = vec![PortSpec::host(published, 80, Protocol::Tcp)];
             }
             spec.max_per_node = setup.max_per_node;
             spec.restart.delay_ms = 2_000;

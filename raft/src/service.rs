@@ -100,13 +100,98 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// A port published on the host that runs the task (host mode).
+/// A published port. In ingress mode (the default) every node of the cluster
+/// listens on `published` and forwards to a task's `target`; in host mode
+/// only the nodes running a task bind it, through the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortSpec {
     pub published: u16,
     pub target: u16,
     #[serde(default = "default_protocol")]
     pub protocol: Protocol,
+    #[serde(default)]
+    pub mode: PublishMode,
+    #[serde(default)]
+    pub policy: BalancePolicy,
+    /// Prepend a PROXY protocol v2 header carrying the client's address
+    /// (ingress mode only).
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+impl PortSpec {
+    /// An ingress port with the default balancing and no PROXY header.
+    pub fn ingress(published: u16, target: u16, protocol: Protocol) -> Self {
+        PortSpec {
+            published,
+            target,
+            protocol,
+            mode: PublishMode::Ingress,
+            policy: BalancePolicy::LeastConnections,
+            proxy_protocol: false,
+        }
+    }
+
+    /// A port bound only on the nodes that run a task.
+    pub fn host(published: u16, target: u16, protocol: Protocol) -> Self {
+        PortSpec {
+            mode: PublishMode::Host,
+            ..PortSpec::ingress(published, target, protocol)
+        }
+    }
+
+    /// Whether the engine binds this port on the task's node.
+    pub fn is_host(&self) -> bool {
+        self.mode == PublishMode::Host
+    }
+}
+
+/// Where a published port listens.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishMode {
+    /// On every node, forwarding to the service's tasks wherever they run.
+    #[default]
+    Ingress,
+    /// Only on the nodes running a task (the engine binds the port).
+    Host,
+}
+
+impl PublishMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PublishMode::Ingress => "ingress",
+            PublishMode::Host => "host",
+        }
+    }
+}
+
+/// How an ingress port picks a task for a new connection.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum BalancePolicy {
+    /// The task with the fewest connections from this node.
+    #[default]
+    LeastConnections,
+    /// Each task in turn.
+    RoundRobin,
+    /// Tasks on this node when it runs any (fewest connections first),
+    /// others only when it runs none.
+    LocalFirst,
+}
+
+impl BalancePolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BalancePolicy::LeastConnections => "least-conn",
+            BalancePolicy::RoundRobin => "round-robin",
+            BalancePolicy::LocalFirst => "local-first",
+        }
+    }
 }
 
 fn default_protocol() -> Protocol {
@@ -710,6 +795,12 @@ impl ServiceSpec {
                     ));
                 }
             }
+            if port.proxy_protocol && (port.is_host() || port.protocol == Protocol::Udp) {
+                return Err(invalid(
+                    format!("ports[{i}].proxy_protocol"),
+                    "a PROXY protocol header is sent only on ingress TCP ports",
+                ));
+            }
             if !published.insert((port.published, port.protocol)) {
                 return Err(invalid(
                     format!("ports[{i}].published"),
@@ -1163,22 +1254,12 @@ mod tests {
                 Some("invalid max_per_node"),
             ),
             (
-                |s| {
-                    s.ports = vec![PortSpec {
-                        published: 0,
-                        target: 80,
-                        protocol: Protocol::Tcp,
-                    }]
-                },
+                |s| s.ports = vec![PortSpec::ingress(0, 80, Protocol::Tcp)],
                 Some("ports[0].published"),
             ),
             (
                 |s| {
-                    let port = PortSpec {
-                        published: 8080,
-                        target: 80,
-                        protocol: Protocol::Tcp,
-                    };
+                    let port = PortSpec::ingress(8080, 80, Protocol::Tcp);
                     s.ports = vec![
                         port,
                         PortSpec {

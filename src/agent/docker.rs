@@ -517,6 +517,23 @@ impl ContainerRuntime for DockerRuntime {
         Box::pin(async move { Ok(container_info(self.inspect_raw(id).await?)) })
     }
 
+    fn address<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<std::net::IpAddr>, RuntimeError>> {
+        Box::pin(async move {
+            let raw = self.inspect_raw(id).await?;
+            let networks = raw.network_settings.and_then(|n| n.networks);
+            // The default bridge first, then any other network, by name.
+            let mut networks: Vec<_> = networks.into_iter().flatten().collect();
+            networks.sort_by_key(|(name, _)| (name != "bridge", name.clone()));
+            Ok(networks
+                .into_iter()
+                .filter_map(|(_, endpoint)| endpoint.ip_address)
+                .find_map(|ip| ip.parse().ok()))
+        })
+    }
+
     fn events<'a>(
         &'a self,
         cluster_id: &'a str,

@@ -104,9 +104,11 @@ fn desired_task(task: &Task, reported: Option<TaskState>) -> DesiredTask {
             args: spec.args.clone(),
             env: spec.env.clone(),
             labels: spec.labels.clone(),
+            // Ingress ports are served by the mesh, not bound by the engine.
             ports: spec
                 .ports
                 .iter()
+                .filter(|p| p.is_host())
                 .map(|p| super::PortSpec {
                     published: p.published,
                     target: p.target,

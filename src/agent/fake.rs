@@ -65,6 +65,8 @@ struct FakeState {
     stop_delay: Duration,
     events: broadcast::Sender<ScopedEvent>,
     calls: FakeCalls,
+    /// What `address` reports for running containers.
+    address: Option<std::net::IpAddr>,
 }
 
 impl FakeState {
@@ -157,6 +159,7 @@ impl FakeRuntime {
                 stop_delay: Duration::ZERO,
                 events,
                 calls: FakeCalls::default(),
+                address: None,
             }),
         }
     }
@@ -187,6 +190,12 @@ impl FakeRuntime {
     /// How long a stopped process takes to exit (a long grace period).
     pub fn set_stop_delay(&self, delay: Duration) {
         self.lock().stop_delay = delay;
+    }
+
+    /// The address every running container reports (e.g. a loopback address
+    /// where a test serves the "container's" port); none by default.
+    pub fn set_address(&self, address: Option<std::net::IpAddr>) {
+        self.lock().address = address;
     }
 
     pub fn set_start_delay(&self, delay: Duration) {
@@ -450,6 +459,19 @@ impl ContainerRuntime for FakeRuntime {
             let mut state = self.lock();
             state.check_available()?;
             Ok(state.container_mut(id)?.info.clone())
+        })
+    }
+
+    fn address<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<std::net::IpAddr>, RuntimeError>> {
+        Box::pin(async move {
+            let mut state = self.lock();
+            state.check_available()?;
+            let address = state.address;
+            let container = state.container_mut(id)?;
+            Ok(address.filter(|_| container.info.state == ContainerState::Running))
         })
     }
 

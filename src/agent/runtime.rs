@@ -251,6 +251,14 @@ pub trait ContainerRuntime: Send + Sync {
 
     fn inspect<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<ContainerInfo, RuntimeError>>;
 
+    /// The address this host reaches the container at (its IP on the
+    /// engine's bridge network); `None` when it has none (not running, or
+    /// on no network).
+    fn address<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<std::net::IpAddr>, RuntimeError>>;
+
     /// Start, die, oom, health status and destroy events of the containers in
     /// the scope.
     fn events<'a>(

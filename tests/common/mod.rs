@@ -193,11 +193,17 @@ impl Cluster {
 
     /// `shoal init` on `ip`; waits until its API answers.
     pub fn init(&mut self, name: &str, ip: &str) -> usize {
+        self.init_with_env(name, ip, &[])
+    }
+
+    /// [`Cluster::init`] with extra environment for the daemon.
+    pub fn init_with_env(&mut self, name: &str, ip: &str, env: &[(&str, &str)]) -> usize {
         let mut d = self.daemon(name, ip);
-        d.child = Some(spawn_daemon(
+        d.child = Some(spawn_daemon_with_env(
             &d.log,
             &d.dir,
             &["init", "--listen", &d.addr(), "--name", name],
+            env,
         ));
         self.nodes.push(d);
         let i = self.nodes.len() - 1;

@@ -216,11 +216,7 @@ pub fn mixed_spec(i: u64, replicas: u64) -> ServiceSpec {
     spec.mode = ServiceMode::Replicated { replicas };
     spec.env.insert("SERVICE".to_owned(), spec.name.clone());
     if i % 20 == 7 {
-        spec.ports = vec![PortSpec {
-            published: 20_000 + i as u16,
-            target: 80,
-            protocol: Protocol::Tcp,
-        }];
+        spec.ports = vec![PortSpec::host(20_000 + i as u16, 80, Protocol::Tcp)];
     } else if i % 20 == 13 {
         spec.max_per_node = 3;
     } else {

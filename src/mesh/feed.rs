@@ -1,0 +1,246 @@
+//! How the endpoint table reaches every node: the leader derives it from
+//! the replicated state and streams it (full table, then changes) to each
+//! node that asks; the leader itself reads its own state.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_net::codec;
+use shoal_net::SendStream;
+use shoal_raft::NodeId;
+
+use super::table::{diff, table_from_state, EndpointTable, TableChanges};
+use crate::node::{resolve, Node};
+use crate::wire::{EndpointFeed, PeerRequest};
+
+/// With no change for this long an `Idle` frame is sent, so a dead
+/// follower is noticed and released.
+const IDLE_FRAME_EVERY: Duration = Duration::from_secs(5);
+/// A follower that reads nothing for this long is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A stream silent for this long (the leader sends `Idle` every 5 s) is dead.
+const FEED_SILENCE: Duration = Duration::from_secs(12);
+/// Most backends described in one frame: keeps frames far below the frame limit.
+const MAX_BACKENDS_PER_FRAME: usize = 5_000;
+
+/// Splits `changes` into frames of at most [`MAX_BACKENDS_PER_FRAME`]
+/// backends each (a single larger service still travels alone).
+pub fn chunk(changes: TableChanges) -> Vec<TableChanges> {
+    let mut frames = vec![TableChanges {
+        nodes: changes.nodes,
+        upserts: Vec::new(),
+        removed: changes.removed,
+    }];
+    let mut size = 0;
+    for (name, service) in changes.upserts {
+        let n = service.backends.len() + 1;
+        if size + n > MAX_BACKENDS_PER_FRAME && size > 0 {
+            frames.push(TableChanges::default());
+            size = 0;
+        }
+        size += n;
+        frames
+            .last_mut()
+            .expect("one frame")
+            .upserts
+            .push((name, service));
+    }
+    frames
+}
+
+/// The leader's side: serves one node's endpoint stream until this node
+/// stops leading or the follower goes away.
+pub async fn serve(node: Arc<Node>, peer: NodeId, mut send: SendStream) {
+    let mut applied = node.state.subscribe();
+    let mut sent: Option<EndpointTable> = None;
+    loop {
+        if !node.is_leader() {
+            let _ = send.finish();
+            return;
+        }
+        let now = node.state.read(table_from_state);
+        let frames: Vec<EndpointFeed> = match &sent {
+            None => {
+                let mut parts = chunk(diff(&EndpointTable::default(), &now)).into_iter();
+                let mut first = EndpointTable::default();
+                if let Some(part) = parts.next() {
+                    part.apply(&mut first);
+                }
+                std::iter::once(EndpointFeed::Full(first))
+                    .chain(parts.map(EndpointFeed::Changes))
+                    .collect()
+            }
+            Some(prev) => {
+                let changes = diff(prev, &now);
+                if changes.is_empty() {
+                    Vec::new()
+                } else {
+                    chunk(changes)
+                        .into_iter()
+                        .map(EndpointFeed::Changes)
+                        .collect()
+                }
+            }
+        };
+        for frame in &frames {
+            if !write(&mut send, frame).await {
+                tracing::debug!(peer, "endpoint stream closed");
+                return;
+            }
+        }
+        sent = Some(now);
+        match tokio::time::timeout(IDLE_FRAME_EVERY, applied.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                if !write(&mut send, &EndpointFeed::Idle).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn write(send: &mut SendStream, frame: &EndpointFeed) -> bool {
+    matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, codec::send_msg(send, frame)).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Every node's side: keeps the mesh's table following whichever node
+/// leads. While no leader answers, the last table stays in use.
+pub async fn follow(node: Arc<Node>) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let Some((leader, addr)) = node.leader() else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let outcome = if leader == node.id {
+            tokio::select! {
+                () = follow_own_state(&node) => Ok(()),
+                () = leader_changes(&node, leader) => Ok(()),
+            }
+        } else {
+            tokio::select! {
+                r = read_feed(&node, leader, &addr) => r,
+                () = leader_changes(&node, leader) => Ok(()),
+            }
+        };
+        match outcome {
+            Ok(()) => backoff = Duration::from_millis(50),
+            Err(e) => {
+                tracing::debug!(leader, error = %e, "endpoint stream ended");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+async fn follow_own_state(node: &Node) {
+    let mut applied = node.state.subscribe();
+    loop {
+        let now = node.state.read(table_from_state);
+        node.mesh.set_table(now);
+        if applied.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Completes when this node no longer sees `leader` as the leader.
+async fn leader_changes(node: &Node, leader: NodeId) {
+    let mut metrics = node.raft.server_metrics();
+    loop {
+        if node.leader().map(|l| l.0) != Some(leader) {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(500), metrics.changed()).await;
+    }
+}
+
+async fn read_feed(node: &Node, leader: NodeId, addr: &str) -> Result<(), String> {
+    let sock = resolve(addr).await.map_err(|e| e.to_string())?;
+    let conn = node
+        .peers
+        .get(leader, sock)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    codec::send_msg(&mut send, &PeerRequest::WatchEndpoints { node_id: node.id })
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = send.finish();
+    let mut table: Option<EndpointTable> = None;
+    loop {
+        let frame = tokio::time::timeout(
+            FEED_SILENCE,
+            codec::recv_msg::<EndpointFeed, _>(&mut recv, codec::MAX_FRAME_BYTES),
+        )
+        .await
+        .map_err(|_| format!("no endpoint frame from leader {leader} for {FEED_SILENCE:?}"))?
+        .map_err(|e| e.to_string())?;
+        match frame {
+            EndpointFeed::Full(full) => table = Some(full),
+            EndpointFeed::Changes(changes) => {
+                let Some(t) = table.as_mut() else {
+                    return Err("the endpoint stream sent changes before the full table".into());
+                };
+                changes.apply(t);
+            }
+            EndpointFeed::Idle => continue,
+        }
+        if let Some(t) = &table {
+            node.mesh.set_table(t.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::table::{Backend, ServiceEndpoints};
+
+    #[test]
+    fn chunks_bound_the_backends_per_frame() {
+        let service = |n: usize| ServiceEndpoints {
+            ports: Vec::new(),
+            backends: (0..n)
+                .map(|i| Backend {
+                    task_id: format!("t{i}"),
+                    slot: i as u64,
+                    node_id: 1,
+                    container_id: None,
+                    health: None,
+                    ports: Vec::new(),
+                })
+                .collect(),
+        };
+        let changes = TableChanges {
+            nodes: None,
+            upserts: vec![
+                ("a".into(), service(3_000)),
+                ("b".into(), service(3_000)),
+                ("c".into(), service(9_000)),
+                ("d".into(), service(1)),
+            ],
+            removed: vec!["z".into()],
+        };
+        let frames = chunk(changes.clone());
+        let names: Vec<Vec<&str>> = frames
+            .iter()
+            .map(|f| f.upserts.iter().map(|(n, _)| n.as_str()).collect())
+            .collect();
+        assert_eq!(names, vec![vec!["a"], vec!["b"], vec!["c"], vec!["d"]]);
+        assert_eq!(frames[0].removed, vec!["z".to_string()]);
+        let mut whole = EndpointTable::default();
+        changes.clone().apply(&mut whole);
+        let mut pieces = EndpointTable::default();
+        for f in frames {
+            f.apply(&mut pieces);
+        }
+        assert_eq!(whole, pieces);
+    }
+}

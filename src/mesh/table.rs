@@ -1,0 +1,358 @@
+//! The endpoint table: for every service, its published ports and the tasks
+//! that may take new connections, with the nodes they run on. Derived from
+//! the replicated state by a pure function on the leader, and sent to every
+//! node (workers do not hold the state) as a full table, then changes.
+//!
+//! These are wire types (they travel in [`crate::wire::EndpointFeed`]).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+use shoal_raft::{
+    ClusterState, DesiredState, Health, NodeId, NodeStatus, PortSpec, Protocol, TaskId, TaskState,
+};
+
+/// A node as the mesh and DNS see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshNode {
+    pub id: NodeId,
+    pub name: String,
+    /// Advertised `host:port` (the QUIC address).
+    pub addr: String,
+    pub ready: bool,
+}
+
+impl MeshNode {
+    /// The node's IP, when its advertised address names one.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.addr.parse::<SocketAddr>().ok().map(|a| a.ip())
+    }
+}
+
+/// A task that takes new connections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backend {
+    pub task_id: TaskId,
+    pub slot: u64,
+    pub node_id: NodeId,
+    pub container_id: Option<String>,
+    pub health: Option<Health>,
+    /// The task's own ports: during a rolling update, tasks of two versions
+    /// may name different targets for the same published port.
+    pub ports: Vec<PortSpec>,
+}
+
+impl Backend {
+    /// The container port this task serves `published`/`protocol` on.
+    pub fn target(&self, published: u16, protocol: Protocol) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|p| p.published == published && p.protocol == protocol)
+            .map(|p| p.target)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceEndpoints {
+    /// The service's current published ports.
+    pub ports: Vec<PortSpec>,
+    /// Tasks that take new connections, by task id.
+    pub backends: Vec<Backend>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointTable {
+    pub nodes: BTreeMap<NodeId, MeshNode>,
+    pub services: BTreeMap<String, ServiceEndpoints>,
+}
+
+/// Whether a task takes new connections: running, meant to run, not
+/// unhealthy, and on a node that is up. A task that begins shutting down
+/// (desired state `shutdown`) leaves at once.
+pub fn is_endpoint(state: &ClusterState, task: &shoal_raft::Task) -> bool {
+    let node_up = task
+        .node_id
+        .and_then(|id| state.nodes.get(&id))
+        .is_some_and(|n| n.status == NodeStatus::Ready);
+    task.state == TaskState::Running
+        && task.desired_state == DesiredState::Running
+        && task.health != Some(Health::Unhealthy)
+        && node_up
+}
+
+/// The endpoint table of `state`.
+pub fn table_from_state(state: &ClusterState) -> EndpointTable {
+    let nodes = state
+        .nodes
+        .values()
+        .map(|n| {
+            (
+                n.id,
+                MeshNode {
+                    id: n.id,
+                    name: n.name.clone(),
+                    addr: n.addr.clone(),
+                    ready: n.status == NodeStatus::Ready,
+                },
+            )
+        })
+        .collect();
+    let mut services: BTreeMap<String, ServiceEndpoints> = state
+        .services
+        .iter()
+        .map(|(name, s)| {
+            (
+                name.clone(),
+                ServiceEndpoints {
+                    ports: s.spec.ports.clone(),
+                    backends: Vec::new(),
+                },
+            )
+        })
+        .collect();
+    for task in state.tasks.values() {
+        let Some(node_id) = task.node_id else {
+            continue;
+        };
+        if !is_endpoint(state, task) {
+            continue;
+        }
+        if let Some(entry) = services.get_mut(&task.service) {
+            entry.backends.push(Backend {
+                task_id: task.id.clone(),
+                slot: task.slot,
+                node_id,
+                container_id: task.container_id.clone(),
+                health: task.health,
+                ports: task.spec.ports.clone(),
+            });
+        }
+    }
+    EndpointTable { nodes, services }
+}
+
+/// Which service each ingress port belongs to, by (published, protocol). A
+/// port claimed by two services goes to the first by name; the other is
+/// reported in the second list.
+#[allow(clippy::type_complexity)]
+pub fn ingress_ports(
+    table: &EndpointTable,
+) -> (
+    BTreeMap<(u16, Protocol), (String, PortSpec)>,
+    Vec<(String, PortSpec)>,
+) {
+    let mut ports = BTreeMap::new();
+    let mut conflicts = Vec::new();
+    for (name, service) in &table.services {
+        for port in service.ports.iter().filter(|p| !p.is_host()) {
+            let key = (port.published, port.protocol);
+            match ports.entry(key) {
+                std::collections::btree_map::Entry::Occupied(_) => {
+                    conflicts.push((name.clone(), *port))
+                }
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert((name.clone(), *port));
+                }
+            }
+        }
+    }
+    (ports, conflicts)
+}
+
+/// What changed from `sent` to `now`: nodes (the whole list, when it
+/// changed), services added or changed, services removed.
+pub fn diff(sent: &EndpointTable, now: &EndpointTable) -> TableChanges {
+    TableChanges {
+        nodes: (sent.nodes != now.nodes).then(|| now.nodes.clone()),
+        upserts: now
+            .services
+            .iter()
+            .filter(|(name, s)| sent.services.get(*name) != Some(*s))
+            .map(|(name, s)| (name.clone(), s.clone()))
+            .collect(),
+        removed: sent
+            .services
+            .keys()
+            .filter(|name| !now.services.contains_key(*name))
+            .cloned()
+            .collect(),
+    }
+}
+
+/// The difference between two tables, as [`diff`] finds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableChanges {
+    pub nodes: Option<BTreeMap<NodeId, MeshNode>>,
+    pub upserts: Vec<(String, ServiceEndpoints)>,
+    pub removed: Vec<String>,
+}
+
+impl TableChanges {
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_none() && self.upserts.is_empty() && self.removed.is_empty()
+    }
+
+    /// Applies the changes to `table`.
+    pub fn apply(self, table: &mut EndpointTable) {
+        if let Some(nodes) = self.nodes {
+            table.nodes = nodes;
+        }
+        for (name, service) in self.upserts {
+            table.services.insert(name, service);
+        }
+        for name in self.removed {
+            table.services.remove(&name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_raft::{
+        Availability, NodeRecord, Resources, Role, Service, ServiceSpec, Task, TaskState,
+    };
+
+    fn node(id: NodeId, status: NodeStatus) -> NodeRecord {
+        NodeRecord {
+            id,
+            name: format!("n{id}"),
+            addr: format!("127.0.0.{id}:4500"),
+            role: Role::Manager,
+            availability: Availability::Active,
+            status,
+            status_message: String::new(),
+            labels: BTreeMap::new(),
+            resources: Resources::default(),
+            version: String::new(),
+            joined_at_ms: 0,
+            status_changed_at_ms: 0,
+            updated_at_ms: 0,
+            engine_error: None,
+        }
+    }
+
+    fn task(id: &str, node: NodeId, state: TaskState) -> Task {
+        let mut spec = ServiceSpec::default_for("web", "img:1");
+        spec.ports = vec![PortSpec::ingress(8080, 80, Protocol::Tcp)];
+        Task {
+            id: id.to_string(),
+            service: "web".to_string(),
+            slot: 1,
+            node_id: Some(node),
+            spec_version: 1,
+            spec,
+            desired_state: DesiredState::Running,
+            state,
+            message: String::new(),
+            error: String::new(),
+            exit_code: None,
+            container_id: Some(format!("c-{id}")),
+            restart_count: 0,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            state_changed_at_ms: 0,
+            running_since_ms: None,
+            health: None,
+        }
+    }
+
+    fn state(tasks: Vec<Task>) -> ClusterState {
+        let mut state = ClusterState::default();
+        state.nodes.insert(1, node(1, NodeStatus::Ready));
+        state.nodes.insert(2, node(2, NodeStatus::Ready));
+        state.nodes.insert(3, node(3, NodeStatus::Down));
+        let mut spec = ServiceSpec::default_for("web", "img:1");
+        spec.ports = vec![PortSpec::ingress(8080, 80, Protocol::Tcp)];
+        state.services.insert(
+            "web".into(),
+            Service {
+                spec,
+                version: 1,
+                created_at_ms: 0,
+                updated_at_ms: 0,
+                previous_spec: None,
+                update: None,
+            },
+        );
+        for t in tasks {
+            state.tasks.insert(t.id.clone(), t);
+        }
+        state
+    }
+
+    /// The task ids of `web`'s backends in the table built from `tasks`.
+    fn check(tasks: Vec<Task>, expected: &[&str]) {
+        let table = table_from_state(&state(tasks));
+        let got: Vec<&str> = table.services["web"]
+            .backends
+            .iter()
+            .map(|b| b.task_id.as_str())
+            .collect();
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn only_running_healthy_tasks_meant_to_run_on_live_nodes_are_endpoints() {
+        check(vec![task("a", 1, TaskState::Running)], &["a"]);
+        check(vec![task("a", 1, TaskState::Starting)], &[]);
+        check(vec![task("a", 1, TaskState::Failed)], &[]);
+        let mut stopping = task("a", 1, TaskState::Running);
+        stopping.desired_state = DesiredState::Shutdown;
+        check(vec![stopping], &[]);
+        let mut unhealthy = task("a", 1, TaskState::Running);
+        unhealthy.health = Some(Health::Unhealthy);
+        check(vec![unhealthy], &[]);
+        let mut healthy = task("a", 1, TaskState::Running);
+        healthy.health = Some(Health::Healthy);
+        check(vec![healthy], &["a"]);
+        check(vec![task("a", 3, TaskState::Running)], &[]);
+        check(
+            vec![
+                task("a", 1, TaskState::Running),
+                task("b", 2, TaskState::Running),
+            ],
+            &["a", "b"],
+        );
+    }
+
+    #[test]
+    fn ingress_ports_skip_host_mode_and_report_conflicts() {
+        let mut table = table_from_state(&state(vec![]));
+        let mut other = table.services["web"].clone();
+        other.ports.push(PortSpec::host(9090, 90, Protocol::Tcp));
+        other.ports.push(PortSpec::ingress(53, 53, Protocol::Udp));
+        table.services.insert("zzz".into(), other);
+        let (ports, conflicts) = ingress_ports(&table);
+        let keys: Vec<_> = ports.iter().map(|(k, (s, _))| (*k, s.as_str())).collect();
+        assert_eq!(
+            keys,
+            vec![((53, Protocol::Udp), "zzz"), ((8080, Protocol::Tcp), "web")]
+        );
+        assert_eq!(conflicts.len(), 1);
+        assert_eq!(conflicts[0].0, "zzz");
+    }
+
+    #[test]
+    fn diff_then_apply_reproduces_the_new_table() {
+        let before = table_from_state(&state(vec![task("a", 1, TaskState::Running)]));
+        let mut s = state(vec![task("b", 2, TaskState::Running)]);
+        s.nodes.get_mut(&3).unwrap().status = NodeStatus::Ready;
+        s.services.insert("api".into(), s.services["web"].clone());
+        let after = table_from_state(&s);
+        let changes = diff(&before, &after);
+        assert!(changes.nodes.is_some());
+        assert_eq!(changes.upserts.len(), 2);
+        let mut applied = before.clone();
+        changes.apply(&mut applied);
+        assert_eq!(applied, after);
+        assert!(diff(&after, &after).is_empty());
+
+        let mut fewer = after.clone();
+        fewer.services.remove("api");
+        let changes = diff(&after, &fewer);
+        assert_eq!(changes.removed, vec!["api".to_string()]);
+        assert!(changes.nodes.is_none() && changes.upserts.is_empty());
+    }
+}
