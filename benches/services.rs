@@ -850,7 +850,7 @@ fn main() {
     );
     for (w, swm, shm, ratio, met, enm) in &rows {
         let target = format!(
-            "<= {:.1} {}",
+            "<= {:.2} {}",
             w.target(),
             if *met { "met" } else { "MISSED" }
         );
