@@ -98,6 +98,42 @@ fn a_stack_deploys_redeploys_without_restarts_updates_one_service_and_is_removed
         inspect["spec"]["env"]["MODE"], "prod",
         "interpolated default"
     );
+    let web = &docker_running(&c, "shop_web")[0];
+    let label = std::process::Command::new("docker")
+        .args([
+            "inspect",
+            "--format",
+            "{{index .Config.Labels \"shoal.stack\"}}",
+            web,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&label.stdout).trim(), "shop");
+
+    // A dry run of one service: its plan, including what cannot be placed.
+    let plan = c.nodes[0].ok(&[
+        "deploy",
+        "solo",
+        "--image",
+        IMAGE,
+        "--replicas",
+        "2",
+        "--constraint",
+        "node.labels.zone==eu",
+        "--dry-run",
+    ]);
+    assert!(
+        plan.contains("+ service solo  image shoal-test:latest  replicas 2  (new)"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains(
+            "placement: solo 2 tasks cannot be placed: no node satisfies node.labels.zone==eu"
+        ),
+        "{plan}"
+    );
+    let out = c.nodes[0].cli(&["service", "inspect", "solo"]);
+    assert!(!out.status.success(), "a dry run creates nothing");
 
     // Unchanged: nothing restarts.
     let before = containers(&c);

@@ -120,6 +120,7 @@ fn desired_task(task: &Task, reported: Option<TaskState>) -> DesiredTask {
             stop_signal: spec.stop_signal.clone(),
             pull: spec.pull,
             healthcheck: spec.healthcheck.clone(),
+            stack: spec.stack.clone(),
         },
     }
 }

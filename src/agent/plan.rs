@@ -37,7 +37,7 @@ pub use shoal_raft::{DesiredState, HealthCheck, PullPolicy, ResourceSpec, TaskId
 
 use super::runtime::{
     ContainerInfo, ContainerSpec, ContainerState, Health, PortSpec, LABEL_CLUSTER, LABEL_NODE,
-    LABEL_SERVICE, LABEL_SLOT, LABEL_TASK,
+    LABEL_SERVICE, LABEL_SLOT, LABEL_STACK, LABEL_TASK,
 };
 
 /// Grace period for containers whose task is unknown and whose engine record
@@ -66,6 +66,8 @@ pub struct TaskSpec {
     pub pull: PullPolicy,
     /// `None` keeps the image's health check.
     pub healthcheck: Option<HealthCheck>,
+    /// The stack of the task's service, shown as a container label.
+    pub stack: Option<String>,
 }
 
 impl TaskSpec {
@@ -84,6 +86,7 @@ impl TaskSpec {
             stop_signal: None,
             pull: PullPolicy::Missing,
             healthcheck: None,
+            stack: None,
         }
     }
 
@@ -397,6 +400,9 @@ pub fn container_spec(task: &DesiredTask, cluster_id: &str, node_id: &str) -> Co
     labels.insert(LABEL_SERVICE.to_string(), task.service.clone());
     labels.insert(LABEL_SLOT.to_string(), task.slot.to_string());
     labels.insert(LABEL_TASK.to_string(), task.id.clone());
+    if let Some(stack) = &task.spec.stack {
+        labels.insert(LABEL_STACK.to_string(), stack.clone());
+    }
     labels.insert(LABEL_CLUSTER.to_string(), cluster_id.to_string());
     labels.insert(LABEL_NODE.to_string(), node_id.to_string());
     ContainerSpec {

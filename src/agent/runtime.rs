@@ -24,6 +24,8 @@ pub const LABEL_SERVICE: &str = "shoal.service";
 pub const LABEL_SLOT: &str = "shoal.slot";
 /// Label carrying the task id; how an observed container maps back to its task.
 pub const LABEL_TASK: &str = "shoal.task";
+/// Label carrying the stack of the task's service, when it has one.
+pub const LABEL_STACK: &str = "shoal.stack";
 
 /// Transport protocol of a published port: the replicated model's own type
 /// (its lowercase name is what the engine uses in port keys, `80/tcp`).
