@@ -941,12 +941,15 @@ fn parse_image(input: &str) -> Result<String, String> {
 }
 
 fn parse_replicas(input: &str) -> Result<u64, String> {
-    let expected = format!(
-        "expected a whole number of replicas from 0 to {}",
-        api::MAX_REPLICAS
-    );
+    parse_bounded(input, api::MAX_REPLICAS, "replicas from 0")
+}
+
+/// A whole number from 0 to `max`; `expected` says what it counts, e.g.
+/// "replicas from 0", for the error.
+fn parse_bounded(input: &str, max: u64, expected: &str) -> Result<u64, String> {
+    let expected = format!("expected a whole number of {expected} to {max}");
     match input.parse::<u64>() {
-        Ok(replicas) if replicas <= api::MAX_REPLICAS => Ok(replicas),
+        Ok(n) if n <= max => Ok(n),
         Ok(_) => Err(format!("{input} is too many; {expected}")),
         Err(_) => Err(format!("{input:?} is not a number; {expected}")),
     }
@@ -1027,27 +1030,15 @@ fn parse_wait_flag(input: &str) -> Result<String, String> {
 }
 
 fn parse_health_retries(input: &str) -> Result<u64, String> {
-    let expected = format!(
-        "expected a whole number from 0 (Docker's default of 3) to {}",
-        api::MAX_HEALTH_RETRIES
-    );
-    match input.parse::<u64>() {
-        Ok(retries) if retries <= api::MAX_HEALTH_RETRIES => Ok(retries),
-        Ok(_) => Err(format!("{input} is too many; {expected}")),
-        Err(_) => Err(format!("{input:?} is not a number; {expected}")),
-    }
+    parse_bounded(
+        input,
+        api::MAX_HEALTH_RETRIES,
+        "failed checks from 0 (Docker's default of 3)",
+    )
 }
 
 fn parse_parallelism(input: &str) -> Result<u64, String> {
-    let expected = format!(
-        "expected a whole number of tasks from 0 (all at once) to {}",
-        api::MAX_REPLICAS
-    );
-    match input.parse::<u64>() {
-        Ok(n) if n <= api::MAX_REPLICAS => Ok(n),
-        Ok(_) => Err(format!("{input} is too many; {expected}")),
-        Err(_) => Err(format!("{input:?} is not a number; {expected}")),
-    }
+    parse_bounded(input, api::MAX_REPLICAS, "tasks from 0 (all at once)")
 }
 
 fn parse_ratio(input: &str) -> Result<f64, String> {

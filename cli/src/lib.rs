@@ -127,19 +127,13 @@ async fn execute(
         }
         Command::Service(ServiceCommand::Ls { json }) => {
             let services = client.services().await?;
-            if *json {
-                output::json(&services)
-            } else {
-                output::services_table(&services)
-            }
+            shown(*json, services.as_slice(), output::services_table)
         }
         Command::Service(ServiceCommand::Ps { service, json }) => {
             let tasks = client.tasks(service).await?;
-            if *json {
-                output::json(&tasks)
-            } else {
-                output::tasks_table(&tasks, now_ms())
-            }
+            shown(*json, tasks.as_slice(), |v| {
+                output::tasks_table(v, now_ms())
+            })
         }
         Command::Service(ServiceCommand::Inspect {
             service,
@@ -171,27 +165,17 @@ async fn execute(
         }
         Command::Stack(StackCommand::Ls { json }) => {
             let stacks = client.stacks().await?;
-            if *json {
-                output::json(&stacks)
-            } else {
-                output::stacks_table(&stacks)
-            }
+            shown(*json, stacks.as_slice(), output::stacks_table)
         }
         Command::Stack(StackCommand::Services { stack, json }) => {
             let services = client.stack_services(stack).await?;
-            if *json {
-                output::json(&services)
-            } else {
-                output::services_table(&services)
-            }
+            shown(*json, services.as_slice(), output::services_table)
         }
         Command::Stack(StackCommand::Ps { stack, json }) => {
             let tasks = client.stack_tasks(stack).await?;
-            if *json {
-                output::json(&tasks)
-            } else {
-                output::tasks_table(&tasks, now_ms())
-            }
+            shown(*json, tasks.as_slice(), |v| {
+                output::tasks_table(v, now_ms())
+            })
         }
         Command::Stack(StackCommand::Rm(args)) => {
             let removed = client.remove_stack(&args.stack).await?;
@@ -220,19 +204,11 @@ async fn execute(
         }
         Command::Node(NodeCommand::Ls { json }) => {
             let nodes = client.nodes().await?;
-            if *json {
-                output::json(&nodes)
-            } else {
-                output::nodes_table(&nodes)
-            }
+            shown(*json, nodes.as_slice(), output::nodes_table)
         }
         Command::Node(NodeCommand::Inspect { node, json }) => {
             let node = client.node(node).await?;
-            if *json {
-                output::json(&node)
-            } else {
-                output::node_block(&node)
-            }
+            shown(*json, &node, output::node_block)
         }
         Command::Node(NodeCommand::Rm { node, force }) => {
             let removed = client.remove_node(node, *force).await?;
@@ -340,6 +316,19 @@ async fn deploy(
         terminal,
     )
     .await
+}
+
+/// A read's answer: the API's JSON with `--json`, else `render`ed for people.
+fn shown<T: serde::Serialize + ?Sized>(
+    json: bool,
+    value: &T,
+    render: impl Fn(&T) -> String,
+) -> String {
+    if json {
+        output::json(value)
+    } else {
+        render(value)
+    }
 }
 
 /// `shoal stack deploy`: reads the Compose file (warnings to standard error),

@@ -16,7 +16,7 @@ use crate::api::{
 use crate::progress::{short_id, task_name};
 
 /// Pretty JSON of any API value, with a trailing newline.
-pub fn json<T: Serialize>(value: &T) -> String {
+pub fn json<T: Serialize + ?Sized>(value: &T) -> String {
     let mut text = serde_json::to_string_pretty(value).expect("API types serialize to JSON");
     text.push('\n');
     text
