@@ -471,6 +471,20 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// One of `allowed`, or an error listing them.
+    fn choice(&self, node: &Node, path: &Path2, allowed: &[&str]) -> Result<String, ComposeError> {
+        let text = self.text(node, path)?;
+        if allowed.contains(&text.as_str()) {
+            Ok(text)
+        } else {
+            Err(self.error(
+                node,
+                path,
+                format!("{text:?} is not allowed; allowed: {}", allowed.join(", ")),
+            ))
+        }
+    }
+
     fn string(&self, node: &Node, path: &Path2) -> Result<String, ComposeError> {
         match &node.value {
             Value::Str(_) => self.text(node, path),
@@ -781,28 +795,8 @@ impl<'a> Reader<'a> {
             match key.as_str() {
                 "target" => target = Some(self.port_number(value, &at)?),
                 "published" => published = Some(self.port_number(value, &at)?),
-                "protocol" => {
-                    let p = self.text(value, &at)?;
-                    if p != "tcp" && p != "udp" {
-                        return Err(self.error(
-                            value,
-                            &at,
-                            format!("{p:?} is not allowed; allowed: tcp, udp"),
-                        ));
-                    }
-                    protocol = Some(p);
-                }
-                "mode" => {
-                    let m = self.text(value, &at)?;
-                    if !crate::api::PUBLISH_MODES.contains(&m.as_str()) {
-                        return Err(self.error(
-                            value,
-                            &at,
-                            format!("{m:?} is not allowed; allowed: ingress, host"),
-                        ));
-                    }
-                    mode = Some(m);
-                }
+                "protocol" => protocol = Some(self.choice(value, &at, &["tcp", "udp"])?),
+                "mode" => mode = Some(self.choice(value, &at, &crate::api::PUBLISH_MODES)?),
                 "name" | "app_protocol" | "host_ip" => {
                     return Err(self.error(value, &at, "not supported by shoal"));
                 }
@@ -909,17 +903,7 @@ impl<'a> Reader<'a> {
         for (key, value) in self.map(node, path)? {
             let at = path.join(&key);
             match key.as_str() {
-                "mode" => {
-                    let mode = self.text(value, &at)?;
-                    if mode != "replicated" && mode != "global" {
-                        return Err(self.error(
-                            value,
-                            &at,
-                            format!("{mode:?} is not allowed; allowed: replicated, global"),
-                        ));
-                    }
-                    doc.mode = Some(mode);
-                }
+                "mode" => doc.mode = Some(self.choice(value, &at, &["replicated", "global"])?),
                 "replicas" => doc.replicas = Some(self.non_negative(value, &at)?),
                 "resources" => self.resources(value, &at, doc)?,
                 "restart_policy" => self.restart_policy(value, &at, doc)?,
@@ -1007,15 +991,8 @@ impl<'a> Reader<'a> {
             let at = path.join(&key);
             match key.as_str() {
                 "condition" => {
-                    let condition = self.text(value, &at)?;
-                    if !["none", "on-failure", "any"].contains(&condition.as_str()) {
-                        return Err(self.error(
-                            value,
-                            &at,
-                            format!("{condition:?} is not allowed; allowed: none, on-failure, any"),
-                        ));
-                    }
-                    doc.restart_condition = Some(condition);
+                    doc.restart_condition =
+                        Some(self.choice(value, &at, &["none", "on-failure", "any"])?)
                 }
                 "delay" => doc.restart_delay = Some(self.duration(value, &at)?),
                 "max_attempts" => doc.restart_max_attempts = Some(self.non_negative(value, &at)?),
@@ -1063,32 +1040,14 @@ impl<'a> Reader<'a> {
                     ratio = Some(r);
                 }
                 "failure_action" => {
-                    let action = self.text(value, &at)?;
                     let allowed: &[&str] = if rollback {
                         &["pause", "continue"]
                     } else {
                         &["pause", "continue", "rollback"]
                     };
-                    if !allowed.contains(&action.as_str()) {
-                        return Err(self.error(
-                            value,
-                            &at,
-                            format!("{action:?} is not allowed; allowed: {}", allowed.join(", ")),
-                        ));
-                    }
-                    failure_action = Some(action);
+                    failure_action = Some(self.choice(value, &at, allowed)?);
                 }
-                "order" => {
-                    let o = self.text(value, &at)?;
-                    if o != "stop-first" && o != "start-first" {
-                        return Err(self.error(
-                            value,
-                            &at,
-                            format!("{o:?} is not allowed; allowed: stop-first, start-first"),
-                        ));
-                    }
-                    order = Some(o);
-                }
+                "order" => order = Some(self.choice(value, &at, &["stop-first", "start-first"])?),
                 _ => {
                     return Err(self.error(
                         self.key_of(node, &key),
