@@ -982,12 +982,22 @@ mod engine_tests {
             return;
         }
         with_scope(|runtime, scope| async move {
-            let script = "trap 'exit 7' USR1; while true; do sleep 0.1; done";
+            let script = "trap 'exit 7' USR1; touch /tmp/trapped; while true; do sleep 0.1; done";
             let mut handler = spec(&scope, "handler", &["sh", "-c", script]);
             handler.stop_signal = Some("SIGUSR1".to_string());
             handler.stop_grace = Duration::from_secs(20);
             let id = runtime.create(&handler).await.unwrap();
             runtime.start(&id).await.unwrap();
+            // PID 1 ignores a signal it has no handler for yet: wait for the trap.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !std::process::Command::new("docker")
+                .args(["exec", &id, "test", "-f", "/tmp/trapped"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+            {
+                assert!(Instant::now() < deadline, "the trap was never installed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             let before = Instant::now();
             runtime
                 .stop(&id, handler.stop_grace, Some("SIGUSR1"))
