@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds shoal and the local test image, starts a local 3-manager cluster on
 # 127.0.0.1-3:4500 that shares this machine's Docker engine, deploys a
-# 3-replica web service and shows `shoal node ls`, `shoal status` and
-# `shoal service ps web`. `scripts/demo.sh stop` stops the daemons and removes
+# 3-replica web service published on port 8080 of every node (the routing
+# mesh), fetches its page through each node, and shows `shoal node ls`,
+# `shoal status` and `shoal service ps web`. `scripts/demo.sh stop` stops the daemons and removes
 # the service's containers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,9 +63,17 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 
-echo "\$ shoal deploy web --image shoal-test:latest --replicas 3 -- httpd -f -p 80"
+WEB_PORT="${SHOAL_DEMO_WEB_PORT:-8080}"
+echo "\$ shoal deploy web --image shoal-test:latest --replicas 3 -p $WEB_PORT:80 -- httpd -f -p 80 -h /www"
 "$BIN" --data-dir "$DEMO/node-a" deploy web --image shoal-test:latest --replicas 3 \
-  --stop-grace-period 1s -- httpd -f -p 80
+  -p "$WEB_PORT:80" --stop-grace-period 1s -- httpd -f -p 80 -h /www
+echo
+# The routing mesh answers the published port on every node.
+for ip in 127.0.0.1 127.0.0.2 127.0.0.3; do
+  if command -v curl >/dev/null; then
+    echo "\$ curl http://$ip:$WEB_PORT/  ->  $(curl -s --max-time 5 "http://$ip:$WEB_PORT/" || echo 'no answer')"
+  fi
+done
 echo
 echo "\$ shoal node ls"
 "$BIN" --data-dir "$DEMO/node-b" node ls
