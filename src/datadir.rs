@@ -65,6 +65,17 @@ impl DataDir {
     pub fn open(root: &Path) -> Result<DataDir> {
         fs::create_dir_all(root)
             .with_context(|| format!("cannot create data dir {}", root.display()))?;
+        // It holds the node's private key (and on managers the cluster CA key
+        // and the control socket): the owner's alone, before anything is in it.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(root, fs::Permissions::from_mode(0o700)).with_context(|| {
+                format!(
+                    "cannot make data dir {} private (mode 0700)",
+                    root.display()
+                )
+            })?;
+        }
         let lock_path = root.join("lock");
         let lock = OpenOptions::new()
             .create(true)
@@ -173,6 +184,18 @@ impl DataDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_data_dir_is_made_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let parent = tempfile::tempdir().unwrap();
+        let root = parent.path().join("data");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
+        let _dir = DataDir::open(&root).unwrap();
+        let mode = std::fs::metadata(&root).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+    }
 
     #[test]
     fn second_open_is_refused_while_first_holds_the_lock() {
