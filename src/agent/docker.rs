@@ -534,6 +534,29 @@ impl ContainerRuntime for DockerRuntime {
         })
     }
 
+    fn bridge_gateway(&self) -> BoxFuture<'_, Result<Option<std::net::IpAddr>, RuntimeError>> {
+        Box::pin(async move {
+            let network = match bounded(
+                self.call_timeout,
+                "network inspect",
+                self.docker.inspect_network("bridge", None),
+            )
+            .await
+            {
+                Ok(network) => network,
+                Err(RuntimeError::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            Ok(network
+                .ipam
+                .and_then(|ipam| ipam.config)
+                .into_iter()
+                .flatten()
+                .filter_map(|config| config.gateway)
+                .find_map(|gateway| gateway.parse().ok()))
+        })
+    }
+
     fn events<'a>(
         &'a self,
         cluster_id: &'a str,
