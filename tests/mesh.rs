@@ -366,6 +366,24 @@ fn udp_ingress_port_forwards_datagrams_from_every_node() {
         &publish,
         "--detach",
     ]);
+    // Another service cannot take the same ingress port, in either mode.
+    for other in [
+        publish.clone(),
+        format!("mode=host,published={port},target=1,protocol=udp"),
+    ] {
+        let out = c.nodes[1].cli(&[
+            "deploy", "other", "--image", "echo:1", "-p", &other, "--detach",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{other}: a clashing port was accepted"
+        );
+        assert!(
+            err.contains(&format!("port {port}/udp is taken: service \"echo\"")),
+            "{other}: {err}"
+        );
+    }
     // Through every node (the task's own directly, the others over QUIC):
     // several datagrams of one flow each come back whole, in their own
     // datagram, and two clients' flows stay apart.
