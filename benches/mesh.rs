@@ -14,7 +14,9 @@
 //! and a new connection to the container).
 //!
 //! Knobs: `BENCH_CONNS` (comma list of concurrencies; `1,16`),
-//! `BENCH_SECS` (5 per run), `SHOAL_TEST_IMAGE` (shoal-test:latest).
+//! `BENCH_SECS` (3 per run), `BENCH_ROUNDS` (5: each round runs the three
+//! targets in turn; medians are reported), `SHOAL_TEST_IMAGE`
+//! (shoal-test:latest).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -54,7 +56,10 @@ fn client(addr: SocketAddr, stop: Arc<AtomicBool>) -> (Vec<u32>, u64) {
         let started = Instant::now();
         match one_request(addr, &mut conn, request.as_bytes(), &mut buf) {
             Ok(()) => latencies.push(started.elapsed().as_micros().min(u32::MAX as u128) as u32),
-            Err(_) => {
+            Err(e) => {
+                if errors == 0 && std::env::var_os("BENCH_SHOW_ERRORS").is_some() {
+                    eprintln!("{addr}: first failed request: {e}");
+                }
                 errors += 1;
                 conn = None;
                 std::thread::sleep(Duration::from_millis(1));
@@ -126,6 +131,21 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// Each figure's median over the rounds (errors: the total).
+fn median(runs: &[Figures]) -> Figures {
+    let mid = |f: fn(&Figures) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Figures {
+        rps: mid(|f| f.rps),
+        p50_us: mid(|f| f.p50_us),
+        p99_us: mid(|f| f.p99_us),
+        errors: runs.iter().map(|f| f.errors).sum(),
+    }
+}
+
 /// `conns` clients against `addr` for `secs`.
 fn load(addr: SocketAddr, conns: usize, secs: u64) -> Figures {
     let stop = Arc::new(AtomicBool::new(false));
@@ -161,6 +181,22 @@ fn load(addr: SocketAddr, conns: usize, secs: u64) -> Figures {
     }
 }
 
+/// A TCP port free on 127.0.0.1 and 127.0.0.2.
+fn free_tcp_port() -> u16 {
+    for _ in 0..100 {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = probe.local_addr().unwrap().port();
+        drop(probe);
+        if ["127.0.0.1", "127.0.0.2"]
+            .iter()
+            .all(|ip| std::net::TcpListener::bind((*ip, port)).is_ok())
+        {
+            return port;
+        }
+    }
+    panic!("no free TCP port on 127.0.0.1-2");
+}
+
 fn container_ip(id: &str) -> String {
     let out = Command::new("docker")
         .args([
@@ -184,7 +220,8 @@ fn main() {
         return;
     }
     let image = env_str("SHOAL_TEST_IMAGE", "shoal-test:latest");
-    let secs: u64 = env_str("BENCH_SECS", "5").parse().expect("BENCH_SECS");
+    let secs: u64 = env_str("BENCH_SECS", "3").parse().expect("BENCH_SECS");
+    let rounds: usize = env_str("BENCH_ROUNDS", "5").parse().expect("BENCH_ROUNDS");
     let concurrencies: Vec<usize> = env_str("BENCH_CONNS", "1,16")
         .split(',')
         .map(|c| c.trim().parse().expect("BENCH_CONNS"))
@@ -202,7 +239,7 @@ fn main() {
     let mut c = Cluster::new();
     c.init_with_env("node-a", "127.0.0.1", &env);
     c.join_with_env("node-b", "127.0.0.2", "worker", &env);
-    let port = common::free_port();
+    let port = free_tcp_port();
     let publish = format!("{port}:80");
     c.nodes[0].ok(&[
         "deploy",
@@ -238,25 +275,50 @@ fn main() {
             )
             .ok()
         })
-        .unwrap_or_else(|| panic!("{addr} never answered"));
+        .unwrap_or_else(|| {
+            panic!(
+                "{addr} never answered; node-a's log:\n{}\nnode-b's log:\n{}",
+                c.nodes[0].log_text(),
+                c.nodes[1].log_text()
+            )
+        });
     }
 
     println!(
-        "mesh bench: busybox httpd (one connection per request), {secs} s per run, \
-         task on node-a (127.0.0.1), node-b on 127.0.0.2"
+        "mesh bench: busybox httpd (one connection per request), {rounds} rounds of {secs} s \
+         per target, task on node-a (127.0.0.1), node-b on 127.0.0.2"
     );
     println!(
         "{:<44} {:>5} {:>10} {:>9} {:>9} {:>6}",
         "target", "conns", "req/s", "p50 ms", "p99 ms", "errors"
     );
+    let targets = [
+        ("(a) container directly", direct),
+        ("(b) mesh on the task's node", local),
+        ("(c) mesh on another node (QUIC)", remote),
+    ];
     for &conns in &concurrencies {
-        let mut row = Vec::new();
-        for (name, addr) in [
-            ("(a) container directly", direct),
-            ("(b) mesh on the task's node", local),
-            ("(c) mesh on another node (QUIC)", remote),
-        ] {
-            let f = load(addr, conns, secs);
+        // Rounds interleave the three targets, so a change in the machine's
+        // load during the bench hits all three alike; medians are reported.
+        let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); targets.len()];
+        for round in 0..rounds {
+            for (t, (name, addr)) in targets.iter().enumerate() {
+                let f = load(*addr, conns, secs);
+                println!(
+                    "  round {} {:<38} {:>5} {:>10.0} {:>9.3} {:>9.3} {:>6}",
+                    round + 1,
+                    name,
+                    conns,
+                    f.rps,
+                    f.p50_us / 1000.0,
+                    f.p99_us / 1000.0,
+                    f.errors
+                );
+                runs[t].push(f);
+            }
+        }
+        let row: Vec<Figures> = runs.iter().map(|r| median(r)).collect();
+        for ((name, addr), f) in targets.iter().zip(&row) {
             println!(
                 "{:<44} {:>5} {:>10.0} {:>9.3} {:>9.3} {:>6}",
                 format!("{name} {addr}"),
@@ -266,12 +328,11 @@ fn main() {
                 f.p99_us / 1000.0,
                 f.errors
             );
-            row.push(f);
         }
         let (a, b, cc) = (row[0], row[1], row[2]);
         println!(
-            "  {conns} conns: (b)/(a) throughput {:.0} % (target >= 80 %), added p50 {:.3} ms \
-             (target < 0.2 ms); (c)/(a) throughput {:.0} %, added p50 {:.3} ms",
+            "  {conns} conns (medians of {rounds}): (b)/(a) throughput {:.0} % (target >= 80 %), \
+             added p50 {:.3} ms (target < 0.2 ms); (c)/(a) throughput {:.0} %, added p50 {:.3} ms",
             100.0 * b.rps / a.rps,
             (b.p50_us - a.p50_us) / 1000.0,
             100.0 * cc.rps / a.rps,

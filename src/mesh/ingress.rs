@@ -29,10 +29,13 @@ pub const MAX_CONNS_PER_PORT: usize = 10_000;
 pub const MAX_CONNS_PER_BACKEND: u32 = 2_000;
 /// A connection with no bytes either way for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// Connecting to a container (and the address lookup before it).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Opening a QUIC link or stream to a peer, and its answer.
-const REMOTE_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Connecting to a container (and the address lookup before it). Longer
+/// than the kernel's first SYN retransmission (1 s), so a connection whose
+/// first SYN a busy backend dropped (full accept backlog) still gets in.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Opening a QUIC link or stream to a peer, and its answer (which waits
+/// for the peer's own connect to its container).
+const REMOTE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the task's node waits for its own table to list a task a peer
 /// already routes to (the two tables follow the leader independently).
 const TABLE_CATCH_UP: Duration = Duration::from_millis(500);
