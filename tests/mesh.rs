@@ -325,3 +325,97 @@ fn proxy_protocol_v2_hands_the_client_address_to_the_backend() {
         assert_eq!(seen.1, seen.0.to_string(), "through {addr}");
     }
 }
+
+/// A UDP echo backend: answers every datagram with "echo:" and the datagram.
+fn udp_echo_backend(socket: UdpSocket) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 65_535];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            let mut reply = b"echo:".to_vec();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = socket.send_to(&reply, from);
+        }
+    });
+}
+
+#[test]
+fn udp_ingress_port_forwards_datagrams_from_every_node() {
+    // The in-memory engine: the task's "container" is reached at 127.0.0.1,
+    // where this test serves its target port.
+    let backend = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let target = backend.local_addr().unwrap().port();
+    udp_echo_backend(backend);
+    let dns_port = free_port();
+    let port = free_port();
+    let c = cluster(
+        dns_port,
+        &[
+            ("SHOAL_FAKE_RUNTIME", "echo:1"),
+            ("SHOAL_FAKE_ADDRESS", "127.0.0.1"),
+        ],
+    );
+    let publish = format!("{port}:{target}/udp");
+    c.nodes[0].ok(&[
+        "deploy",
+        "echo",
+        "--image",
+        "echo:1",
+        "--replicas",
+        "1",
+        "-p",
+        &publish,
+        "--detach",
+    ]);
+    // Another service cannot take the same ingress port, in either mode.
+    for other in [
+        publish.clone(),
+        format!("mode=host,published={port},target=1,protocol=udp"),
+    ] {
+        let out = c.nodes[1].cli(&[
+            "deploy", "other", "--image", "echo:1", "-p", &other, "--detach",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{other}: a clashing port was accepted"
+        );
+        assert!(
+            err.contains(&format!("port {port}/udp is taken: service \"echo\"")),
+            "{other}: {err}"
+        );
+    }
+    // Through every node (the task's own directly, the others over QUIC):
+    // several datagrams of one flow each come back whole, in their own
+    // datagram, and two clients' flows stay apart.
+    for ip in IPS {
+        let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+        let clients: Vec<UdpSocket> = (0..2)
+            .map(|_| {
+                let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(500)))
+                    .unwrap();
+                s
+            })
+            .collect();
+        let ask = |s: &UdpSocket, msg: &[u8]| -> Option<Vec<u8>> {
+            s.send_to(msg, addr).ok()?;
+            let mut buf = [0u8; 65_535];
+            let (n, from) = s.recv_from(&mut buf).ok()?;
+            assert_eq!(from, addr, "the answer comes from the published address");
+            Some(buf[..n].to_vec())
+        };
+        wait_for(Duration::from_secs(20), || ask(&clients[0], b"hello"))
+            .unwrap_or_else(|| panic!("no UDP answer through {addr}"));
+        for i in 0..20 {
+            for (k, s) in clients.iter().enumerate() {
+                let msg = format!("client {k} datagram {i}");
+                let got = ask(s, msg.as_bytes())
+                    .unwrap_or_else(|| panic!("{msg}: no answer through {addr}"));
+                assert_eq!(got, format!("echo:{msg}").into_bytes(), "through {addr}");
+            }
+        }
+        let big = vec![b'z'; 8000];
+        let got = ask(&clients[1], &big).expect("an answer to 8000 bytes");
+        assert_eq!(got.len(), 5 + big.len(), "through {addr}");
+    }
+}

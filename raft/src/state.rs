@@ -15,8 +15,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::service::{
-    DesiredState, Service, ServiceMode, ServiceSpec, Task, TaskId, TaskState, TaskStatusUpdate,
-    UpdateState, UpdateStatus, MAX_REPLICAS,
+    DesiredState, PublishMode, Service, ServiceMode, ServiceSpec, Task, TaskId, TaskState,
+    TaskStatusUpdate, UpdateState, UpdateStatus, MAX_REPLICAS,
 };
 use crate::types::NodeId;
 
@@ -563,6 +563,51 @@ impl ClusterState {
     }
 }
 
+/// Why `spec`'s published ports clash with another service's among `others`
+/// (`spec`'s own entry, if there, is skipped). Every node listens on an
+/// ingress port, so an ingress port clashes with the same port and protocol
+/// published by any other service, in either mode; two host-mode ports may
+/// share a number (the scheduler keeps their tasks on different nodes).
+fn check_ports<'a>(
+    spec: &ServiceSpec,
+    others: impl IntoIterator<Item = &'a ServiceSpec>,
+) -> Result<(), String> {
+    for other in others {
+        if other.name == spec.name {
+            continue;
+        }
+        for (i, port) in spec.ports.iter().enumerate() {
+            let Some(theirs) = other.ports.iter().find(|q| {
+                q.published == port.published
+                    && q.protocol == port.protocol
+                    && (q.mode == PublishMode::Ingress || port.mode == PublishMode::Ingress)
+            }) else {
+                continue;
+            };
+            let which = if theirs.mode == PublishMode::Ingress {
+                format!(
+                    "service {:?} publishes it in ingress mode, so every node listens on it",
+                    other.name
+                )
+            } else {
+                format!(
+                    "service {:?} publishes it in host mode and every node listens on an \
+                     ingress port",
+                    other.name
+                )
+            };
+            return Err(format!(
+                "ports[{i}].published: port {}/{} is taken: {which}; choose another published \
+                 port or free it in {:?} first",
+                port.published,
+                port.protocol.as_str(),
+                other.name
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Applies one command. A refused command changes nothing and returns
 /// [`Response::Rejected`] with a sentence saying why.
 pub fn apply(state: &mut ClusterState, cmd: &Command) -> Response {
@@ -773,7 +818,7 @@ fn apply_or_refuse(state: &mut ClusterState, cmd: &Command) -> Result<Response, 
                     ));
                 }
                 match state.services.get(&spec.name) {
-                    None => state.check_create(spec)?,
+                    None => state.check_create_alone(spec)?,
                     Some(existing) if existing.spec.stack.as_deref() != Some(stack.as_str()) => {
                         return Err(format!(
                             "a service named {:?} already exists outside stack {stack:?}; \
@@ -781,8 +826,23 @@ fn apply_or_refuse(state: &mut ClusterState, cmd: &Command) -> Result<Response, 
                             spec.name
                         ))
                     }
-                    Some(_) => state.check_update(spec)?,
+                    Some(_) => state.check_update_alone(spec)?,
                 }
+            }
+            // Ports are checked against the services as they will be after
+            // the deploy: the stack's new specs, and every other service that
+            // stays (a pruned one frees its ports).
+            let staying = state
+                .services
+                .values()
+                .filter(|s| {
+                    let pruned = *prune && s.spec.stack.as_deref() == Some(stack.as_str());
+                    !pruned && !names.contains(s.spec.name.as_str())
+                })
+                .map(|s| &s.spec);
+            let after: Vec<&ServiceSpec> = specs.iter().chain(staying).collect();
+            for spec in specs {
+                check_ports(spec, after.iter().copied())?;
             }
             if specs.is_empty()
                 && !state
@@ -1162,6 +1222,12 @@ impl ClusterState {
 
     /// Why `spec` cannot be created, if it cannot.
     fn check_create(&self, spec: &ServiceSpec) -> Result<(), String> {
+        self.check_create_alone(spec)?;
+        check_ports(spec, self.services.values().map(|s| &s.spec))
+    }
+
+    /// [`Self::check_create`] without the published ports.
+    fn check_create_alone(&self, spec: &ServiceSpec) -> Result<(), String> {
         spec.validate().map_err(|e| e.to_string())?;
         if self.services.contains_key(&spec.name) {
             return Err(format!(
@@ -1188,6 +1254,12 @@ impl ClusterState {
 
     /// Why the existing service cannot take `spec`, if it cannot.
     fn check_update(&self, spec: &ServiceSpec) -> Result<(), String> {
+        self.check_update_alone(spec)?;
+        check_ports(spec, self.services.values().map(|s| &s.spec))
+    }
+
+    /// [`Self::check_update`] without the published ports.
+    fn check_update_alone(&self, spec: &ServiceSpec) -> Result<(), String> {
         spec.validate().map_err(|e| e.to_string())?;
         let service = self
             .services
@@ -1501,6 +1573,29 @@ mod tests {
         }
     }
 
+    /// `spec` publishing `ports`.
+    fn with_ports(spec: ServiceSpec, ports: &[crate::service::PortSpec]) -> ServiceSpec {
+        ServiceSpec {
+            ports: ports.to_vec(),
+            ..spec
+        }
+    }
+
+    fn tcp(published: u16) -> crate::service::PortSpec {
+        crate::service::PortSpec::ingress(published, 80, crate::service::Protocol::Tcp)
+    }
+
+    fn host_tcp(published: u16) -> crate::service::PortSpec {
+        crate::service::PortSpec::host(published, 80, crate::service::Protocol::Tcp)
+    }
+
+    /// `with_web`, where "web" publishes 8080/tcp (ingress) and 9090/tcp (host).
+    fn with_web_ports() -> ClusterState {
+        let mut s = manager_and_worker();
+        s.create_service(&with_ports(web_spec(), &[tcp(8080), host_tcp(9090)]), T0);
+        s
+    }
+
     /// Service `shop_NAME` of stack "shop".
     fn stack_spec(name: &str, image: &str) -> ServiceSpec {
         ServiceSpec {
@@ -1653,7 +1748,115 @@ mod tests {
                 expect: Expect::Rejected("not initialised"),
                 change: unchanged,
             },
+            Case {
+                name: "an ingress port another service publishes is refused",
+                before: with_web_ports,
+                cmd: Command::CreateService {
+                    spec: with_ports(ServiceSpec::default_for("api", "api:1"), &[tcp(8080)]),
+                    now_ms: NOW,
+                },
+                expect: Expect::Rejected(
+                    "ports[0].published: port 8080/tcp is taken: service \"web\" publishes it \
+                     in ingress mode",
+                ),
+                change: unchanged,
+            },
+            Case {
+                name: "a host-mode port cannot take another service's ingress port",
+                before: with_web_ports,
+                cmd: Command::CreateService {
+                    spec: with_ports(
+                        ServiceSpec::default_for("api", "api:1"),
+                        &[tcp(7000), host_tcp(8080)],
+                    ),
+                    now_ms: NOW,
+                },
+                expect: Expect::Rejected("ports[1].published: port 8080/tcp is taken"),
+                change: unchanged,
+            },
+            Case {
+                name: "an ingress port cannot take another service's host-mode port",
+                before: with_web_ports,
+                cmd: Command::CreateService {
+                    spec: with_ports(ServiceSpec::default_for("api", "api:1"), &[tcp(9090)]),
+                    now_ms: NOW,
+                },
+                expect: Expect::Rejected("service \"web\" publishes it in host mode"),
+                change: unchanged,
+            },
+            Case {
+                name: "two host-mode ports, or the same number over UDP, may share a number",
+                before: with_web_ports,
+                cmd: Command::CreateService {
+                    spec: with_ports(
+                        ServiceSpec::default_for("api", "api:1"),
+                        &[
+                            host_tcp(9090),
+                            crate::service::PortSpec::ingress(
+                                8080,
+                                53,
+                                crate::service::Protocol::Udp,
+                            ),
+                        ],
+                    ),
+                    now_ms: NOW,
+                },
+                expect: Expect::Ok,
+                change: |s| {
+                    let spec = with_ports(
+                        ServiceSpec::default_for("api", "api:1"),
+                        &[
+                            host_tcp(9090),
+                            crate::service::PortSpec::ingress(
+                                8080,
+                                53,
+                                crate::service::Protocol::Udp,
+                            ),
+                        ],
+                    );
+                    s.create_service(&spec, NOW);
+                },
+            },
             // UpdateService
+            Case {
+                name: "an update may keep the service's own ports",
+                before: with_web_ports,
+                cmd: Command::UpdateService {
+                    spec: with_ports(
+                        ServiceSpec {
+                            labels: [("tier".to_owned(), "front".to_owned())].into(),
+                            ..web_spec()
+                        },
+                        &[tcp(8080), host_tcp(9090)],
+                    ),
+                    now_ms: NOW,
+                },
+                expect: Expect::Ok,
+                change: |s| {
+                    let spec = with_ports(
+                        ServiceSpec {
+                            labels: [("tier".to_owned(), "front".to_owned())].into(),
+                            ..web_spec()
+                        },
+                        &[tcp(8080), host_tcp(9090)],
+                    );
+                    s.update_service(&spec, NOW);
+                },
+            },
+            Case {
+                name: "an update cannot take another service's ingress port",
+                before: || {
+                    let mut s = with_web_ports();
+                    s.create_service(&ServiceSpec::default_for("api", "api:1"), T0);
+                    s
+                },
+                cmd: Command::UpdateService {
+                    spec: with_ports(ServiceSpec::default_for("api", "api:1"), &[tcp(8080)]),
+                    now_ms: NOW,
+                },
+                expect: Expect::Rejected("port 8080/tcp is taken: service \"web\""),
+                change: unchanged,
+            },
             Case {
                 name: "a new image bumps the version",
                 before: with_web,
@@ -1793,6 +1996,63 @@ mod tests {
                 },
                 expect: Expect::Rejected("already exists outside stack \"shop\""),
                 change: unchanged,
+            },
+            Case {
+                name: "a stack cannot take a port another service publishes",
+                before: with_web_ports,
+                cmd: Command::DeployStack {
+                    stack: "shop".to_owned(),
+                    specs: vec![
+                        stack_spec("web", "app:1"),
+                        with_ports(stack_spec("api", "api:1"), &[host_tcp(8080)]),
+                    ],
+                    prune: false,
+                    now_ms: NOW,
+                },
+                expect: Expect::Rejected("port 8080/tcp is taken: service \"web\""),
+                change: unchanged,
+            },
+            Case {
+                name: "two services of one stack cannot share an ingress port",
+                before: with_web,
+                cmd: Command::DeployStack {
+                    stack: "shop".to_owned(),
+                    specs: vec![
+                        with_ports(stack_spec("web", "app:1"), &[tcp(8080)]),
+                        with_ports(stack_spec("api", "api:1"), &[tcp(8080)]),
+                    ],
+                    prune: false,
+                    now_ms: NOW,
+                },
+                expect: Expect::Rejected("service \"shop_api\" publishes it in ingress mode"),
+                change: unchanged,
+            },
+            Case {
+                name: "a stack may move a port between its services, and pruning frees ports",
+                before: || {
+                    let mut s = with_web();
+                    s.create_service(&with_ports(stack_spec("web", "app:1"), &[tcp(8080)]), T0);
+                    s.create_service(&with_ports(stack_spec("old", "old:1"), &[tcp(8081)]), T0);
+                    s
+                },
+                cmd: Command::DeployStack {
+                    stack: "shop".to_owned(),
+                    specs: vec![
+                        stack_spec("web", "app:1"),
+                        with_ports(stack_spec("api", "api:1"), &[tcp(8080), tcp(8081)]),
+                    ],
+                    prune: true,
+                    now_ms: NOW,
+                },
+                expect: Expect::Ok,
+                change: |s| {
+                    s.update_service(&stack_spec("web", "app:1"), NOW);
+                    s.create_service(
+                        &with_ports(stack_spec("api", "api:1"), &[tcp(8080), tcp(8081)]),
+                        NOW,
+                    );
+                    s.services.remove("shop_old");
+                },
             },
             // RemoveStack
             Case {

@@ -97,6 +97,18 @@ impl DockerRuntime {
     }
 }
 
+/// The first host address of an IPv4 subnet (`172.17.0.0/16` → `172.17.0.1`).
+fn first_host_v4(subnet: &str) -> Option<std::net::IpAddr> {
+    let (net, bits) = subnet.split_once('/')?;
+    let net: std::net::Ipv4Addr = net.parse().ok()?;
+    let bits: u32 = bits.parse().ok()?;
+    if !(1..=30).contains(&bits) {
+        return None;
+    }
+    let mask = u32::MAX << (32 - bits);
+    Some(std::net::Ipv4Addr::from((u32::from(net) & mask) + 1).into())
+}
+
 /// Runs an engine call under a timeout, classifying its error.
 async fn bounded<T>(
     limit: Duration,
@@ -534,6 +546,40 @@ impl ContainerRuntime for DockerRuntime {
         })
     }
 
+    fn bridge_gateway(&self) -> BoxFuture<'_, Result<Option<std::net::IpAddr>, RuntimeError>> {
+        Box::pin(async move {
+            let network = match bounded(
+                self.call_timeout,
+                "network inspect",
+                self.docker.inspect_network("bridge", None),
+            )
+            .await
+            {
+                Ok(network) => network,
+                Err(RuntimeError::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let configs: Vec<_> = network
+                .ipam
+                .and_then(|ipam| ipam.config)
+                .into_iter()
+                .flatten()
+                .collect();
+            let named = configs
+                .iter()
+                .filter_map(|c| c.gateway.as_deref())
+                .find_map(|gateway| gateway.parse().ok());
+            // Older engines leave the default bridge's gateway out of its
+            // IPAM config; the engine gives it the subnet's first address.
+            Ok(named.or_else(|| {
+                configs
+                    .iter()
+                    .filter_map(|c| c.subnet.as_deref())
+                    .find_map(first_host_v4)
+            }))
+        })
+    }
+
     fn events<'a>(
         &'a self,
         cluster_id: &'a str,
@@ -587,6 +633,20 @@ impl ContainerRuntime for DockerRuntime {
 mod tests {
     use super::*;
     use crate::agent::runtime::{PortSpec, Protocol, LABEL_SERVICE};
+
+    #[test]
+    fn a_subnets_first_host_is_its_default_gateway() {
+        let check = |subnet: &str, expected: Option<&str>| {
+            let got = first_host_v4(subnet);
+            assert_eq!(got, expected.map(|e| e.parse().unwrap()), "{subnet}");
+        };
+        check("172.17.0.0/16", Some("172.17.0.1"));
+        check("10.1.2.128/25", Some("10.1.2.129"));
+        check("10.1.2.77/24", Some("10.1.2.1"));
+        check("10.1.2.0/31", None);
+        check("fd00::/64", None);
+        check("nonsense", None);
+    }
 
     #[test]
     fn image_references_split_into_repository_and_tag() {

@@ -261,6 +261,12 @@ pub trait ContainerRuntime: Send + Sync {
         id: &'a str,
     ) -> BoxFuture<'a, Result<Option<std::net::IpAddr>, RuntimeError>>;
 
+    /// This host's address on the engine's default bridge network (the
+    /// containers' gateway); `None` when the engine has no such network.
+    fn bridge_gateway(&self) -> BoxFuture<'_, Result<Option<std::net::IpAddr>, RuntimeError>> {
+        Box::pin(async { Ok(None) })
+    }
+
     /// Start, die, oom, health status and destroy events of the containers in
     /// the scope.
     fn events<'a>(

@@ -9,7 +9,7 @@
 //! - `node-N.nodes.shoal` → the node's address.
 //!
 //! [`answer`] decides, purely; [`run`] serves it with hickory-server on UDP
-//! and TCP.
+//! and TCP, on the node's addresses and on the engine's bridge gateway.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -300,12 +300,46 @@ impl RequestHandler for Handler {
     }
 }
 
-/// Serves DNS on the configured addresses (UDP and TCP) for as long as the
+/// Serves DNS on the configured addresses (UDP and TCP), and with the
+/// default ones also on the engine's bridge gateway, for as long as the
 /// node runs.
 pub async fn run(node: Arc<Node>) {
+    if node.mesh.config.dns_fallback {
+        tokio::spawn(serve_on_bridge(node.clone()));
+    }
+    let addrs = node.mesh.config.dns.clone();
+    serve(node, &addrs).await;
+}
+
+/// With the default addresses, DNS is also served on the engine's bridge
+/// gateway (where containers reach the host), once the engine says which
+/// address that is.
+async fn serve_on_bridge(node: Arc<Node>) {
+    let mut wait = Duration::from_millis(200);
+    let gateway = loop {
+        if let Some(runtime) = node.mesh.runtime.get() {
+            match tokio::time::timeout(Duration::from_secs(5), runtime.bridge_gateway()).await {
+                Ok(Ok(gateway)) => break gateway,
+                Ok(Err(e)) => tracing::debug!(error = %e, "no bridge gateway from the engine yet"),
+                Err(_) => tracing::debug!("the engine did not name its bridge gateway in time"),
+            }
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(30));
+    };
+    let Some(ip) = gateway else { return };
+    if node.mesh.config.dns.iter().any(|a| a.ip() == ip) {
+        return;
+    }
+    serve(node, &[SocketAddr::new(ip, 53)]).await;
+}
+
+/// Serves DNS on `addrs` (each, with the default addresses, on
+/// [`FALLBACK_PORT`] where 53 is taken) until the server stops.
+async fn serve(node: Arc<Node>, addrs: &[SocketAddr]) {
     let mut server = Server::new(Handler { node: node.clone() });
     let mut serving = 0;
-    for addr in &node.mesh.config.dns {
+    for addr in addrs {
         let mut candidates = vec![*addr];
         if node.mesh.config.dns_fallback {
             candidates.push(SocketAddr::new(addr.ip(), FALLBACK_PORT));

@@ -29,10 +29,13 @@ pub const MAX_CONNS_PER_PORT: usize = 10_000;
 pub const MAX_CONNS_PER_BACKEND: u32 = 2_000;
 /// A connection with no bytes either way for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// Connecting to a container (and the address lookup before it).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Opening a QUIC link or stream to a peer, and its answer.
-const REMOTE_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Connecting to a container (and the address lookup before it). Longer
+/// than the kernel's first SYN retransmission (1 s), so a connection whose
+/// first SYN a busy backend dropped (full accept backlog) still gets in.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Opening a QUIC link or stream to a peer, and its answer (which waits
+/// for the peer's own connect to its container).
+const REMOTE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the task's node waits for its own table to list a task a peer
 /// already routes to (the two tables follow the leader independently).
 const TABLE_CATCH_UP: Duration = Duration::from_millis(500);
@@ -77,9 +80,14 @@ pub async fn run_listeners(node: Arc<Node>) {
                 Protocol::Tcp => TcpListener::bind(addr).await.map(|listener| {
                     tokio::spawn(accept_tcp(node.clone(), listener, service.clone(), *port))
                 }),
-                Protocol::Udp => tokio::net::UdpSocket::bind(addr)
-                    .await
-                    .map(|socket| tokio::spawn(super::udp_placeholder(socket, service.clone()))),
+                Protocol::Udp => tokio::net::UdpSocket::bind(addr).await.map(|socket| {
+                    tokio::spawn(super::udp::serve(
+                        node.clone(),
+                        socket,
+                        service.clone(),
+                        *port,
+                    ))
+                }),
             };
             match handle {
                 Ok(handle) => {
@@ -243,7 +251,7 @@ async fn handle_tcp(
 }
 
 /// The container's bridge address, cached per container.
-async fn container_ip(mesh: &Mesh, container_id: &str) -> io::Result<IpAddr> {
+pub(super) async fn container_ip(mesh: &Mesh, container_id: &str) -> io::Result<IpAddr> {
     if let Some(ip) = mesh.addresses.lock().unwrap().get(container_id) {
         return Ok(*ip);
     }
@@ -325,7 +333,7 @@ async fn link(node: &Node, mesh: &Mesh, peer: NodeId) -> Result<shoal_net::Conne
 
 /// Opens a mesh stream to the task's node and waits for it to reach the
 /// container.
-async fn connect_remote(
+pub(super) async fn connect_remote(
     node: &Node,
     mesh: &Mesh,
     peer: NodeId,
@@ -365,6 +373,9 @@ pub async fn serve_remote(
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
+    if request.protocol == Protocol::Udp {
+        return super::udp::serve_remote(node, peer, request, send, recv).await;
+    }
     let mesh = node.mesh.clone();
     let outcome = async {
         let backend = find_own_backend(&mesh, &request).await?;
@@ -433,7 +444,10 @@ pub async fn serve_remote(
 
 /// The task as this node's table lists it, waiting briefly for the table
 /// to catch up with the peer's.
-async fn find_own_backend(mesh: &Mesh, request: &MeshConnect) -> Result<Backend, String> {
+pub(super) async fn find_own_backend(
+    mesh: &Mesh,
+    request: &MeshConnect,
+) -> Result<Backend, String> {
     let mut tables = mesh.subscribe();
     let deadline = tokio::time::Instant::now() + TABLE_CATCH_UP;
     loop {
@@ -470,18 +484,25 @@ enum SpliceEnd {
 }
 
 /// Time of the last byte moved, for the idle timeout.
-struct Activity {
+pub(super) struct Activity {
     start: Instant,
     last_ms: AtomicU64,
 }
 
 impl Activity {
-    fn touch(&self) {
+    pub(super) fn new() -> Activity {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    pub(super) fn touch(&self) {
         self.last_ms
             .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
-    async fn expired(&self, idle: Duration) {
+    pub(super) async fn expired(&self, idle: Duration) {
         loop {
             let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
             let quiet = self.start.elapsed().saturating_sub(last);
@@ -502,10 +523,7 @@ where
     BR: AsyncRead + Unpin,
     BW: AsyncWrite + Unpin,
 {
-    let activity = Activity {
-        start: Instant::now(),
-        last_ms: AtomicU64::new(0),
-    };
+    let activity = Activity::new();
     let both = async {
         tokio::try_join!(
             pump(a_read, b_write, &activity),

@@ -18,6 +18,7 @@ pub mod feed;
 pub mod ingress;
 pub mod proxy;
 pub mod table;
+pub mod udp;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -248,12 +249,4 @@ pub fn start(node: Arc<Node>) {
     if !node.mesh.config.dns.is_empty() {
         tokio::spawn(dns::run(node));
     }
-}
-
-/// UDP ingress is not implemented yet: the port is held so nothing else
-/// takes it, and datagrams are dropped.
-async fn udp_placeholder(socket: tokio::net::UdpSocket, service: String) {
-    tracing::warn!(service, "UDP ingress ports are not served yet");
-    let mut buf = vec![0u8; 2048];
-    while socket.recv_from(&mut buf).await.is_ok() {}
 }

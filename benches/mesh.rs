@@ -1,0 +1,342 @@
+//! Routing-mesh benchmark: an HTTP load against (a) a busybox httpd
+//! container directly (its bridge address), (b) the mesh on the node that
+//! runs the task, (c) the mesh on another node (through QUIC). Two daemons
+//! on 127.0.0.1 (manager, runs the task) and 127.0.0.2 (worker), on the
+//! real Docker engine.
+//!
+//! `cargo bench --bench mesh` (release build), after `scripts/test-image.sh`.
+//! The load generator is below: a fixed number of client threads, each with
+//! one HTTP/1.1 keep-alive connection that it reopens whenever the server
+//! closes it, for a fixed time; it reports requests/s and the p50/p99 of
+//! each request's latency (a reconnect counts in the request that needed
+//! it). busybox httpd closes every connection after one answer, so every
+//! request is also a new connection (through the mesh: a new QUIC stream
+//! and a new connection to the container).
+//!
+//! Knobs: `BENCH_CONNS` (comma list of concurrencies; `1,16`),
+//! `BENCH_SECS` (3 per run), `BENCH_ROUNDS` (5: each round runs the three
+//! targets in turn; medians are reported), `SHOAL_TEST_IMAGE`
+//! (shoal-test:latest).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::services::{docker_running, wait_running};
+use common::{wait_for, Cluster};
+
+fn env_str(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+/// One run's figures.
+#[derive(Debug, Clone, Copy)]
+struct Figures {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    errors: u64,
+}
+
+/// One client connection's loop: a request, its answer, again, until
+/// `stop`. Returns the latencies (µs) and the number of failed requests.
+fn client(addr: SocketAddr, stop: Arc<AtomicBool>) -> (Vec<u32>, u64) {
+    let request = format!("GET / HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: shoal-bench\r\n\r\n");
+    let mut latencies = Vec::with_capacity(64 * 1024);
+    let mut errors = 0u64;
+    let mut conn: Option<TcpStream> = None;
+    let mut buf = vec![0u8; 16 * 1024];
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        match one_request(addr, &mut conn, request.as_bytes(), &mut buf) {
+            Ok(()) => latencies.push(started.elapsed().as_micros().min(u32::MAX as u128) as u32),
+            Err(e) => {
+                if errors == 0 && std::env::var_os("BENCH_SHOW_ERRORS").is_some() {
+                    eprintln!("{addr}: first failed request: {e}");
+                }
+                errors += 1;
+                conn = None;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+    (latencies, errors)
+}
+
+/// Sends one request on `conn` (opening it first if needed) and reads the
+/// whole answer; closes `conn` when the server will not keep it open.
+fn one_request(
+    addr: SocketAddr,
+    conn: &mut Option<TcpStream>,
+    request: &[u8],
+    buf: &mut [u8],
+) -> io::Result<()> {
+    if conn.is_none() {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        *conn = Some(s);
+    }
+    let s = conn.as_mut().expect("opened above");
+    s.write_all(request)?;
+    let mut have = 0usize;
+    let head_end = loop {
+        if have == buf.len() {
+            return Err(io::Error::other("answer head too long"));
+        }
+        let n = s.read(&mut buf[have..])?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed"));
+        }
+        have += n;
+        if let Some(i) = find(&buf[..have], b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    if !head.starts_with("http/1.") || !head.lines().next().unwrap_or("").contains(" 200") {
+        return Err(io::Error::other(format!("answer: {head:?}")));
+    }
+    let close = head.contains("connection: close") || head.starts_with("http/1.0");
+    let length = head.lines().find_map(|l| {
+        l.strip_prefix("content-length:")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+    });
+    match length {
+        Some(len) => {
+            let mut body = have - head_end;
+            while body < len {
+                let n = s.read(buf)?;
+                if n == 0 {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short body"));
+                }
+                body += n;
+            }
+        }
+        None => while s.read(buf)? > 0 {},
+    }
+    if close || length.is_none() {
+        *conn = None;
+    }
+    Ok(())
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Each figure's median over the rounds (errors: the total).
+fn median(runs: &[Figures]) -> Figures {
+    let mid = |f: fn(&Figures) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Figures {
+        rps: mid(|f| f.rps),
+        p50_us: mid(|f| f.p50_us),
+        p99_us: mid(|f| f.p99_us),
+        errors: runs.iter().map(|f| f.errors).sum(),
+    }
+}
+
+/// `conns` clients against `addr` for `secs`.
+fn load(addr: SocketAddr, conns: usize, secs: u64) -> Figures {
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let clients: Vec<_> = (0..conns)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || client(addr, stop))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(secs));
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for c in clients {
+        let (lat, err) = c.join().expect("client thread");
+        all.extend(lat);
+        errors += err;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let pct = |p: f64| {
+        if all.is_empty() {
+            return f64::NAN;
+        }
+        all[((all.len() as f64 * p) as usize).min(all.len() - 1)] as f64
+    };
+    Figures {
+        rps: all.len() as f64 / elapsed,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        errors,
+    }
+}
+
+/// A TCP port free on 127.0.0.1 and 127.0.0.2.
+fn free_tcp_port() -> u16 {
+    for _ in 0..100 {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = probe.local_addr().unwrap().port();
+        drop(probe);
+        if ["127.0.0.1", "127.0.0.2"]
+            .iter()
+            .all(|ip| std::net::TcpListener::bind((*ip, port)).is_ok())
+        {
+            return port;
+        }
+    }
+    panic!("no free TCP port on 127.0.0.1-2");
+}
+
+fn container_ip(id: &str) -> String {
+    let out = Command::new("docker")
+        .args([
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            id,
+        ])
+        .output()
+        .expect("docker inspect");
+    let ip = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(!ip.is_empty(), "container {id} has no bridge address");
+    ip
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` runs this too
+    // and must not start a cluster.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("mesh bench: run it with `cargo bench --bench mesh`");
+        return;
+    }
+    let image = env_str("SHOAL_TEST_IMAGE", "shoal-test:latest");
+    let secs: u64 = env_str("BENCH_SECS", "3").parse().expect("BENCH_SECS");
+    let rounds: usize = env_str("BENCH_ROUNDS", "5").parse().expect("BENCH_ROUNDS");
+    let concurrencies: Vec<usize> = env_str("BENCH_CONNS", "1,16")
+        .split(',')
+        .map(|c| c.trim().parse().expect("BENCH_CONNS"))
+        .collect();
+    let present = Command::new("docker")
+        .args(["image", "inspect", &image])
+        .output()
+        .expect("docker is installed");
+    assert!(
+        present.status.success(),
+        "the test image {image} is missing: run scripts/test-image.sh"
+    );
+
+    let env = [("SHOAL_DNS_ADDR", "none")];
+    let mut c = Cluster::new();
+    c.init_with_env("node-a", "127.0.0.1", &env);
+    c.join_with_env("node-b", "127.0.0.2", "worker", &env);
+    let port = free_tcp_port();
+    let publish = format!("{port}:80");
+    c.nodes[0].ok(&[
+        "deploy",
+        "web",
+        "--image",
+        &image,
+        "--replicas",
+        "1",
+        "--constraint",
+        "node.name==node-a",
+        "-p",
+        &publish,
+        "--detach",
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p /www && echo hello from the mesh bench > /www/index.html \
+         && exec httpd -f -p 80 -h /www",
+    ]);
+    wait_running(&c, "web", 1, Duration::from_secs(60));
+    let container = docker_running(&c, "web")[0].clone();
+    let direct: SocketAddr = format!("{}:80", container_ip(&container)).parse().unwrap();
+    let local: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let remote: SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
+    for addr in [direct, local, remote] {
+        wait_for(Duration::from_secs(20), || {
+            let mut conn = None;
+            one_request(
+                addr,
+                &mut conn,
+                b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+                &mut [0u8; 4096],
+            )
+            .ok()
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{addr} never answered; node-a's log:\n{}\nnode-b's log:\n{}",
+                c.nodes[0].log_text(),
+                c.nodes[1].log_text()
+            )
+        });
+    }
+
+    println!(
+        "mesh bench: busybox httpd (one connection per request), {rounds} rounds of {secs} s \
+         per target, task on node-a (127.0.0.1), node-b on 127.0.0.2"
+    );
+    println!(
+        "{:<44} {:>5} {:>10} {:>9} {:>9} {:>6}",
+        "target", "conns", "req/s", "p50 ms", "p99 ms", "errors"
+    );
+    let targets = [
+        ("(a) container directly", direct),
+        ("(b) mesh on the task's node", local),
+        ("(c) mesh on another node (QUIC)", remote),
+    ];
+    for &conns in &concurrencies {
+        // Rounds interleave the three targets, so a change in the machine's
+        // load during the bench hits all three alike; medians are reported.
+        let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); targets.len()];
+        for round in 0..rounds {
+            for (t, (name, addr)) in targets.iter().enumerate() {
+                let f = load(*addr, conns, secs);
+                println!(
+                    "  round {} {:<38} {:>5} {:>10.0} {:>9.3} {:>9.3} {:>6}",
+                    round + 1,
+                    name,
+                    conns,
+                    f.rps,
+                    f.p50_us / 1000.0,
+                    f.p99_us / 1000.0,
+                    f.errors
+                );
+                runs[t].push(f);
+            }
+        }
+        let row: Vec<Figures> = runs.iter().map(|r| median(r)).collect();
+        for ((name, addr), f) in targets.iter().zip(&row) {
+            println!(
+                "{:<44} {:>5} {:>10.0} {:>9.3} {:>9.3} {:>6}",
+                format!("{name} {addr}"),
+                conns,
+                f.rps,
+                f.p50_us / 1000.0,
+                f.p99_us / 1000.0,
+                f.errors
+            );
+        }
+        let (a, b, cc) = (row[0], row[1], row[2]);
+        println!(
+            "  {conns} conns (medians of {rounds}): (b)/(a) throughput {:.0} % (target >= 80 %), \
+             added p50 {:.3} ms (target < 0.2 ms); (c)/(a) throughput {:.0} %, added p50 {:.3} ms",
+            100.0 * b.rps / a.rps,
+            (b.p50_us - a.p50_us) / 1000.0,
+            100.0 * cc.rps / a.rps,
+            (cc.p50_us - a.p50_us) / 1000.0,
+        );
+    }
+}
