@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shoal_raft::{ClusterState, Command, NodeId, NodeStatus, RaftNode, Role};
+use shoal_raft::{ClusterState, Command, NodeId, NodeStatus, RaftNode, Role, TaskChange};
 
 use crate::node::{now_ms, Node};
+use crate::wire::OpError;
 
 /// One change of the Raft membership towards what the cluster state says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,17 +156,14 @@ pub async fn run(node: Arc<Node>) {
 }
 
 /// Which tasks must exist (orchestrator), then where pending ones run
-/// (scheduler): each a pure function of the state, each committed as one
-/// batched proposal.
+/// (scheduler): each a pure function of the state, each committed as
+/// batched proposals of at most [`MAX_CHANGES_PER_ENTRY`] changes and about
+/// [`MAX_CHANGE_BYTES_PER_ENTRY`] bytes (see [`split_changes`]).
 async fn orchestrate(node: &Node) {
     let changes = node.state.read(|s| shoal_raft::reconcile(s, now_ms()));
     if !changes.is_empty() {
         tracing::debug!(count = changes.len(), "orchestrator changes");
-        let cmd = Command::ApplyTaskChanges {
-            changes,
-            now_ms: now_ms(),
-        };
-        if let Err(e) = node.write(cmd).await {
+        if let Err(e) = commit_changes(node, changes).await {
             tracing::warn!(error = %e, "cannot commit orchestrator changes");
             return;
         }
@@ -173,13 +171,85 @@ async fn orchestrate(node: &Node) {
     let placements = node.state.read(shoal_raft::schedule);
     if !placements.is_empty() {
         tracing::debug!(count = placements.len(), "scheduler decisions");
-        let cmd = Command::ApplyTaskChanges {
-            changes: placements,
-            now_ms: now_ms(),
-        };
-        if let Err(e) = node.write(cmd).await {
+        if let Err(e) = commit_changes(node, placements).await {
             tracing::warn!(error = %e, "cannot commit scheduler decisions");
         }
+    }
+}
+
+/// Most task changes in one `ApplyTaskChanges` entry.
+pub const MAX_CHANGES_PER_ENTRY: usize = 10_000;
+/// Most bytes (by [`change_size_bound`]) of task changes in one entry.
+/// openraft sends up to 64 entries in one `AppendEntries` frame, and frames
+/// are capped at 16 MiB, so 64 entries this size still fit in one frame.
+pub const MAX_CHANGE_BYTES_PER_ENTRY: usize = 256 * 1024;
+
+/// Commits `changes` as consecutive entries, each awaited before the next:
+/// a pass of a million placements encodes to about 20 MB, more than one
+/// frame may carry, and queued all at once the proposer would pack the
+/// pieces back into one entry. Every change is checked again when applied,
+/// so other writes landing between the pieces are harmless.
+async fn commit_changes(node: &Node, changes: Vec<TaskChange>) -> Result<(), OpError> {
+    for chunk in split_changes(changes, MAX_CHANGES_PER_ENTRY, MAX_CHANGE_BYTES_PER_ENTRY) {
+        node.write(Command::ApplyTaskChanges {
+            changes: chunk,
+            now_ms: now_ms(),
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Splits `changes`, in order, into pieces of at most `max_count` changes
+/// and at most `max_bytes` by [`change_size_bound`]; a single change larger
+/// than `max_bytes` travels alone.
+pub fn split_changes(
+    changes: Vec<TaskChange>,
+    max_count: usize,
+    max_bytes: usize,
+) -> Vec<Vec<TaskChange>> {
+    let max_count = max_count.max(1);
+    let mut pieces: Vec<Vec<TaskChange>> = Vec::new();
+    let mut current: Vec<TaskChange> = Vec::new();
+    let mut bytes = 0;
+    for change in changes {
+        let size = change_size_bound(&change);
+        if !current.is_empty() && (current.len() >= max_count || bytes + size > max_bytes) {
+            pieces.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += size;
+        current.push(change);
+    }
+    if !current.is_empty() {
+        pieces.push(current);
+    }
+    pieces
+}
+
+/// An upper bound of a change's encoded size in the log (postcard: a
+/// varint length before each string, at most 10 bytes per integer, one per
+/// enum tag), computed without encoding it.
+pub fn change_size_bound(change: &TaskChange) -> usize {
+    const TAG: usize = 1;
+    const INT: usize = 10;
+    const OPTION_INT: usize = 1 + INT;
+    let text = |s: &str| INT + s.len();
+    match change {
+        TaskChange::Create { service, .. } => TAG + text(service) + INT + OPTION_INT + INT,
+        TaskChange::Assign { task_id, .. } => TAG + text(task_id) + INT,
+        TaskChange::Unassignable { task_id, reason } => TAG + text(task_id) + text(reason),
+        TaskChange::SetDesired {
+            task_id, reason, ..
+        } => TAG + text(task_id) + TAG + text(reason),
+        TaskChange::MarkState {
+            task_id, message, ..
+        } => TAG + text(task_id) + TAG + text(message),
+        TaskChange::Delete { task_id } => TAG + text(task_id),
+        TaskChange::UpdateSlotFailed { service, .. } => TAG + text(service) + 2 * INT + OPTION_INT,
+        TaskChange::UpdateTransition {
+            service, message, ..
+        } => TAG + text(service) + INT + 2 * TAG + text(message),
     }
 }
 
@@ -271,6 +341,112 @@ mod tests {
     ) {
         let got = membership_step(&state(nodes), &set(voters), &set(learners));
         assert_eq!(got, expected);
+    }
+
+    /// The encoded size of one `ApplyTaskChanges` log entry.
+    fn entry_bytes(changes: &[TaskChange]) -> usize {
+        let payload = shoal_raft::LogPayload::V1(Command::ApplyTaskChanges {
+            changes: changes.to_vec(),
+            now_ms: u64::MAX,
+        });
+        shoal_raft::codec::encode(&payload).unwrap().len()
+    }
+
+    #[test]
+    fn a_million_placements_split_into_entries_that_fit_a_frame() {
+        let changes: Vec<TaskChange> = (0..1_000_000u64)
+            .map(|seq| TaskChange::Assign {
+                task_id: shoal_raft::task_id("0123456789abcdef0123456789abcdef", seq),
+                node_id: 1 + seq % 5_000,
+            })
+            .collect();
+        // As one entry this pass could not be replicated at all.
+        assert!(entry_bytes(&changes) > shoal_net::codec::MAX_FRAME_BYTES);
+        let pieces = split_changes(
+            changes.clone(),
+            MAX_CHANGES_PER_ENTRY,
+            MAX_CHANGE_BYTES_PER_ENTRY,
+        );
+        assert!(pieces.len() >= 100, "{} pieces", pieces.len());
+        // openraft sends up to 64 entries in one AppendEntries frame.
+        let per_frame = shoal_net::codec::MAX_FRAME_BYTES / 64;
+        for piece in &pieces {
+            assert!(!piece.is_empty() && piece.len() <= MAX_CHANGES_PER_ENTRY);
+            let bound: usize = piece.iter().map(change_size_bound).sum();
+            assert!(bound <= MAX_CHANGE_BYTES_PER_ENTRY);
+            assert!(entry_bytes(piece) <= per_frame, "{}", entry_bytes(piece));
+        }
+        // Nothing lost, nothing reordered.
+        assert_eq!(pieces.concat(), changes);
+    }
+
+    #[test]
+    fn split_changes_bounds_count_and_bytes_and_keeps_order() {
+        let assign = |i: u64| TaskChange::Assign {
+            task_id: format!("{i:016x}"),
+            node_id: i,
+        };
+        let big = TaskChange::Unassignable {
+            task_id: "t".into(),
+            reason: "x".repeat(5_000),
+        };
+        // By count.
+        let pieces = split_changes((0..25).map(assign).collect(), 10, usize::MAX);
+        assert_eq!(
+            pieces.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![10, 10, 5]
+        );
+        // By bytes: an Assign of a 16-character id is bounded by 37 bytes.
+        assert_eq!(change_size_bound(&assign(0)), 37);
+        let pieces = split_changes((0..10).map(assign).collect(), 100, 37 * 4);
+        assert_eq!(
+            pieces.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![4, 4, 2]
+        );
+        // A change larger than the byte bound travels alone.
+        let pieces = split_changes(vec![assign(1), big.clone(), assign(2)], 100, 1_000);
+        assert_eq!(pieces, vec![vec![assign(1)], vec![big], vec![assign(2)]]);
+        assert!(split_changes(Vec::new(), 10, 10).is_empty());
+        // Every kind's bound is at least its encoded size.
+        let kinds = vec![
+            TaskChange::Create {
+                service: "web".into(),
+                slot: u64::MAX,
+                node_id: Some(u64::MAX),
+                restart_count: u64::MAX,
+            },
+            assign(u64::MAX),
+            TaskChange::SetDesired {
+                task_id: "t1".into(),
+                desired: shoal_raft::DesiredState::Shutdown,
+                reason: "scaled down".into(),
+            },
+            TaskChange::MarkState {
+                task_id: "t1".into(),
+                state: shoal_raft::TaskState::Orphaned,
+                message: "node down".into(),
+            },
+            TaskChange::Delete {
+                task_id: "t1".into(),
+            },
+            TaskChange::UpdateSlotFailed {
+                service: "web".into(),
+                run_version: u64::MAX,
+                slot: u64::MAX,
+                node_id: Some(u64::MAX),
+            },
+            TaskChange::UpdateTransition {
+                service: "web".into(),
+                run_version: u64::MAX,
+                from: shoal_raft::UpdateState::Updating,
+                to: shoal_raft::UpdateState::Paused,
+                message: "paused".into(),
+            },
+        ];
+        for change in kinds {
+            let alone = shoal_raft::codec::encode(&change).unwrap().len();
+            assert!(change_size_bound(&change) >= alone, "{change:?}: {alone}");
+        }
     }
 
     #[test]
