@@ -19,6 +19,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,8 +57,11 @@ pub const CONNECTION_RECEIVE_WINDOW: u32 = 3 * MAX_FRAME_BYTES as u32;
 /// The frame limit for requests from joiners, who are not authenticated yet:
 /// they send a public key and a secret, not bulk data.
 pub const MAX_JOIN_FRAME_BYTES: usize = 64 * 1024;
-/// Connections (of both kinds) one endpoint holds open; more are refused.
-pub const MAX_CONNECTIONS: usize = 1024;
+/// Connections (of both kinds) one endpoint holds open by default; more are
+/// refused. A leader holds one connection per node of the cluster (two where
+/// the routing mesh links them), so this allows clusters of several
+/// thousand nodes; [`Endpoint::set_max_connections`] changes it.
+pub const MAX_CONNECTIONS: usize = 16_384;
 /// Handshakes run concurrently; more are refused until some finish.
 const MAX_HANDSHAKES_IN_FLIGHT: usize = 64;
 /// Established connections waiting for [`Endpoint::accept`].
@@ -387,6 +391,27 @@ impl TlsMaterial {
     }
 }
 
+/// The TLS client configuration of one node identity, parsed once, for
+/// [`Endpoint::connect_as`].
+#[derive(Clone)]
+pub struct Dialer {
+    config: quinn::ClientConfig,
+}
+
+impl Dialer {
+    pub fn new(identity: &NodeIdentity) -> Result<Dialer, NetError> {
+        Ok(Dialer {
+            config: TlsMaterial::new(identity)?.client_config(ALPN_NODE)?,
+        })
+    }
+}
+
+impl fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dialer").finish_non_exhaustive()
+    }
+}
+
 /// A connection that completed its handshake and passed the identity check.
 #[derive(Debug)]
 pub enum Accepted {
@@ -428,6 +453,8 @@ struct Shared {
     quinn: quinn::Endpoint,
     local_addr: SocketAddr,
     accepted: tokio::sync::Mutex<mpsc::Receiver<Accepted>>,
+    /// Read by the accept loop for every incoming connection.
+    max_connections: Arc<AtomicUsize>,
 }
 
 impl Drop for Shared {
@@ -468,14 +495,81 @@ impl Endpoint {
             source,
         })?;
         let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
-        tokio::spawn(accept_loop(endpoint.clone(), tx));
+        let max_connections = Arc::new(AtomicUsize::new(MAX_CONNECTIONS));
+        tokio::spawn(accept_loop(endpoint.clone(), tx, max_connections.clone()));
         Ok(Endpoint {
             shared: Arc::new(Shared {
                 quinn: endpoint,
                 local_addr,
                 accepted: tokio::sync::Mutex::new(rx),
+                max_connections,
             }),
         })
+    }
+
+    /// An endpoint that only dials: it accepts no connection, and each dial
+    /// names the identity it presents ([`Endpoint::connect_as`]). One UDP
+    /// socket then carries the connections of many node identities, which
+    /// is how `shoal dev simulate` runs thousands of simulated nodes.
+    pub fn client(local: SocketAddr) -> Result<Endpoint, NetError> {
+        let endpoint = quinn::Endpoint::client(local).map_err(|source| NetError::Bind {
+            addr: local,
+            source,
+        })?;
+        let local_addr = endpoint.local_addr().map_err(|source| NetError::Bind {
+            addr: local,
+            source,
+        })?;
+        // No sender: `accept` answers `None` at once.
+        let (_, rx) = mpsc::channel(1);
+        Ok(Endpoint {
+            shared: Arc::new(Shared {
+                quinn: endpoint,
+                local_addr,
+                accepted: tokio::sync::Mutex::new(rx),
+                max_connections: Arc::new(AtomicUsize::new(0)),
+            }),
+        })
+    }
+
+    /// Changes how many connections this endpoint holds open at most (the
+    /// default is [`MAX_CONNECTIONS`]); connections past it are refused.
+    pub fn set_max_connections(&self, max: usize) {
+        self.shared
+            .max_connections
+            .store(max, AtomicOrdering::Relaxed);
+    }
+
+    /// Dials node `expected` at `addr` like [`Endpoint::connect`], presenting
+    /// `dialer`'s identity instead of this endpoint's own.
+    pub async fn connect_as(
+        &self,
+        dialer: &Dialer,
+        addr: SocketAddr,
+        expected: u64,
+        timeout: Duration,
+    ) -> Result<quinn::Connection, NetError> {
+        let connecting = self
+            .shared
+            .quinn
+            .connect_with(dialer.config.clone(), addr, &node_server_name(expected))
+            .map_err(|e| NetError::Dial {
+                addr,
+                detail: e.to_string(),
+            })?;
+        match tokio::time::timeout(timeout, connecting).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(NetError::from_connection(
+                addr.to_string(),
+                Some(expected),
+                e,
+            )),
+            Err(_) => Err(NetError::Timeout {
+                peer: addr.to_string(),
+                what: "connecting to",
+                after: timeout,
+            }),
+        }
     }
 
     /// The address actually bound (useful after binding port 0).
@@ -557,12 +651,17 @@ impl Endpoint {
     }
 }
 
-async fn accept_loop(endpoint: quinn::Endpoint, accepted: mpsc::Sender<Accepted>) {
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    accepted: mpsc::Sender<Accepted>,
+    max_connections: Arc<AtomicUsize>,
+) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES_IN_FLIGHT));
     while let Some(incoming) = endpoint.accept().await {
         let remote = incoming.remote_address();
-        if endpoint.open_connections() >= MAX_CONNECTIONS {
-            tracing::warn!(%remote, limit = MAX_CONNECTIONS, "refusing a connection: too many open connections");
+        let limit = max_connections.load(AtomicOrdering::Relaxed);
+        if endpoint.open_connections() >= limit {
+            tracing::warn!(%remote, limit, "refusing a connection: too many open connections");
             incoming.refuse();
             continue;
         }

@@ -106,6 +106,37 @@ where
 }
 
 #[tokio::test]
+async fn one_client_endpoint_dials_as_many_identities() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let server = Endpoint::bind(localhost(), &ca.issue_identity(1).unwrap()).unwrap();
+    let mut accepted = serve(server.clone(), 1);
+    let client = Endpoint::client(localhost()).unwrap();
+    for id in [7, 8] {
+        let dialer = Dialer::new(&ca.issue_identity(id).unwrap()).unwrap();
+        let conn = client
+            .connect_as(&dialer, server.local_addr(), 1, T)
+            .await
+            .unwrap();
+        let reply: Response = call(&conn, &Request::WhoAreYou, T).await.unwrap();
+        assert_eq!(reply, Response::IAm(1));
+        // The server reads each connection's own certificate.
+        assert_eq!(next_accepted(&mut accepted).await.node_id(), Some(id));
+    }
+    // Dialing the wrong node id is refused as with `connect`.
+    let dialer = Dialer::new(&ca.issue_identity(9).unwrap()).unwrap();
+    let err = client
+        .connect_as(&dialer, server.local_addr(), 2, T)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, NetError::WrongNode { expected: 2, .. }),
+        "{err}"
+    );
+    // A client endpoint accepts nothing.
+    assert!(client.accept().await.is_none());
+}
+
+#[tokio::test]
 async fn connecting_with_the_wrong_expected_node_id_fails() {
     let ca = ClusterCa::generate("t").unwrap();
     let a = Endpoint::bind(localhost(), &ca.issue_identity(1).unwrap()).unwrap();
