@@ -1,10 +1,19 @@
 //! The agent loop of a node: follows the leader's task stream, reconciles
 //! it with the local container engine on every change, engine event and
 //! tick, and reports task state changes to the leader in batches.
+//!
+//! It also owns the node's view of its engine. A pass that cannot list the
+//! containers sets the node's engine error (sent with every heartbeat; the
+//! leader records it and schedules nothing there) and switches the loop to
+//! retrying with exponential backoff ([`ENGINE_RETRY_FIRST`] doubling up to
+//! [`ENGINE_RETRY_CAP`]), deaf to task changes, so an engine that is gone
+//! for minutes costs a handful of failed calls, not a busy loop. The event
+//! watcher backs off the same way and wakes the loop as soon as it can
+//! subscribe again, so recovery does not wait for the next retry.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use shoal_net::codec;
@@ -23,6 +32,51 @@ const RESYNC_EVERY: Duration = Duration::from_secs(10);
 const FEED_SILENCE: Duration = Duration::from_secs(12);
 /// Unsent reports kept while the leader is unreachable.
 const MAX_UNSENT_REPORTS: usize = 10_000;
+/// First wait after the engine failed (a pass could not list, or the event
+/// stream could not be opened); doubled after each further failure.
+pub const ENGINE_RETRY_FIRST: Duration = Duration::from_millis(250);
+/// Longest wait between two attempts while the engine stays unreachable:
+/// also the longest a recovered engine waits to be noticed.
+pub const ENGINE_RETRY_CAP: Duration = Duration::from_secs(5);
+/// An event stream that ends sooner than this after it opened counts as a
+/// failure: an engine (or a proxy in front of it) that accepts and drops
+/// connections must not make the watcher resubscribe in a tight loop.
+const EVENTS_MIN_LIFETIME: Duration = Duration::from_secs(5);
+
+/// Exponential backoff with a cap: the wait before each next attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    first: Duration,
+    cap: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, cap: Duration) -> Self {
+        Backoff {
+            first,
+            cap,
+            next: first.min(cap),
+        }
+    }
+
+    /// The backoff the agent uses for its engine.
+    pub fn engine() -> Self {
+        Self::new(ENGINE_RETRY_FIRST, ENGINE_RETRY_CAP)
+    }
+
+    /// After a failure: how long to wait before the next attempt.
+    pub fn failed(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (self.next * 2).min(self.cap);
+        wait
+    }
+
+    /// After a success: the next failure waits the shortest time again.
+    pub fn succeeded(&mut self) {
+        self.next = self.first.min(self.cap);
+    }
+}
 
 type Desired = Arc<Mutex<BTreeMap<TaskId, Task>>>;
 
@@ -30,8 +84,9 @@ pub async fn run(node: Arc<Node>, runtime: Arc<dyn ContainerRuntime>) {
     let scope = Scope::new(node.cluster_id.clone(), node.id.to_string());
     let desired: Desired = Arc::new(Mutex::new(BTreeMap::new()));
     let wake = Arc::new(Notify::new());
-    let executor =
-        Executor::new(runtime.clone(), scope, ExecutorConfig::default()).with_wake(wake.clone());
+    let engine_back = Arc::new(Notify::new());
+    let executor = Executor::new(runtime.clone(), scope.clone(), ExecutorConfig::default())
+        .with_wake(wake.clone());
     // No pass before the first full set has arrived: an empty desired set
     // would stop every container this node runs.
     let synced = Arc::new(tokio::sync::Semaphore::new(0));
@@ -41,49 +96,123 @@ pub async fn run(node: Arc<Node>, runtime: Arc<dyn ContainerRuntime>) {
         wake.clone(),
         synced.clone(),
     ));
-    tokio::spawn(watch_engine(node.clone(), runtime, wake.clone()));
+    tokio::spawn(watch_engine(
+        runtime,
+        scope,
+        Backoff::engine(),
+        wake.clone(),
+        engine_back.clone(),
+    ));
     let _ = synced.acquire().await;
 
-    // What this agent last reported per task, so each change is sent once
-    // and the leader's older view does not make the plan repeat work.
-    let mut reported: BTreeMap<TaskId, TaskStatus> = BTreeMap::new();
+    let mut passes = Passes::new(executor, Backoff::engine());
     let mut unsent: Vec<TaskStatusUpdate> = Vec::new();
     loop {
         let tasks: Vec<Task> = desired.lock().unwrap().values().cloned().collect();
-        reported.retain(|id, _| tasks.iter().any(|t| &t.id == id));
+        let pass = passes.run(&tasks).await;
+        node.set_engine_error(pass.engine_error);
+        unsent.extend(pass.updates);
+        if !unsent.is_empty() {
+            send_reports(&node, &mut unsent).await;
+        }
+        passes.wait(&wake, &engine_back).await;
+    }
+}
+
+/// What one pass leaves for the node to do.
+#[derive(Debug, Default)]
+struct PassResult {
+    /// Task state changes not reported before.
+    updates: Vec<TaskStatusUpdate>,
+    /// The node's engine error after this pass (`None`: the engine answered).
+    engine_error: Option<String>,
+}
+
+/// The engine side of the agent loop, apart from the node so that tests can
+/// drive it against the fake engine: one reconciliation pass at a time, the
+/// reports it makes, and how long to wait before the next one.
+struct Passes {
+    executor: Executor,
+    /// What this agent last reported per task, so each change is sent once
+    /// and the leader's older view does not make the plan repeat work.
+    reported: BTreeMap<TaskId, TaskStatus>,
+    /// Set while the engine is failing: the wait before the next attempt.
+    engine_retry: Option<Duration>,
+    backoff: Backoff,
+}
+
+impl Passes {
+    fn new(executor: Executor, backoff: Backoff) -> Self {
+        Passes {
+            executor,
+            reported: BTreeMap::new(),
+            engine_retry: None,
+            backoff,
+        }
+    }
+
+    async fn run(&mut self, tasks: &[Task]) -> PassResult {
+        self.reported
+            .retain(|id, _| tasks.iter().any(|t| &t.id == id));
         let list: Vec<DesiredTask> = tasks
             .iter()
-            .map(|t| desired_task(t, reported.get(&t.id).map(|r| r.state)))
+            .map(|t| desired_task(t, self.reported.get(&t.id).map(|r| r.state)))
             .collect();
-        match executor.reconcile(&list).await {
+        let mut result = PassResult::default();
+        match self.executor.reconcile(&list).await {
             Ok(outcome) => {
-                node.set_engine_error(None);
+                if self.engine_retry.take().is_some() {
+                    tracing::info!("the container engine answers again");
+                }
+                self.backoff.succeeded();
                 for e in &outcome.errors {
                     tracing::warn!(action = %e.action, error = %e.error, "container action failed; retrying on the next pass");
                 }
                 for status in outcome.statuses {
-                    if reported.get(&status.task_id) == Some(&status) {
+                    if self.reported.get(&status.task_id) == Some(&status) {
                         continue;
                     }
-                    unsent.push(update_of(&status));
-                    reported.insert(status.task_id.clone(), status);
+                    result.updates.push(update_of(&status));
+                    self.reported.insert(status.task_id.clone(), status);
                 }
             }
-            Err(e) if e.is_retryable() => {
-                node.set_engine_error(Some(e.to_string()));
-                tracing::warn!(error = %e, "container engine unavailable; retrying")
+            Err(e) => {
+                let retry = self.backoff.failed();
+                // Loud once per outage; each retry only at debug level.
+                if self.engine_retry.is_none() {
+                    tracing::error!(error = %e, retryable = e.is_retryable(), "cannot list this node's containers: the node takes no new tasks until its engine answers");
+                } else {
+                    tracing::debug!(error = %e, retry_in_ms = retry.as_millis() as u64, "container engine still failing");
+                }
+                self.engine_retry = Some(retry);
+                result.engine_error = Some(e.to_string());
             }
-            Err(e) => tracing::error!(error = %e, "cannot list this node's containers"),
         }
-        if !unsent.is_empty() {
-            send_reports(&node, &mut unsent).await;
-        }
-        tokio::select! {
-            () = wake.notified() => {
-                // Let a burst of events and changes settle into one pass.
-                tokio::time::sleep(Duration::from_millis(5)).await;
+        result
+    }
+
+    /// Waits until the next pass is due. Normally: a task change, an engine
+    /// event or a finished stop (each wakes `wake`), or the resync tick.
+    /// While the engine is failing: the backoff's wait, or `engine_back`
+    /// (the event watcher subscribed again); task changes do not shorten it,
+    /// since the pass would only fail again.
+    async fn wait(&self, wake: &Notify, engine_back: &Notify) {
+        match self.engine_retry {
+            Some(retry) => {
+                tokio::select! {
+                    () = engine_back.notified() => {}
+                    () = tokio::time::sleep(retry) => {}
+                }
             }
-            () = tokio::time::sleep(RESYNC_EVERY) => {}
+            None => {
+                tokio::select! {
+                    () = wake.notified() => {
+                        // Let a burst of events and changes settle into one pass.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    () = tokio::time::sleep(RESYNC_EVERY) => {}
+                }
+            }
         }
     }
 }
@@ -313,15 +442,25 @@ async fn read_feed(
 }
 
 /// Wakes the agent on every engine event of this node's containers, and
-/// resubscribes when the stream ends (the engine restarted).
-async fn watch_engine(node: Arc<Node>, runtime: Arc<dyn ContainerRuntime>, wake: Arc<Notify>) {
-    let cluster = node.cluster_id.clone();
-    let me = node.id.to_string();
-    let mut backoff = Duration::from_millis(100);
+/// resubscribes when the stream ends (the engine restarted, or its socket
+/// went away), backing off while subscribing fails. `engine_back` is
+/// notified when a subscription succeeds after a failure, so a loop waiting
+/// out its backoff runs a pass at once.
+async fn watch_engine(
+    runtime: Arc<dyn ContainerRuntime>,
+    scope: Scope,
+    mut backoff: Backoff,
+    wake: Arc<Notify>,
+    engine_back: Arc<Notify>,
+) {
+    let mut failing = false;
     loop {
-        match runtime.events(&cluster, &me).await {
+        match runtime.events(&scope.cluster_id, &scope.node_id).await {
             Ok(mut events) => {
-                backoff = Duration::from_millis(100);
+                if std::mem::take(&mut failing) {
+                    engine_back.notify_one();
+                }
+                let opened = Instant::now();
                 while let Some(event) = events.next().await {
                     match event {
                         Ok(_) => wake.notify_one(),
@@ -333,10 +472,163 @@ async fn watch_engine(node: Arc<Node>, runtime: Arc<dyn ContainerRuntime>, wake:
                 }
                 // The stream ended: the engine may have restarted; re-list.
                 wake.notify_one();
+                if opened.elapsed() >= EVENTS_MIN_LIFETIME {
+                    backoff.succeeded();
+                }
             }
-            Err(e) => tracing::debug!(error = %e, "cannot subscribe to engine events"),
+            Err(e) => {
+                failing = true;
+                tracing::debug!(error = %e, "cannot subscribe to engine events");
+            }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        tokio::time::sleep(backoff.failed()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::fake::FakeRuntime;
+    use shoal_raft::{DesiredState, ServiceSpec};
+
+    #[test]
+    fn engine_backoff_doubles_to_its_cap_and_resets_on_success() {
+        let mut backoff = Backoff::engine();
+        let waits: Vec<u128> = (0..8).map(|_| backoff.failed().as_millis()).collect();
+        assert_eq!(waits, [250, 500, 1_000, 2_000, 4_000, 5_000, 5_000, 5_000]);
+        backoff.succeeded();
+        assert_eq!(backoff.failed(), ENGINE_RETRY_FIRST);
+        // A first wait above the cap is cut to the cap.
+        let mut odd = Backoff::new(Duration::from_secs(9), Duration::from_secs(2));
+        assert_eq!(odd.failed(), Duration::from_secs(2));
+    }
+
+    fn task(id: &str) -> Task {
+        Task {
+            id: id.to_string(),
+            service: "web".to_string(),
+            slot: 1,
+            node_id: Some(1),
+            spec_version: 1,
+            spec: ServiceSpec::default_for("web", "shoal-test:latest"),
+            desired_state: DesiredState::Running,
+            state: TaskState::Assigned,
+            message: String::new(),
+            error: String::new(),
+            exit_code: None,
+            container_id: None,
+            restart_count: 0,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            state_changed_at_ms: 0,
+            running_since_ms: None,
+            health: None,
+        }
+    }
+
+    /// The agent loop of `run`, minus the node: passes over `tasks`, each
+    /// result sent to `results`, waits as `run` waits. Task changes are
+    /// simulated by waking the loop every millisecond, the worst a busy
+    /// leader could do.
+    fn spawn_loop(
+        fake: Arc<FakeRuntime>,
+        backoff: Backoff,
+        tasks: Vec<Task>,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<PassResult> {
+        let scope = Scope::new("cl", "1");
+        let wake = Arc::new(Notify::new());
+        let engine_back = Arc::new(Notify::new());
+        let executor = Executor::new(fake.clone(), scope.clone(), ExecutorConfig::default())
+            .with_wake(wake.clone());
+        tokio::spawn(watch_engine(
+            fake,
+            scope,
+            backoff,
+            wake.clone(),
+            engine_back.clone(),
+        ));
+        let chatter = wake.clone();
+        tokio::spawn(async move {
+            loop {
+                chatter.notify_one();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        let (send, results) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut passes = Passes::new(executor, backoff);
+            loop {
+                let result = passes.run(&tasks).await;
+                if send.send(result).is_err() {
+                    return;
+                }
+                passes.wait(&wake, &engine_back).await;
+            }
+        });
+        results
+    }
+
+    /// Waits for the first pass whose engine state is `down`.
+    async fn pass_with(
+        results: &mut tokio::sync::mpsc::UnboundedReceiver<PassResult>,
+        down: bool,
+        within: Duration,
+    ) -> PassResult {
+        tokio::time::timeout(within, async {
+            loop {
+                let result = results.recv().await.expect("the loop runs");
+                if result.engine_error.is_some() == down {
+                    return result;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no pass with the engine down={down} within {within:?}"))
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_engine_is_retried_with_backoff_not_in_a_busy_loop() {
+        let fake = Arc::new(FakeRuntime::new());
+        fake.add_image("shoal-test:latest");
+        // The production backoff scaled down 25 times: 10 ms doubling to a
+        // 200 ms cap, so the test sees the cap within its window.
+        let backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(200));
+        let mut results = spawn_loop(fake.clone(), backoff, vec![task("t1")]);
+        let first = pass_with(&mut results, false, Duration::from_secs(5)).await;
+        assert_eq!(first.updates.len(), 1, "{:?}", first.updates);
+        assert_eq!(first.updates[0].state, TaskState::Running);
+        let container = fake.containers()[0].id.clone();
+
+        fake.set_available(false);
+        let down = pass_with(&mut results, true, Duration::from_secs(5)).await;
+        let error = down.engine_error.unwrap();
+        assert!(error.contains("unreachable"), "{error}");
+        // Two seconds of outage: about ten tries each for the loop and the
+        // event watcher at the cap (and five before it), where a loop
+        // driven by the wake-ups would make thousands.
+        let before = fake.calls().refused;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let refused = fake.calls().refused - before;
+        assert!(
+            (4..=60).contains(&refused),
+            "{refused} engine calls in 2 s of outage"
+        );
+
+        // Back: the watcher subscribes again and wakes the loop, which
+        // clears the error well before another full backoff would end.
+        fake.set_available(true);
+        let back = tokio::time::Instant::now();
+        let up = pass_with(&mut results, false, Duration::from_secs(5)).await;
+        assert!(
+            back.elapsed() <= Duration::from_millis(600),
+            "recovery noticed after {:?}",
+            back.elapsed()
+        );
+        // The task's container ran through the outage and is adopted: no
+        // new report, no second container.
+        assert!(up.updates.is_empty(), "{:?}", up.updates);
+        assert_eq!(fake.containers().len(), 1);
+        assert_eq!(fake.containers()[0].id, container);
+        assert_eq!(fake.calls().creates, 1);
     }
 }

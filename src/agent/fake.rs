@@ -40,6 +40,11 @@ pub struct FakeCalls {
     pub starts: u64,
     pub stops: u64,
     pub removes: u64,
+    /// Event subscriptions opened (`events` calls that succeeded).
+    pub subscriptions: u64,
+    /// Calls of any kind refused because the engine was unavailable: how
+    /// hard a client hammers an engine that is down.
+    pub refused: u64,
 }
 
 struct FakeContainer {
@@ -70,10 +75,11 @@ struct FakeState {
 }
 
 impl FakeState {
-    fn check_available(&self) -> Result<(), RuntimeError> {
+    fn check_available(&mut self) -> Result<(), RuntimeError> {
         if self.available {
             Ok(())
         } else {
+            self.calls.refused += 1;
             Err(RuntimeError::Unavailable {
                 detail: "the fake engine was made unavailable".to_string(),
             })
@@ -285,7 +291,7 @@ impl ContainerRuntime for FakeRuntime {
 
     fn image_present<'a>(&'a self, image: &'a str) -> BoxFuture<'a, Result<bool, RuntimeError>> {
         Box::pin(async move {
-            let state = self.lock();
+            let mut state = self.lock();
             state.check_available()?;
             Ok(state.images.contains(&normalize_image(image)))
         })
@@ -482,8 +488,9 @@ impl ContainerRuntime for FakeRuntime {
     ) -> BoxFuture<'a, Result<EventStream, RuntimeError>> {
         Box::pin(async move {
             let receiver = {
-                let state = self.lock();
+                let mut state = self.lock();
                 state.check_available()?;
+                state.calls.subscriptions += 1;
                 state.events.subscribe()
             };
             let scope = Scope::new(cluster_id, node_id);

@@ -334,9 +334,9 @@ fn exited_status(task: &DesiredTask, container: &ContainerInfo) -> TaskStatus {
         format!(": {}", container.error)
     };
     if container.oom_killed {
-        return base(TaskState::Failed, "killed: out of memory").with_error(format!(
-            "the container ran out of memory (limit {} bytes) and was killed",
-            task.spec.resources.limit_memory_bytes
+        return base(TaskState::Failed, "OOM killed").with_error(oom_error(
+            task.spec.resources.limit_memory_bytes,
+            container.exit_code,
         ));
     }
     if container.state == ContainerState::Dead {
@@ -352,6 +352,25 @@ fn exited_status(task: &DesiredTask, container: &ContainerInfo) -> TaskStatus {
         None => base(TaskState::Failed, "failed").with_error(format!(
             "the container exited without an exit code{engine_error}"
         )),
+    }
+}
+
+/// The error of a task whose container the kernel's OOM killer ended: the
+/// limit it ran into (or the host's memory, without a limit) and the exit
+/// code, so `service ps` tells this apart from a crash or a `docker kill`.
+fn oom_error(limit_bytes: u64, exit_code: Option<i64>) -> String {
+    let exit = exit_code.map_or(String::new(), |code| format!(" (exit code {code})"));
+    if limit_bytes == 0 {
+        format!(
+            "OOM killed: the host ran out of memory and the kernel killed the container{exit}; \
+             set a memory limit to keep one task from taking the node's memory"
+        )
+    } else {
+        format!(
+            "OOM killed: the container used more than its memory limit of {} and the kernel \
+             killed it{exit}; raise the service's --memory or make the task use less",
+            shoal_raft::service::format_bytes(limit_bytes)
+        )
     }
 }
 
@@ -672,7 +691,20 @@ mod tests {
             &[task("t1", "run", S::Running)],
             &[oom],
             &[
-                r#"report t1 failed container=c1 exit=137 message="killed: out of memory" error="the container ran out of memory (limit 0 bytes) and was killed""#,
+                r#"report t1 failed container=c1 exit=137 message="OOM killed" error="OOM killed: the host ran out of memory and the kernel killed the container (exit code 137); set a memory limit to keep one task from taking the node's memory""#,
+            ],
+        );
+        let mut limited = task("t1", "run", S::Running);
+        limited.spec.resources.limit_memory_bytes = 16 << 20;
+        let oom = ContainerInfo {
+            oom_killed: true,
+            ..exited("c1", "t1", 137)
+        };
+        check(
+            &[limited],
+            &[oom],
+            &[
+                r#"report t1 failed container=c1 exit=137 message="OOM killed" error="OOM killed: the container used more than its memory limit of 16MiB and the kernel killed it (exit code 137); raise the service's --memory or make the task use less""#,
             ],
         );
         let dead = ContainerInfo {
