@@ -13,12 +13,16 @@
 //! So the cost of an fsync is shared by every entry that arrived while the previous
 //! one ran, instead of each entry waiting for its own.
 //!
+//! Quorum-loss recovery ([`plan_recovery`], [`write_recovery`]) also lives here: it
+//! rewrites the tail of the log before the Raft instance starts, which only the store
+//! can do.
+//!
 //! Tables:
 //! - `log`: log index → encoded [`Entry`]
 //! - `meta`: `vote`, `committed`, `last_purged_log_id`, `format`
 //! - `snapshot`: `current` → the encoded snapshot metadata and data
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
@@ -40,9 +44,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::codec::{self, CodecError};
-use crate::state::{ClusterState, Response};
+use crate::state::{ClusterState, Command, LogPayload, Response, Role};
 use crate::types::{
-    Entry, LogId, RaftStorageError, Snapshot, SnapshotMeta, StoredMembership, TypeConfig, Vote,
+    Entry, LogId, Membership, NodeId, RaftNode, RaftStorageError, Snapshot, SnapshotMeta,
+    StoredMembership, TypeConfig, Vote,
 };
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
@@ -120,6 +125,24 @@ pub enum StoreError {
     /// error, so the log on disk never has a hole.
     #[error(transparent)]
     LogWrite(Arc<StoreError>),
+    #[error(
+        "the Raft store holds no initialised cluster (no membership or no cluster state in its \
+         log or snapshot): there is nothing to recover from; start a cluster with `shoal init`"
+    )]
+    RecoveryNoCluster,
+    #[error(
+        "node {node} is not a voting manager in the last membership the log holds (voters: \
+         {voters}); only a manager's data directory holds the cluster state: run the recovery \
+         on a surviving manager"
+    )]
+    RecoveryNotVoter { node: NodeId, voters: String },
+    #[error(
+        "node {node} is already the only manager of its cluster; there is no quorum to \
+         recover: start it with `shoal run`"
+    )]
+    RecoveryNothingToDo { node: NodeId },
+    #[error("the Raft log changed between planning and writing the recovery; run it again")]
+    RecoveryStale,
 }
 
 // redb reports each step with its own error type; all of them mean "the store failed".
@@ -1031,6 +1054,11 @@ impl StateMachineStore {
             .write()
             .expect("state machine lock poisoned") = applied;
         self.handle.applied_index.send_replace(index);
+        tracing::info!(
+            snapshot_index = index,
+            bytes = self.handle.snapshot_len(),
+            "installed a snapshot from the leader"
+        );
         Ok(())
     }
 
@@ -1125,6 +1153,203 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .await
             .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))
     }
+}
+
+/// Log entries read at a time while a recovery replays the log.
+const RECOVERY_READ_CHUNK: u64 = 1024;
+
+/// What a quorum-loss recovery (`shoal run --force-new-cluster`) finds in the store of
+/// a surviving manager and will write; made by [`plan_recovery`], written by
+/// [`write_recovery`].
+///
+/// openraft 0.9 takes the last membership entry in the log as the effective one,
+/// committed or not, so a membership entry naming only the survivor, appended before
+/// the Raft instance starts, makes it a one-voter group that elects itself and commits
+/// that entry (and everything before it) on its own. The cluster state must forget the
+/// other managers too, or the leader would add them back (membership follows the
+/// managers in the state): a `RemoveNode` for each follows the membership entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// The surviving manager: the only voter afterwards.
+    pub survivor: NodeId,
+    /// The membership in effect now: the last one in the log, committed or not.
+    pub previous: Membership,
+    /// The managers of the cluster state as the whole log leaves it, other than the
+    /// survivor (id, name); the recovery removes their records, so their tasks are
+    /// orphaned and placed again on live nodes.
+    pub lost_managers: Vec<(NodeId, String)>,
+    /// The last log entry now; the recovery appends after it.
+    pub last_log_id: Option<LogId>,
+    /// Entries after the last one known committed. They may never have reached a
+    /// quorum; the recovery commits them with the rest of the survivor's log.
+    pub uncommitted: u64,
+    /// The vote stored now.
+    pub vote: Option<Vote>,
+    /// The term the recovery writes in: above every term in the vote and the log, so
+    /// its entries cannot be mistaken for any earlier leader's.
+    pub term: u64,
+}
+
+/// Reads what a recovery of `survivor` would do, changing nothing: replays the log
+/// after the snapshot (every entry, committed or not, since the survivor's log is all
+/// that is left) on a copy of the state, and checks that recovering makes sense:
+/// the store holds an initialised cluster, `survivor` is a voter of the membership in
+/// effect and a manager of the state, and there is someone to forget.
+pub async fn plan_recovery(
+    log: &LogStore,
+    sm: &StateMachineStore,
+    survivor: NodeId,
+) -> Result<Recovery, StoreError> {
+    let (last_log_id, committed, first_live) = {
+        let tail = log.lock_tail();
+        let first_live = tail.last_purged.map_or(0, |id| id.index + 1);
+        (tail.last_log_id, tail.committed, first_live)
+    };
+    let db = log.db.clone();
+    let vote: Option<Vote> = run_blocking(move || read_meta(&db, KEY_VOTE)).await?;
+    let Applied {
+        last_applied,
+        mut membership,
+        mut state,
+    } = sm.handle.lock_read().clone();
+
+    // In chunks: the live log may hold thousands of batched entries.
+    let last_index = last_log_id.map(|id| id.index);
+    let mut next = match last_applied {
+        Some(applied) => first_live.max(applied.index + 1),
+        None => first_live,
+    };
+    while last_index.is_some_and(|last| next <= last) {
+        let end = next.saturating_add(RECOVERY_READ_CHUNK - 1);
+        let entries = log
+            .read_entries((Bound::Included(next), Bound::Included(end)))
+            .await?;
+        if entries.is_empty() {
+            break;
+        }
+        for entry in entries {
+            next = entry.log_id.index + 1;
+            match entry.payload {
+                EntryPayload::Blank => {}
+                EntryPayload::Normal(payload) => {
+                    payload.apply(&mut state);
+                }
+                EntryPayload::Membership(config) => {
+                    membership = StoredMembership::new(Some(entry.log_id), config);
+                }
+            }
+        }
+    }
+
+    let previous = membership.membership().clone();
+    let voters: BTreeSet<NodeId> = previous.voter_ids().collect();
+    if !state.is_initialised() || voters.is_empty() {
+        return Err(StoreError::RecoveryNoCluster);
+    }
+    let is_manager = state
+        .nodes
+        .get(&survivor)
+        .is_some_and(|n| n.role == Role::Manager);
+    if !voters.contains(&survivor) || !is_manager {
+        let voters = voters
+            .iter()
+            .map(|id| id.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(StoreError::RecoveryNotVoter {
+            node: survivor,
+            voters,
+        });
+    }
+    let lost_managers: Vec<(NodeId, String)> = state
+        .nodes
+        .values()
+        .filter(|n| n.role == Role::Manager && n.id != survivor)
+        .map(|n| (n.id, n.name.clone()))
+        .collect();
+    let alone = voters.len() == 1 && previous.learner_ids().next().is_none();
+    if alone && lost_managers.is_empty() {
+        return Err(StoreError::RecoveryNothingToDo { node: survivor });
+    }
+    // As openraft does on start: what is applied is committed.
+    let committed = committed.max(last_applied);
+    let uncommitted = match (last_index, committed) {
+        (Some(last), Some(committed)) => last.saturating_sub(committed.index),
+        (Some(last), None) => (last + 1).saturating_sub(first_live),
+        (None, _) => 0,
+    };
+    let term = vote
+        .map_or(0, |v| v.leader_id().term)
+        .max(last_log_id.map_or(0, |id| id.leader_id.term))
+        + 1;
+    Ok(Recovery {
+        survivor,
+        previous,
+        lost_managers,
+        last_log_id,
+        uncommitted,
+        vote,
+        term,
+    })
+}
+
+/// Writes `recovery`: a vote for the survivor in the recovery's term, then (at the end
+/// of the log, in that term) a membership entry naming only the survivor, reachable at
+/// `addr`, and one entry removing every lost manager from the state. Returns the ids
+/// of the appended entries once they are durable. Must run before the Raft instance
+/// starts on this store.
+///
+/// The vote goes first: a log entry of a term above the stored vote would break
+/// openraft's invariants, while a vote alone (should this stop half way) is only a
+/// higher term and the recovery can run again.
+pub async fn write_recovery(
+    log: &LogStore,
+    recovery: &Recovery,
+    addr: String,
+    now_ms: u64,
+) -> Result<Vec<LogId>, StoreError> {
+    if log.log_state().last_log_id != recovery.last_log_id {
+        return Err(StoreError::RecoveryStale);
+    }
+    let survivor = recovery.survivor;
+    log.write_vote(&Vote::new(recovery.term, survivor)).await?;
+
+    let leader = openraft::CommittedLeaderId::new(recovery.term, survivor);
+    let first = recovery.last_log_id.map_or(0, |id| id.index + 1);
+    let config = Membership::new(
+        vec![BTreeSet::from([survivor])],
+        BTreeMap::from([(survivor, RaftNode { addr })]),
+    );
+    let mut entries = vec![Entry {
+        log_id: LogId::new(leader, first),
+        payload: EntryPayload::Membership(config),
+    }];
+    if !recovery.lost_managers.is_empty() {
+        let removals = recovery
+            .lost_managers
+            .iter()
+            .map(|(id, _)| Command::RemoveNode { id: *id, now_ms })
+            .collect();
+        entries.push(Entry {
+            log_id: LogId::new(leader, first + 1),
+            payload: EntryPayload::Normal(LogPayload::V1Batch(removals)),
+        });
+    }
+    let ids: Vec<LogId> = entries.iter().map(|e| e.log_id).collect();
+    let (done, durable) = oneshot::channel();
+    log.submit_append(
+        entries,
+        Box::new(move |result| {
+            // The receiver waits below; it is gone only if this future was dropped.
+            let _ = done.send(result);
+        }),
+    )
+    .await?;
+    durable
+        .await
+        .map_err(|_| StoreError::WriterStopped)?
+        .map_err(StoreError::LogWrite)?;
+    Ok(ids)
 }
 
 #[cfg(test)]
@@ -1578,5 +1803,243 @@ mod tests {
         assert_eq!(state.last_log_id, Some(log_id(2, 1, 4)));
         assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(2, 1)));
         assert_eq!(log.read_committed().await.unwrap(), Some(log_id(2, 1, 3)));
+    }
+
+    /// Stands in for the network in tests that run a one-voter Raft: every peer is
+    /// unreachable (a single voter never needs one).
+    struct NoNetwork;
+
+    type NoRpc<E> =
+        openraft::error::RPCError<NodeId, RaftNode, openraft::error::RaftError<NodeId, E>>;
+
+    fn unreachable<E: std::error::Error>() -> NoRpc<E> {
+        openraft::error::RPCError::Unreachable(openraft::error::Unreachable::new(&AnyError::error(
+            "no network in this test",
+        )))
+    }
+
+    impl openraft::network::RaftNetworkFactory<TypeConfig> for NoNetwork {
+        type Network = NoNetwork;
+
+        async fn new_client(&mut self, _target: NodeId, _node: &RaftNode) -> NoNetwork {
+            NoNetwork
+        }
+    }
+
+    impl openraft::network::RaftNetwork<TypeConfig> for NoNetwork {
+        async fn append_entries(
+            &mut self,
+            _rpc: openraft::raft::AppendEntriesRequest<TypeConfig>,
+            _option: openraft::network::RPCOption,
+        ) -> Result<openraft::raft::AppendEntriesResponse<NodeId>, NoRpc<openraft::error::Infallible>>
+        {
+            Err(unreachable())
+        }
+
+        async fn install_snapshot(
+            &mut self,
+            _rpc: openraft::raft::InstallSnapshotRequest<TypeConfig>,
+            _option: openraft::network::RPCOption,
+        ) -> Result<
+            openraft::raft::InstallSnapshotResponse<NodeId>,
+            NoRpc<openraft::error::InstallSnapshotError>,
+        > {
+            Err(unreachable())
+        }
+
+        async fn vote(
+            &mut self,
+            _rpc: openraft::raft::VoteRequest<NodeId>,
+            _option: openraft::network::RPCOption,
+        ) -> Result<openraft::raft::VoteResponse<NodeId>, NoRpc<openraft::error::Infallible>>
+        {
+            Err(unreachable())
+        }
+    }
+
+    fn raft_node(id: NodeId) -> RaftNode {
+        RaftNode {
+            addr: format!("127.0.0.{id}:4240"),
+        }
+    }
+
+    /// Managers 1, 2 and 3 (all voters) and worker 4, written by leader 1 in term 1:
+    /// membership at 0 (where openraft's `initialize` puts it), init at 1, managers
+    /// at 2 and 3, the worker at 4.
+    fn three_managers() -> Vec<Entry> {
+        let nodes: BTreeMap<NodeId, RaftNode> = (1..=3).map(|id| (id, raft_node(id))).collect();
+        let manager = |name: &str, id: NodeId| Command::RegisterNode {
+            node: new_node(name, &raft_node(id).addr, Role::Manager),
+            now_ms: 2,
+        };
+        vec![
+            Entry {
+                log_id: log_id(1, 1, 0),
+                payload: EntryPayload::Membership(Membership::new(voters(&[1, 2, 3]), nodes)),
+            },
+            normal(1, init(1)),
+            normal(2, manager("m2", 2)),
+            normal(3, manager("m3", 3)),
+            normal(4, register("w4", "127.0.0.4:4240")),
+        ]
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn recovery_forces_a_one_voter_membership_that_raft_takes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        {
+            let (mut log, sm) = open(&path).await.unwrap();
+            log.blocking_append(three_managers()).await.unwrap();
+            log.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
+            // The worker's registration (4) was never known committed here.
+            log.save_committed(Some(log_id(1, 1, 3))).await.unwrap();
+
+            let plan = plan_recovery(&log, &sm, 2).await.unwrap();
+            assert_eq!(plan.previous.voter_ids().collect::<Vec<_>>(), [1, 2, 3]);
+            assert_eq!(
+                plan.lost_managers,
+                [(1, "m1".to_owned()), (3, "m3".to_owned())]
+            );
+            assert_eq!(plan.last_log_id, Some(log_id(1, 1, 4)));
+            assert_eq!(plan.uncommitted, 1);
+            assert_eq!(plan.vote, Some(Vote::new_committed(1, 1)));
+            assert_eq!(plan.term, 2);
+
+            let addr = raft_node(2).addr;
+            let ids = write_recovery(&log, &plan, addr.clone(), 10).await.unwrap();
+            assert_eq!(ids, [log_id(2, 2, 5), log_id(2, 2, 6)]);
+            // A plan made before those entries no longer fits the log.
+            let stale = write_recovery(&log, &plan, addr, 10).await;
+            assert!(matches!(stale, Err(StoreError::RecoveryStale)), "{stale:?}");
+        }
+
+        // What openraft reads on start: the vote of the new term, and the
+        // one-voter membership as the effective one though it is not committed.
+        let (mut log, mut sm) = open(&path).await.unwrap();
+        assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(2, 2)));
+        let tail = log.try_get_log_entries(5..).await.unwrap();
+        assert_eq!(tail.len(), 2);
+        let EntryPayload::Membership(forced) = &tail[0].payload else {
+            panic!("entry 5 is not a membership entry: {:?}", tail[0]);
+        };
+        assert_eq!(forced.voter_ids().collect::<Vec<_>>(), [2]);
+        assert_eq!(forced.learner_ids().count(), 0);
+        assert_eq!(forced.get_node(&2), Some(&raft_node(2)));
+        let initial = openraft::storage::StorageHelper::new(&mut log, &mut sm)
+            .get_initial_state()
+            .await
+            .unwrap();
+        let effective = initial.membership_state.effective();
+        assert_eq!(effective.log_id(), &Some(log_id(2, 2, 5)));
+        assert_eq!(effective.voter_ids().collect::<Vec<_>>(), [2]);
+
+        // Run again on the recovered store: nothing is left to recover.
+        let again = plan_recovery(&log, &sm, 2).await;
+        assert!(
+            matches!(again, Err(StoreError::RecoveryNothingToDo { node: 2 })),
+            "{again:?}"
+        );
+
+        // A Raft instance on this store elects its node alone, commits the
+        // recovery and the entries before it, and takes writes.
+        let state = sm.state();
+        let config = openraft::Config {
+            heartbeat_interval: 50,
+            election_timeout_min: 150,
+            election_timeout_max: 300,
+            ..Default::default()
+        };
+        let raft = crate::Raft::new(2, Arc::new(config.validate().unwrap()), NoNetwork, log, sm)
+            .await
+            .unwrap();
+        raft.wait(Some(std::time::Duration::from_secs(20)))
+            .metrics(
+                |m| m.current_leader == Some(2) && m.last_applied.is_some_and(|id| id.index >= 7),
+                "node 2 leads alone and applies the recovery",
+            )
+            .await
+            .unwrap();
+        let metrics = raft.metrics().borrow().clone();
+        assert_eq!(metrics.current_term, 3);
+        assert_eq!(
+            metrics
+                .membership_config
+                .membership()
+                .voter_ids()
+                .collect::<Vec<_>>(),
+            [2]
+        );
+        // The lost managers are gone; the worker's registration, never known
+        // committed, is kept.
+        let nodes: Vec<NodeId> = state.read(|s| s.nodes.keys().copied().collect());
+        assert_eq!(nodes, [2, 4]);
+        let written = raft
+            .client_write(LogPayload::V1(Command::Noop { now_ms: 11 }))
+            .await
+            .unwrap();
+        assert_eq!(written.data, Response::Ok);
+        raft.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn recovery_refuses_where_it_makes_no_sense() {
+        // No cluster at all.
+        let dir = tempfile::tempdir().unwrap();
+        let (log, sm) = open(&dir.path().join("raft.redb")).await.unwrap();
+        let error = plan_recovery(&log, &sm, 1).await.unwrap_err();
+        assert!(matches!(error, StoreError::RecoveryNoCluster), "{error:?}");
+        assert!(error.to_string().contains("nothing to recover"), "{error}");
+        drop((log, sm));
+
+        // A worker cannot recover; a manager that is already alone need not.
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, sm) = open(&dir.path().join("raft.redb")).await.unwrap();
+        log.blocking_append(history()).await.unwrap();
+        let error = plan_recovery(&log, &sm, 2).await.unwrap_err();
+        assert!(
+            matches!(error, StoreError::RecoveryNotVoter { node: 2, .. }),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("(voters: 1)"), "{error}");
+        let error = plan_recovery(&log, &sm, 1).await.unwrap_err();
+        assert!(
+            matches!(error, StoreError::RecoveryNothingToDo { node: 1 }),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("`shoal run`"), "{error}");
+        // Planning wrote nothing.
+        assert_eq!(log.read_vote().await.unwrap(), None);
+        assert_eq!(
+            log.get_log_state().await.unwrap().last_log_id,
+            Some(log_id(1, 1, 4))
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn recovery_replays_the_log_after_the_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, mut sm) = open(&dir.path().join("raft.redb")).await.unwrap();
+        let entries = three_managers();
+        log.blocking_append(entries.clone()).await.unwrap();
+        // Applied and snapshotted up to the first manager's registration; the
+        // rest (the second manager, the worker) only in the log.
+        sm.apply(entries[..3].to_vec()).await.unwrap();
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        log.purge(log_id(1, 1, 1)).await.unwrap();
+        let plan = plan_recovery(&log, &sm, 3).await.unwrap();
+        assert_eq!(
+            plan.lost_managers,
+            [(1, "m1".to_owned()), (2, "m2".to_owned())]
+        );
+        assert_eq!(plan.previous.voter_ids().collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(plan.uncommitted, 2);
+        assert_eq!(plan.term, 2);
+        // The state machine itself was not touched.
+        assert_eq!(sm.state().read(|s| s.nodes.len()), 2);
     }
 }
