@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
 pub mod services;
 
 use std::net::UdpSocket;
@@ -94,6 +95,12 @@ impl Daemon {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "{} is still running", self.name);
         self.child = Some(spawn_daemon(&self.log, &self.dir, &["run"]));
+    }
+
+    /// [`Daemon::restart`] with extra environment for the daemon.
+    pub fn restart_with_env(&mut self, env: &[(&str, &str)]) {
+        assert!(self.child.is_none(), "{} is still running", self.name);
+        self.child = Some(spawn_daemon_with_env(&self.log, &self.dir, &["run"], env));
     }
 
     pub fn log_text(&self) -> String {
