@@ -20,6 +20,11 @@ pub async fn run(node: Arc<Node>) {
                 .lock()
                 .unwrap()
                 .record(node.id, Instant::now());
+            // The leader sends itself no heartbeat, so its own engine state
+            // is recorded here, or a leader whose engine is gone would keep
+            // being given tasks.
+            let engine_error = node.engine_error.lock().unwrap().clone();
+            node.note_engine(node.id, engine_error);
             continue;
         }
         let target = match node.leader() {

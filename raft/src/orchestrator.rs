@@ -21,6 +21,17 @@ use crate::updater;
 /// Ended tasks kept per slot (global services: per node) for `service ps`.
 pub const TASK_HISTORY_PER_SLOT: usize = 5;
 
+/// The shortest wait before a slot whose newest task was rejected gets a
+/// new one, whatever the restart delay. A rejected task never ran (its
+/// node could not get the image, or could not create the container), so an
+/// immediate retry would almost surely be rejected again: each further
+/// rejection in a row doubles the wait, up to [`REJECTED_RETRY_CAP_MS`].
+pub const REJECTED_RETRY_FIRST_MS: u64 = 1_000;
+/// The longest wait between retries of a slot whose tasks keep being
+/// rejected: reached at the fifth rejection in a row, which the slot's
+/// history ([`TASK_HISTORY_PER_SLOT`]) still holds.
+pub const REJECTED_RETRY_CAP_MS: u64 = 15_000;
+
 /// Where a node stands for running tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum NodeFit {
@@ -170,6 +181,24 @@ fn stop(state: &ClusterState, task: &Task, reason: &str, changes: &mut Vec<TaskC
     }
 }
 
+/// The wait the rejections at the head of a slot's history (newest first)
+/// impose on its next task: none without a rejection, else
+/// [`REJECTED_RETRY_FIRST_MS`] doubled per further rejection, capped.
+fn rejected_retry_ms(newest_first: &[&Task]) -> u64 {
+    let rejected = newest_first
+        .iter()
+        .filter(|t| t.state.is_terminal())
+        .take_while(|t| t.state == TaskState::Rejected)
+        .count();
+    if rejected == 0 {
+        return 0;
+    }
+    let doublings = u32::try_from(rejected - 1).unwrap_or(u32::MAX).min(16);
+    REJECTED_RETRY_FIRST_MS
+        .saturating_mul(1 << doublings)
+        .min(REJECTED_RETRY_CAP_MS)
+}
+
 /// Newest first: by when the task last changed state, then by attempt, then by id.
 fn newest_first(a: &&Task, b: &&Task) -> std::cmp::Ordering {
     (b.state_changed_at_ms, b.restart_count, &b.id).cmp(&(
@@ -297,7 +326,8 @@ impl Slot<'_> {
                 return;
             }
         }
-        if self.now_ms < latest.state_changed_at_ms.saturating_add(policy.delay_ms) {
+        let delay_ms = policy.delay_ms.max(rejected_retry_ms(&ordered));
+        if self.now_ms < latest.state_changed_at_ms.saturating_add(delay_ms) {
             return;
         }
         retire(changes);
@@ -517,6 +547,72 @@ mod tests {
         check(&spent, NOW, &[&format!("mark failed t0: {give_up}")]);
         spent.tasks.get_mut("t0").unwrap().message = give_up.to_owned();
         check(&spent, NOW, &[]);
+    }
+
+    #[test]
+    fn rejected_tasks_are_retried_with_a_growing_delay() {
+        let delay_0 = |s: &mut ServiceSpec| s.restart.delay_ms = 0;
+        // The newest task was rejected 999 ms ago, after `earlier` rejected
+        // (retired) tasks of the same slot.
+        let rejected = |earlier: u64, ago: u64| {
+            let mut s = failed(delay_0, ago, earlier);
+            s.tasks.get_mut("t0").unwrap().state = TaskState::Rejected;
+            for i in 0..earlier {
+                let id = put_task(
+                    &mut s,
+                    "web",
+                    1,
+                    Some(1),
+                    TaskState::Rejected,
+                    DesiredState::Shutdown,
+                );
+                let t = s.tasks.get_mut(&id).unwrap();
+                t.state_changed_at_ms = NOW - ago - 1_000 * (i + 1);
+                t.restart_count = earlier - i - 1;
+            }
+            s
+        };
+        let retry = |earlier: u64| {
+            [
+                "desire shutdown t0: ".to_owned(),
+                format!("create web.1 attempt {}", earlier + 1),
+            ]
+        };
+        // One rejection: 1 s, although the policy says no delay.
+        check(&rejected(0, 999), NOW, &[]);
+        check(
+            &rejected(0, 1_000),
+            NOW,
+            &retry(0).each_ref().map(String::as_str),
+        );
+        // Three in a row: 4 s.
+        check(&rejected(2, 3_999), NOW, &[]);
+        check(
+            &rejected(2, 4_000),
+            NOW,
+            &retry(2).each_ref().map(String::as_str),
+        );
+        // Capped.
+        check(&rejected(4, 14_999), NOW, &[]);
+        check(
+            &rejected(4, 15_000),
+            NOW,
+            &retry(4).each_ref().map(String::as_str),
+        );
+        // A longer restart delay still holds.
+        let mut slow = rejected(0, 2_000);
+        slow.services.get_mut("web").unwrap().spec.restart.delay_ms = 5_000;
+        check(&slow, NOW, &[]);
+        // A failure after running is not a rejection: the policy's delay (0).
+        check(
+            &failed(delay_0, 0, 0),
+            NOW,
+            &retry(0).each_ref().map(String::as_str),
+        );
+        // Nor does an older rejection count once a task ran after it.
+        let mut ran = rejected(1, 0);
+        ran.tasks.get_mut("t0").unwrap().state = TaskState::Failed;
+        check(&ran, NOW, &retry(1).each_ref().map(String::as_str));
     }
 
     #[test]
