@@ -4,6 +4,26 @@ use std::time::Duration;
 
 use anyhow::Result;
 
+/// Environment variable for tests that need snapshots sent to lagging
+/// nodes: a snapshot every N log entries (and at most N entries kept behind
+/// it) instead of every [`DEFAULT_SNAPSHOT_EVERY`].
+pub const SNAPSHOT_EVERY_ENV: &str = "SHOAL_SNAPSHOT_EVERY";
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 5_000;
+const MAX_SNAPSHOT_EVERY: u64 = 1_000_000;
+
+/// The snapshot interval from the environment variable's value, if set.
+pub fn snapshot_every(value: Option<&str>) -> Result<u64> {
+    let Some(text) = value else {
+        return Ok(DEFAULT_SNAPSHOT_EVERY);
+    };
+    match text.trim().parse::<u64>() {
+        Ok(n) if (1..=MAX_SNAPSHOT_EVERY).contains(&n) => Ok(n),
+        _ => anyhow::bail!(
+            "{SNAPSHOT_EVERY_ENV}: {text:?} is not allowed; allowed: a whole number of log entries from 1 to {MAX_SNAPSHOT_EVERY} (default {DEFAULT_SNAPSHOT_EVERY})"
+        ),
+    }
+}
+
 /// How fast the cluster reacts. The defaults favour fast failover on a LAN.
 ///
 /// openraft 0.9 makes a follower of a live leader wait the leader lease (the
@@ -61,6 +81,7 @@ impl Timing {
     }
 
     pub fn raft_config(&self, cluster_name: &str) -> Result<openraft::Config> {
+        let snapshot_every = snapshot_every(std::env::var(SNAPSHOT_EVERY_ENV).ok().as_deref())?;
         let config = openraft::Config {
             cluster_name: cluster_name.to_string(),
             heartbeat_interval: self.raft_heartbeat.as_millis() as u64,
@@ -72,8 +93,10 @@ impl Timing {
             // frame limit for ordinary commands.
             max_payload_entries: 64,
             snapshot_max_chunk_size: 4 * 1024 * 1024,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5_000),
-            max_in_snapshot_log_to_keep: 1_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),
+            // The log kept behind a snapshot lets a briefly absent follower
+            // catch up from the log; one behind by more gets the snapshot.
+            max_in_snapshot_log_to_keep: snapshot_every.min(1_000),
             ..Default::default()
         };
         Ok(config.validate()?)
@@ -83,5 +106,23 @@ impl Timing {
 impl Default for Timing {
     fn default() -> Self {
         Timing::with_heartbeat_timeout(Duration::from_secs(2))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_snapshot_interval_is_a_bounded_whole_number() {
+        assert_eq!(snapshot_every(None).unwrap(), DEFAULT_SNAPSHOT_EVERY);
+        assert_eq!(snapshot_every(Some("64")).unwrap(), 64);
+        for bad in ["0", "-3", "ten", "", "1000001"] {
+            let e = snapshot_every(Some(bad)).unwrap_err().to_string();
+            assert!(
+                e.contains(SNAPSHOT_EVERY_ENV) && e.contains("allowed"),
+                "{e}"
+            );
+        }
     }
 }

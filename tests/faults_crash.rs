@@ -1,0 +1,1076 @@
+//! Crash faults under a concurrent workload, checked by a history.
+//!
+//! Four real `shoal` daemons (three managers, one worker) run tasks in the
+//! in-memory engine (`SHOAL_FAKE_RUNTIME`, no Docker). Client threads run the
+//! `shoal` CLI through different nodes: deploys (a unique env value per
+//! write), scales, node label changes, and reads of each; every operation is
+//! recorded with its invocation, completion and outcome. Meanwhile one fault
+//! at a time: SIGKILL and restart of the leader or another node, SIGSTOP and
+//! SIGCONT of the leader or another node for longer than the election
+//! timeout, a kill of the leader during a rolling update, and a kill of a
+//! follower while the leader sends it a snapshot (snapshots every
+//! [`SNAPSHOT_EVERY`] entries through `SHOAL_SNAPSHOT_EVERY`). After healing,
+//! the history is checked (`common/history.rs`: every acknowledged write in
+//! the final state, reads linearizable per register, no write applied twice),
+//! and the tasks: every replicated service has exactly `replicas` running
+//! tasks, none on a down or drained node, never two running in one slot.
+//!
+//! CI size: `cargo test --test faults_crash -- --test-threads=1` (a few
+//! minutes in a debug build). The soak, `scripts/soak.sh [MINUTES]`, runs the
+//! ignored `soak` test for longer and writes a report.
+
+mod common;
+#[path = "common/history.rs"]
+mod history;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{wait_for, Cluster};
+use history::{Action, CheckReport, Op, Outcome, Recorder};
+use serde_json::Value;
+
+const NAMES: [&str; 4] = ["node-a", "node-b", "node-c", "node-d"];
+const IPS: [&str; 4] = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"];
+/// node-a..node-c are managers; node-d is a worker.
+const MANAGERS: usize = 3;
+const IMAGES: &str = "fake:1,fake:2";
+/// Small, so that a follower down for a few hundred writes needs a snapshot.
+const SNAPSHOT_EVERY: u64 = 100;
+/// Services written by deploys (a unique env value each).
+const DEPLOYED: [&str; 2] = ["dep-0", "dep-1"];
+/// Services written by scales.
+const SCALED: [&str; 2] = ["scl-0", "scl-1"];
+/// The service a rolling update runs on when the leader is killed.
+const ROLLED: &str = "roll-0";
+/// Node label keys the clients write.
+const LABEL_KEYS: [&str; 2] = ["k0", "k1"];
+/// A client command gives up (outcome unknown) after this.
+const OP_TIMEOUT: Duration = Duration::from_secs(20);
+/// The client id of the fault injector's probe writes.
+const PROBE: usize = 99;
+
+const UP: u8 = 0;
+const KILLED: u8 = 1;
+const PAUSED: u8 = 2;
+
+/// xorshift64*: choices reproducible from the seed (timing is not).
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo + self.next() % (hi - lo + 1))
+    }
+}
+
+/// A finished CLI run: exit code (`None`: killed at the timeout).
+struct Cli {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Cli {
+    fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// Ok; Fail only when the request cannot have reached a daemon (no
+    /// socket, or nobody accepting on it); anything else may have applied.
+    fn outcome(&self) -> Outcome {
+        if self.ok() {
+            Outcome::Ok
+        } else if self.code.is_some()
+            && (self.stderr.contains("no such socket")
+                || self
+                    .stderr
+                    .contains("connection refused (the socket file exists"))
+        {
+            Outcome::Fail
+        } else {
+            Outcome::Unknown
+        }
+    }
+
+    fn json(&self) -> Option<Value> {
+        self.ok()
+            .then(|| serde_json::from_str(&self.stdout).ok())
+            .flatten()
+    }
+}
+
+fn run_cli(dir: &Path, args: &[&str], timeout: Duration) -> Cli {
+    let mut child = Command::new(common::BIN)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run shoal client");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let code = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status.code().unwrap_or(-1)),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(5)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    Cli {
+        code,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
+
+fn daemon_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("SHOAL_FAKE_RUNTIME", IMAGES.to_string()),
+        ("SHOAL_SNAPSHOT_EVERY", SNAPSHOT_EVERY.to_string()),
+    ]
+}
+
+fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+fn four_nodes() -> Cluster {
+    let env = daemon_env();
+    let env = env_refs(&env);
+    let mut c = Cluster::new();
+    c.init_with_env(NAMES[0], IPS[0], &env);
+    for i in 1..4 {
+        let role = if i < MANAGERS { "manager" } else { "worker" };
+        c.join_with_env(NAMES[i], IPS[i], role, &env);
+    }
+    c
+}
+
+/// What every thread shares: the history, node states, the value counter.
+struct Shared {
+    recorder: Recorder,
+    dirs: Vec<PathBuf>,
+    state: Vec<AtomicU8>,
+    next_value: AtomicU64,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn unique(&self, client: usize) -> String {
+        format!(
+            "c{client}n{}",
+            self.next_value.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// A node to send a client request through: any but a paused one (a
+    /// killed one answers at once, which the history records as failed).
+    fn pick(&self, rng: &mut Rng) -> usize {
+        let usable: Vec<usize> = (0..self.dirs.len())
+            .filter(|i| self.state[*i].load(Ordering::Relaxed) != PAUSED)
+            .collect();
+        usable[rng.below(usable.len())]
+    }
+
+    /// A node that is up, for the injector's own requests.
+    fn up(&self, rng: &mut Rng, except: Option<usize>) -> usize {
+        let up: Vec<usize> = (0..self.dirs.len())
+            .filter(|i| Some(*i) != except && self.state[*i].load(Ordering::Relaxed) == UP)
+            .collect();
+        up[rng.below(up.len())]
+    }
+
+    /// Runs a write through `node` and records it on each register.
+    fn write(&self, client: usize, node: usize, args: &[&str], registers: &[(String, String)]) {
+        let invoke = self.recorder.now();
+        let cli = run_cli(&self.dirs[node], args, OP_TIMEOUT);
+        let complete = self.recorder.now();
+        for (register, value) in registers {
+            self.recorder.record(Op {
+                client,
+                register: register.clone(),
+                action: Action::Write(value.clone()),
+                invoke,
+                complete,
+                outcome: cli.outcome(),
+            });
+        }
+    }
+
+    /// Runs a read through `node`; `extract` maps its JSON to register
+    /// values. A failed read is recorded without a value.
+    fn read(
+        &self,
+        client: usize,
+        node: usize,
+        args: &[&str],
+        extract: impl Fn(&Value) -> Vec<(String, Option<String>)>,
+    ) -> bool {
+        let invoke = self.recorder.now();
+        let cli = run_cli(&self.dirs[node], args, OP_TIMEOUT);
+        let complete = self.recorder.now();
+        let Some(json) = cli.json() else {
+            return false;
+        };
+        for (register, value) in extract(&json) {
+            self.recorder.record(Op {
+                client,
+                register,
+                action: Action::Read(value),
+                invoke,
+                complete,
+                outcome: Outcome::Ok,
+            });
+        }
+        true
+    }
+}
+
+fn env_register(service: &str) -> String {
+    format!("service {service} env")
+}
+
+fn replicas_register(service: &str) -> String {
+    format!("service {service} replicas")
+}
+
+fn label_register(node: &str, key: &str) -> String {
+    format!("node {node} label {key}")
+}
+
+fn read_service(shared: &Shared, client: usize, node: usize, service: &str) -> bool {
+    let args = ["service", "inspect", service, "--json"];
+    shared.read(client, node, &args, |v| {
+        let spec = &v["spec"];
+        let env = spec["env"]
+            .get(env_key(service))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let replicas = spec["replicas"].as_u64().map(|n| n.to_string());
+        if SCALED.contains(&service) {
+            vec![(replicas_register(service), replicas)]
+        } else {
+            vec![(env_register(service), env)]
+        }
+    })
+}
+
+fn read_node(shared: &Shared, client: usize, node: usize, target: &str) -> bool {
+    let args = ["node", "inspect", target, "--json"];
+    shared.read(client, node, &args, |v| {
+        LABEL_KEYS
+            .iter()
+            .chain(["probe"].iter())
+            .map(|k| {
+                let value = v["labels"].get(*k).and_then(Value::as_str);
+                (label_register(target, k), value.map(str::to_string))
+            })
+            .collect()
+    })
+}
+
+/// The env variable a service's register lives in.
+fn env_key(service: &str) -> &'static str {
+    if service == ROLLED {
+        "R"
+    } else {
+        "V"
+    }
+}
+
+fn deploy_args(service: &str, env: &str) -> Vec<String> {
+    [
+        "deploy",
+        service,
+        "--image",
+        "fake:1",
+        "--replicas",
+        "2",
+        "--env",
+        env,
+        "--update-monitor",
+        "500ms",
+        "--update-failure-action",
+        "continue",
+        "--detach",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// One client: random operations through random nodes until told to stop.
+fn client(shared: Arc<Shared>, id: usize, seed: u64) {
+    let mut rng = Rng::new(seed);
+    while !shared.stop.load(Ordering::Relaxed) {
+        let node = shared.pick(&mut rng);
+        match rng.below(20) {
+            0..=2 => {
+                let service = DEPLOYED[rng.below(DEPLOYED.len())];
+                let value = shared.unique(id);
+                let args = deploy_args(service, &format!("V={value}"));
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                shared.write(id, node, &args, &[(env_register(service), value)]);
+            }
+            3..=5 => {
+                let service = SCALED[rng.below(SCALED.len())];
+                let n = 1 + rng.below(4);
+                let target = format!("{service}={n}");
+                let args = ["service", "scale", &target, "--detach"];
+                shared.write(
+                    id,
+                    node,
+                    &args,
+                    &[(replicas_register(service), n.to_string())],
+                );
+            }
+            6..=10 => {
+                let target = NAMES[rng.below(NAMES.len())];
+                let key = LABEL_KEYS[rng.below(LABEL_KEYS.len())];
+                let value = shared.unique(id);
+                let label = format!("{key}={value}");
+                let args = ["node", "update", target, "--label-add", &label];
+                shared.write(id, node, &args, &[(label_register(target, key), value)]);
+            }
+            11..=15 => {
+                let all: Vec<&str> = DEPLOYED.iter().chain(SCALED.iter()).copied().collect();
+                let service = all[rng.below(all.len())];
+                read_service(&shared, id, node, service);
+            }
+            _ => {
+                let target = NAMES[rng.below(NAMES.len())];
+                read_node(&shared, id, node, target);
+            }
+        }
+        thread::sleep(rng.millis(10, 80));
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Fault {
+    KillLeader,
+    KillOther,
+    PauseLeader,
+    PauseOther,
+    KillLeaderDuringUpdate,
+    KillDuringSnapshotInstall,
+}
+
+const FAULTS: [Fault; 6] = [
+    Fault::KillLeader,
+    Fault::KillOther,
+    Fault::PauseLeader,
+    Fault::PauseOther,
+    Fault::KillLeaderDuringUpdate,
+    Fault::KillDuringSnapshotInstall,
+];
+
+/// The figures of one run.
+#[derive(Default)]
+struct Figures {
+    faults: BTreeMap<Fault, usize>,
+    /// From a fault's start to the first acknowledged write invoked after it.
+    recovery: BTreeMap<Fault, Vec<Duration>>,
+    /// From a killed node's restart to its being ready and answering.
+    rejoin: Vec<Duration>,
+    /// Faults after which the cluster did not recover in time.
+    stuck: Vec<String>,
+    snapshot_installs: usize,
+}
+
+struct Chaos {
+    c: Cluster,
+    shared: Arc<Shared>,
+    rng: Rng,
+    figures: Figures,
+    env: Vec<(&'static str, String)>,
+}
+
+impl Chaos {
+    fn new(seed: u64) -> Chaos {
+        let c = four_nodes();
+        let shared = Arc::new(Shared {
+            recorder: Recorder::new(),
+            dirs: c.nodes.iter().map(|d| d.dir.clone()).collect(),
+            state: (0..4).map(|_| AtomicU8::new(UP)).collect(),
+            next_value: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        });
+        Chaos {
+            c,
+            shared,
+            rng: Rng::new(seed ^ 0x5eed),
+            figures: Figures::default(),
+            env: daemon_env(),
+        }
+    }
+
+    /// The services every client works on, created (and recorded) first.
+    fn setup(&mut self) {
+        for service in DEPLOYED {
+            let value = self.shared.unique(PROBE);
+            let args = deploy_args(service, &format!("V={value}"));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            self.must_write(&args, &[(env_register(service), value)]);
+        }
+        for service in SCALED {
+            let args = deploy_args(service, "V=0");
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            self.must_write(&args, &[(replicas_register(service), "2".to_string())]);
+        }
+        let value = self.shared.unique(PROBE);
+        let mut args = deploy_args(ROLLED, &format!("R={value}"));
+        args[5] = "3".to_string();
+        args.extend(["--update-parallelism".to_string(), "1".to_string()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.must_write(&args, &[(env_register(ROLLED), value)]);
+    }
+
+    fn must_write(&mut self, args: &[&str], registers: &[(String, String)]) {
+        let node = self.shared.up(&mut self.rng, None);
+        let before = self.shared.recorder.ops().len();
+        self.shared.write(PROBE, node, args, registers);
+        let ops = self.shared.recorder.ops();
+        assert!(
+            ops[before..].iter().all(|o| o.outcome == Outcome::Ok),
+            "setup write `shoal {}` failed",
+            args.join(" ")
+        );
+    }
+
+    fn leader(&self) -> Option<usize> {
+        wait_for(Duration::from_secs(20), || {
+            let i = (0..4).find(|i| self.shared.state[*i].load(Ordering::Relaxed) == UP)?;
+            let st = run_cli(&self.shared.dirs[i], &["status", "--json"], OP_TIMEOUT).json()?;
+            if st["quorum"]["healthy"] != true {
+                return None;
+            }
+            let name = st["leader_name"].as_str()?;
+            NAMES.iter().position(|n| *n == name)
+        })
+    }
+
+    fn pid(&self, i: usize) -> u32 {
+        self.c.nodes[i].child.as_ref().expect("node runs").id()
+    }
+
+    fn kill(&mut self, i: usize) {
+        self.shared.state[i].store(KILLED, Ordering::Relaxed);
+        self.c.nodes[i].kill();
+    }
+
+    fn signal(&self, i: usize, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.pid(i).to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} {}", NAMES[i]);
+    }
+
+    fn pause(&mut self, i: usize) {
+        self.shared.state[i].store(PAUSED, Ordering::Relaxed);
+        self.signal(i, "-STOP");
+    }
+
+    fn resume(&mut self, i: usize) {
+        self.signal(i, "-CONT");
+        self.shared.state[i].store(UP, Ordering::Relaxed);
+    }
+
+    /// Restarts a killed node and waits until it is ready and answers.
+    fn restart(&mut self, i: usize) {
+        let env = env_refs(&self.env);
+        let started = Instant::now();
+        self.c.nodes[i].restart_with_env(&env);
+        let dir = self.shared.dirs[i].clone();
+        let ready = wait_for(Duration::from_secs(60), || {
+            let v = run_cli(&dir, &["node", "inspect", NAMES[i], "--json"], OP_TIMEOUT).json()?;
+            (v["status"] == "ready").then_some(())
+        });
+        if ready.is_none() {
+            self.figures
+                .stuck
+                .push(format!("{} not ready 60 s after its restart", NAMES[i]));
+        }
+        self.figures.rejoin.push(started.elapsed());
+        self.shared.state[i].store(UP, Ordering::Relaxed);
+    }
+
+    /// Probes with recorded writes through nodes that are up until one is
+    /// acknowledged; the time from `since` is the recovery time.
+    fn recovery(&mut self, fault: Fault, since: Instant) {
+        let deadline = since + Duration::from_secs(60);
+        loop {
+            let node = self.shared.up(&mut self.rng, None);
+            let value = self.shared.unique(PROBE);
+            let label = format!("probe={value}");
+            let args = ["node", "update", NAMES[3], "--label-add", &label];
+            let invoked = Instant::now();
+            let before = self.shared.recorder.ops().len();
+            self.shared.write(
+                PROBE,
+                node,
+                &args,
+                &[(label_register(NAMES[3], "probe"), value)],
+            );
+            let acked = self.shared.recorder.ops()[before].outcome == Outcome::Ok;
+            if acked && invoked >= since {
+                let took = invoked.elapsed() + invoked.duration_since(since);
+                self.figures.recovery.entry(fault).or_default().push(took);
+                return;
+            }
+            if Instant::now() > deadline {
+                self.figures
+                    .stuck
+                    .push(format!("no write accepted within 60 s of {fault:?}"));
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn inject(&mut self, fault: Fault) {
+        *self.figures.faults.entry(fault).or_default() += 1;
+        let Some(leader) = self.leader() else {
+            self.figures
+                .stuck
+                .push(format!("no leader before {fault:?}"));
+            return;
+        };
+        match fault {
+            Fault::KillLeader | Fault::KillOther => {
+                let victim = if fault == Fault::KillLeader {
+                    leader
+                } else {
+                    (leader + 1 + self.rng.below(3)) % 4
+                };
+                let down = self.rng.millis(300, 2_000);
+                let since = Instant::now();
+                self.kill(victim);
+                self.recovery(fault, since);
+                thread::sleep(down.saturating_sub(since.elapsed()));
+                self.restart(victim);
+            }
+            Fault::PauseLeader | Fault::PauseOther => {
+                let victim = if fault == Fault::PauseLeader {
+                    leader
+                } else {
+                    (leader + 1 + self.rng.below(3)) % 4
+                };
+                // Longer than the election timeout (150-300 ms), sometimes
+                // longer than the heartbeat timeout (2 s).
+                let paused = self.rng.millis(600, 3_000);
+                let since = Instant::now();
+                self.pause(victim);
+                self.recovery(fault, since);
+                thread::sleep(paused.saturating_sub(since.elapsed()));
+                self.resume(victim);
+            }
+            Fault::KillLeaderDuringUpdate => {
+                let image = format!("fake:{}", 1 + self.rng.below(2));
+                let value = self.shared.unique(PROBE);
+                let env = format!("R={value}");
+                let args = [
+                    "service",
+                    "update",
+                    ROLLED,
+                    "--image",
+                    &image,
+                    "--env-add",
+                    &env,
+                    "--update-parallelism",
+                    "1",
+                    "--detach",
+                ];
+                let node = self.shared.up(&mut self.rng, None);
+                self.shared
+                    .write(PROBE, node, &args, &[(env_register(ROLLED), value)]);
+                // Mid-run: the first slots move within a second or two.
+                thread::sleep(self.rng.millis(200, 2_500));
+                let Some(leader) = self.leader() else {
+                    self.figures
+                        .stuck
+                        .push("no leader during the rolling update".to_string());
+                    return;
+                };
+                let down = self.rng.millis(300, 2_000);
+                let since = Instant::now();
+                self.kill(leader);
+                self.recovery(fault, since);
+                thread::sleep(down.saturating_sub(since.elapsed()));
+                self.restart(leader);
+            }
+            Fault::KillDuringSnapshotInstall => {
+                let victim = (0..MANAGERS)
+                    .find(|i| *i != leader)
+                    .map(|first| {
+                        if self.rng.below(2) == 0 {
+                            first
+                        } else {
+                            (0..MANAGERS).rev().find(|i| *i != leader).unwrap()
+                        }
+                    })
+                    .unwrap();
+                let installs_before = installs(&self.c.nodes[victim].log_text());
+                let since = Instant::now();
+                self.kill(victim);
+                self.recovery(fault, since);
+                // Enough entries that the log the victim needs is purged.
+                bench_commit(&self.shared.dirs[leader], 4 * SNAPSHOT_EVERY);
+                // Restarted, it is sent a snapshot at once; kill it again
+                // while that is under way, then let it finish.
+                let env = env_refs(&self.env);
+                self.c.nodes[victim].restart_with_env(&env);
+                thread::sleep(self.rng.millis(50, 600));
+                self.c.nodes[victim].kill();
+                self.restart(victim);
+                let log = self.c.nodes[victim].log.clone();
+                // The snapshot arrives on either start; wait for it briefly.
+                let seen = wait_for(Duration::from_secs(10), || {
+                    let text = std::fs::read_to_string(&log).ok()?;
+                    (installs(&text) > installs_before).then_some(())
+                });
+                if seen.is_some() {
+                    self.figures.snapshot_installs += 1;
+                }
+            }
+        }
+    }
+
+    /// Runs clients and faults for `duration`, heals, reads every
+    /// register, checks the tasks and the history.
+    fn run(&mut self, duration: Duration, clients: usize, seed: u64) -> RunOutcome {
+        self.setup();
+        let started = Instant::now();
+        let handles: Vec<_> = (0..clients)
+            .map(|id| {
+                let shared = self.shared.clone();
+                thread::spawn(move || client(shared, id, seed.wrapping_add(id as u64 * 7919)))
+            })
+            .collect();
+        let mut round = Vec::new();
+        while started.elapsed() < duration {
+            if round.is_empty() {
+                round = FAULTS.to_vec();
+                // Shuffled, so the kinds meet each other in every order.
+                for i in (1..round.len()).rev() {
+                    round.swap(i, self.rng.below(i + 1));
+                }
+            }
+            let fault = round.pop().unwrap();
+            self.inject(fault);
+            thread::sleep(self.rng.millis(100, 600));
+        }
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for h in handles {
+            h.join().expect("client thread");
+        }
+        let workload = started.elapsed();
+
+        // Heal: every node up.
+        for i in 0..4 {
+            match self.shared.state[i].load(Ordering::Relaxed) {
+                PAUSED => self.resume(i),
+                KILLED => self.restart(i),
+                _ => {}
+            }
+        }
+        assert!(self.leader().is_some(), "no leader after healing");
+        // Drained: its tasks must move.
+        let drain = run_cli(
+            &self.shared.dirs[0],
+            &["node", "update", NAMES[3], "--availability", "drain"],
+            OP_TIMEOUT,
+        );
+        assert!(drain.ok(), "drain failed: {}", drain.stderr);
+
+        let final_from = self.shared.recorder.now();
+        for (i, through) in NAMES.iter().enumerate() {
+            for service in DEPLOYED.iter().chain(SCALED.iter()).chain([ROLLED].iter()) {
+                assert!(
+                    read_service(&self.shared, 100 + i, i, service),
+                    "final read of {service} through {through} failed"
+                );
+            }
+            for target in NAMES {
+                assert!(
+                    read_node(&self.shared, 100 + i, i, target),
+                    "final read of {target} through {through} failed"
+                );
+            }
+        }
+        let history = self.shared.recorder.ops();
+        let report = history::check(&history, final_from);
+        let tasks = wait_for(Duration::from_secs(90), || {
+            task_violations(&self.shared.dirs[0])
+                .ok()
+                .filter(Vec::is_empty)
+        })
+        .map(|_| Vec::new())
+        .unwrap_or_else(|| task_violations(&self.shared.dirs[0]).unwrap_or_else(|e| vec![e]));
+        RunOutcome {
+            report,
+            tasks,
+            workload,
+            ops: history.len(),
+        }
+    }
+}
+
+/// What a run found.
+struct RunOutcome {
+    report: CheckReport,
+    tasks: Vec<String>,
+    workload: Duration,
+    ops: usize,
+}
+
+fn installs(log: &str) -> usize {
+    log.matches("installed a snapshot from the leader").count()
+}
+
+/// Commits `count` empty entries through the development endpoint.
+fn bench_commit(dir: &Path, count: u64) {
+    let body = format!("{{\"writers\":1,\"count\":{count}}}");
+    let request = format!(
+        "POST /v1/dev/bench-commit HTTP/1.1\r\nHost: shoal\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let Ok(mut s) = UnixStream::connect(dir.join("shoal.sock")) else {
+        return;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+    let _ = s.write_all(request.as_bytes());
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+}
+
+/// The task invariants, as the leader's state shows them: exactly
+/// `replicas` running per service, none on a down or drained node, at
+/// most one running per slot, and no update run left unfinished.
+fn task_violations(dir: &Path) -> Result<Vec<String>, String> {
+    let json = |args: &[&str]| {
+        let cli = run_cli(dir, args, OP_TIMEOUT);
+        cli.json()
+            .ok_or_else(|| format!("`shoal {}` failed: {}", args.join(" "), cli.stderr))
+    };
+    let nodes = json(&["node", "ls", "--json"])?;
+    let unusable: Vec<u64> = nodes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["status"] != "ready" || n["availability"] == "drain")
+        .filter_map(|n| n["id"].as_u64())
+        .collect();
+    let mut found = Vec::new();
+    for service in DEPLOYED.iter().chain(SCALED.iter()).chain([ROLLED].iter()) {
+        let inspect = json(&["service", "inspect", service, "--json"])?;
+        let replicas = inspect["spec"]["replicas"].as_u64().unwrap_or(0) as usize;
+        let tasks = json(&["service", "ps", service, "--json"])?;
+        let tasks = tasks.as_array().cloned().unwrap_or_default();
+        let running: Vec<&Value> = tasks
+            .iter()
+            .filter(|t| t["state"] == "running" && t["desired_state"] == "running")
+            .collect();
+        if running.len() != replicas {
+            found.push(format!(
+                "{service}: {} running tasks, {replicas} replicas",
+                running.len()
+            ));
+        }
+        let mut slots: BTreeMap<u64, usize> = BTreeMap::new();
+        for t in &tasks {
+            let node = t["node_id"].as_u64();
+            let active = t["state"] == "running" || t["desired_state"] == "running";
+            if active && node.is_some_and(|n| unusable.contains(&n)) {
+                found.push(format!(
+                    "{service}: task {} ({}) on down or drained node {:?}",
+                    t["id"], t["state"], t["node_name"]
+                ));
+            }
+            if t["state"] == "running" {
+                *slots.entry(t["slot"].as_u64().unwrap_or(0)).or_default() += 1;
+            }
+        }
+        for (slot, n) in slots {
+            if n > 1 {
+                found.push(format!("{service}: {n} tasks running in slot {slot}"));
+            }
+        }
+        let update = &inspect["update"];
+        if !update.is_null() && update["state"] != "completed" {
+            found.push(format!(
+                "{service}: update run {} ({})",
+                update["state"], update["message"]
+            ));
+        }
+    }
+    Ok(found)
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
+}
+
+fn seconds(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+/// The report of a run, as Markdown.
+fn render(figures: &Figures, outcome: &RunOutcome, seed: u64, clients: usize) -> String {
+    let r = &outcome.report;
+    let mut s = String::new();
+    let total: usize = figures.faults.values().sum();
+    let _ = writeln!(
+        s,
+        "Workload {} with {clients} clients, seed {seed}; {total} faults, {} operations recorded.\n",
+        seconds(outcome.workload),
+        outcome.ops
+    );
+    let _ = writeln!(
+        s,
+        "| fault | count | recovery p50 | recovery p99 | recovery max |"
+    );
+    let _ = writeln!(s, "| --- | --- | --- | --- | --- |");
+    let mut all = Vec::new();
+    for (fault, count) in &figures.faults {
+        let mut times = figures.recovery.get(fault).cloned().unwrap_or_default();
+        times.sort();
+        all.extend(times.iter().copied());
+        let _ = writeln!(
+            s,
+            "| {fault:?} | {count} | {} | {} | {} |",
+            seconds(percentile(&times, 0.5)),
+            seconds(percentile(&times, 0.99)),
+            seconds(times.last().copied().unwrap_or_default())
+        );
+    }
+    all.sort();
+    let _ = writeln!(
+        s,
+        "| all | {total} | {} | {} | {} |\n",
+        seconds(percentile(&all, 0.5)),
+        seconds(percentile(&all, 0.99)),
+        seconds(all.last().copied().unwrap_or_default())
+    );
+    let mut rejoin = figures.rejoin.clone();
+    rejoin.sort();
+    let _ = writeln!(
+        s,
+        "Restarted node ready again: p50 {}, p99 {}, max {} ({} restarts). Snapshot installs seen after a kill during one: {}.\n",
+        seconds(percentile(&rejoin, 0.5)),
+        seconds(percentile(&rejoin, 0.99)),
+        seconds(rejoin.last().copied().unwrap_or_default()),
+        rejoin.len(),
+        figures.snapshot_installs
+    );
+    let _ = writeln!(
+        s,
+        "Operations: {} writes acknowledged, {} unknown, {} failed before reaching a daemon; {} reads acknowledged; {} registers.\n",
+        r.writes_ok, r.writes_unknown, r.writes_failed, r.reads_ok, r.registers
+    );
+    let _ = writeln!(
+        s,
+        "Anomalies: {} in the history, {} in the tasks, {} stuck recoveries.",
+        r.anomalies.len(),
+        outcome.tasks.len(),
+        figures.stuck.len()
+    );
+    for a in r.anomalies.iter().take(20) {
+        let _ = writeln!(s, "- {a}");
+    }
+    for t in outcome.tasks.iter().chain(figures.stuck.iter()) {
+        let _ = writeln!(s, "- {t}");
+    }
+    s
+}
+
+fn seed_from_env() -> u64 {
+    std::env::var("SHOAL_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        })
+}
+
+fn chaos_run(duration: Duration, clients: usize) -> String {
+    let seed = seed_from_env();
+    eprintln!("seed {seed} (set SHOAL_FAULT_SEED to repeat the choices)");
+    let mut chaos = Chaos::new(seed);
+    let outcome = chaos.run(duration, clients, seed);
+    let report = render(&chaos.figures, &outcome, seed, clients);
+    eprintln!("{report}");
+    assert!(
+        outcome.report.anomalies.is_empty()
+            && outcome.tasks.is_empty()
+            && chaos.figures.stuck.is_empty(),
+        "{report}"
+    );
+    report
+}
+
+#[test]
+fn crash_faults_under_load_lose_no_acknowledged_write() {
+    let report = chaos_run(Duration::from_secs(80), 3);
+    // Every kind ran at least once (a round of six fits in 80 s).
+    for fault in FAULTS {
+        assert!(report.contains(&format!("| {fault:?} |")), "{report}");
+    }
+}
+
+/// The long run: `scripts/soak.sh [MINUTES]`.
+#[test]
+#[ignore = "long: run by scripts/soak.sh"]
+fn soak() {
+    let minutes: u64 = std::env::var("SHOAL_SOAK_MINUTES")
+        .ok()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(30);
+    let clients = std::env::var("SHOAL_SOAK_CLIENTS")
+        .ok()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(4);
+    let report = chaos_run(Duration::from_secs(minutes * 60), clients);
+    if let Ok(path) = std::env::var("SHOAL_SOAK_REPORT") {
+        std::fs::write(&path, &report).expect("write the soak report");
+    }
+}
+
+#[test]
+fn a_follower_killed_during_a_snapshot_install_catches_up() {
+    let mut chaos = Chaos::new(seed_from_env());
+    chaos.setup();
+    let leader = chaos.leader().expect("a leader");
+    let victim = (0..MANAGERS).find(|i| *i != leader).unwrap();
+    let installs_before = installs(&chaos.c.nodes[victim].log_text());
+    chaos.kill(victim);
+    // While it is down: labels it must learn, and enough entries that the
+    // log it needs is purged.
+    let through = chaos.shared.up(&mut chaos.rng, None);
+    let dir = chaos.shared.dirs[through].clone();
+    for i in 0..5 {
+        let label = format!("snap{i}=v{i}");
+        let out = run_cli(
+            &dir,
+            &["node", "update", NAMES[3], "--label-add", &label],
+            OP_TIMEOUT,
+        );
+        assert!(out.ok(), "{}", out.stderr);
+    }
+    bench_commit(&chaos.shared.dirs[leader], 5 * SNAPSHOT_EVERY);
+    // Killed three times while catching up, then left alone.
+    let env = env_refs(&chaos.env);
+    for _ in 0..3 {
+        chaos.c.nodes[victim].restart_with_env(&env);
+        let pause = chaos.rng.millis(50, 500);
+        thread::sleep(pause);
+        chaos.c.nodes[victim].kill();
+    }
+    chaos.restart(victim);
+    let log = chaos.c.nodes[victim].log.clone();
+    wait_for(Duration::from_secs(30), || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        (installs(&text) > installs_before).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no snapshot installed: {}",
+            chaos.c.nodes[victim].log_text()
+        )
+    });
+    // Caught up: its applied index reaches the leader's.
+    let applied = |i: usize| -> Option<u64> {
+        run_cli(&chaos.shared.dirs[i], &["status", "--json"], OP_TIMEOUT).json()?["applied_index"]
+            .as_u64()
+    };
+    wait_for(Duration::from_secs(30), || {
+        (applied(victim)? + 2 >= applied(leader)?).then_some(())
+    })
+    .expect("the follower catches up");
+    // Its own state holds what was written while it was down: make it the
+    // leader (kill whoever leads until it wins an election) and read there.
+    let mut won = false;
+    for _ in 0..12 {
+        let Some(now) = chaos.leader() else { continue };
+        if now == victim {
+            won = true;
+            break;
+        }
+        chaos.kill(now);
+        let elected = wait_for(Duration::from_secs(20), || {
+            let st = run_cli(
+                &chaos.shared.dirs[victim],
+                &["status", "--json"],
+                OP_TIMEOUT,
+            )
+            .json()?;
+            st["leader_name"].as_str().map(str::to_string)
+        });
+        chaos.restart(now);
+        if elected.as_deref() == Some(NAMES[victim]) {
+            won = chaos.leader() == Some(victim);
+            if won {
+                break;
+            }
+        }
+    }
+    assert!(won, "{} never became leader", NAMES[victim]);
+    let node = run_cli(
+        &chaos.shared.dirs[victim],
+        &["node", "inspect", NAMES[3], "--json"],
+        OP_TIMEOUT,
+    )
+    .json()
+    .expect("node inspect on the new leader");
+    for i in 0..5 {
+        assert_eq!(
+            node["labels"][format!("snap{i}")],
+            format!("v{i}"),
+            "{node:#}"
+        );
+    }
+}
