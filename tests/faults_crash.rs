@@ -861,9 +861,15 @@ fn render(figures: &Figures, outcome: &RunOutcome, seed: u64, clients: usize) ->
     let r = &outcome.report;
     let mut s = String::new();
     let total: usize = figures.faults.values().sum();
+    let cores = thread::available_parallelism().map_or(0, |n| n.get());
+    let build = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
     let _ = writeln!(
         s,
-        "Workload {} with {clients} clients, seed {seed}; {total} faults, {} operations recorded.\n",
+        "Workload {} with {clients} clients, seed {seed}; {total} faults, {} operations recorded ({build} build, {cores} cores).\n",
         seconds(outcome.workload),
         outcome.ops
     );
@@ -937,25 +943,25 @@ fn seed_from_env() -> u64 {
         })
 }
 
-fn chaos_run(duration: Duration, clients: usize) -> String {
+/// Runs the workload with faults; returns the report and whether it found
+/// nothing wrong.
+fn chaos_run(duration: Duration, clients: usize) -> (String, bool) {
     let seed = seed_from_env();
     eprintln!("seed {seed} (set SHOAL_FAULT_SEED to repeat the choices)");
     let mut chaos = Chaos::new(seed);
     let outcome = chaos.run(duration, clients, seed);
     let report = render(&chaos.figures, &outcome, seed, clients);
     eprintln!("{report}");
-    assert!(
-        outcome.report.anomalies.is_empty()
-            && outcome.tasks.is_empty()
-            && chaos.figures.stuck.is_empty(),
-        "{report}"
-    );
-    report
+    let clean = outcome.report.anomalies.is_empty()
+        && outcome.tasks.is_empty()
+        && chaos.figures.stuck.is_empty();
+    (report, clean)
 }
 
 #[test]
 fn crash_faults_under_load_lose_no_acknowledged_write() {
-    let report = chaos_run(Duration::from_secs(80), 3);
+    let (report, clean) = chaos_run(Duration::from_secs(80), 3);
+    assert!(clean, "{report}");
     // Every kind ran at least once (a round of six fits in 80 s).
     for fault in FAULTS {
         assert!(report.contains(&format!("| {fault:?} |")), "{report}");
@@ -974,10 +980,11 @@ fn soak() {
         .ok()
         .and_then(|m| m.parse().ok())
         .unwrap_or(4);
-    let report = chaos_run(Duration::from_secs(minutes * 60), clients);
+    let (report, clean) = chaos_run(Duration::from_secs(minutes * 60), clients);
     if let Ok(path) = std::env::var("SHOAL_SOAK_REPORT") {
         std::fs::write(&path, &report).expect("write the soak report");
     }
+    assert!(clean, "{report}");
 }
 
 #[test]
