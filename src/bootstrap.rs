@@ -290,6 +290,7 @@ async fn start(
         engine_error: Mutex::new(None),
         service_writes: tokio::sync::Mutex::new(()),
         mesh: crate::mesh::Mesh::new(meta.node_id, mesh_config),
+        dispatch: Default::default(),
     });
     let _ = network.node.set(Arc::downgrade(&node));
 

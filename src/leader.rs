@@ -92,14 +92,26 @@ pub async fn run(node: Arc<Node>) {
             () = deadline => {}
         }
         wake_at = None;
-        let (leading, term) = {
+        let (leading, term, caught_up) = {
             let metrics = node.raft.metrics();
             let m = metrics.borrow();
             (
                 m.state == openraft::ServerState::Leader && m.current_leader == Some(node.id),
                 m.current_term,
+                // An applied entry of this term (the new leader's first) means
+                // everything committed before it is applied too.
+                m.last_applied
+                    .is_some_and(|id| id.leader_id.term == m.current_term),
             )
         };
+        if leading && !caught_up {
+            // A new leader decides on the state only once it holds all that
+            // was committed before it: membership and liveness decisions on an
+            // older state would undo what those entries did (a removed manager
+            // added back, for one).
+            let _ = tokio::time::timeout(Duration::from_millis(100), applied.changed()).await;
+            continue;
+        }
         if !leading {
             node.liveness.lock().unwrap().stop_leading();
             // A follower has nothing to do here until Raft's view changes.

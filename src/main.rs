@@ -16,13 +16,14 @@ mod ops;
 mod peer_server;
 mod raft_network;
 mod services;
+mod simulate;
 mod stacks;
 mod wire;
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use shoal_cli::args::{Command, LogFormat};
+use shoal_cli::args::{Command, DevCommand, LogFormat};
 use shoal_cli::Cli;
 
 use crate::bootstrap::StartOptions;
@@ -44,6 +45,12 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
+        if let Command::Dev(DevCommand::Simulate(args)) = &cli.command {
+            init_logging(&cli.log_level, cli.log_format)?;
+            return simulate::run(args.clone())
+                .await
+                .map(|()| ExitCode::SUCCESS);
+        }
         if cli.command.is_daemon() {
             init_logging(&cli.log_level, cli.log_format)?;
             run_daemon(cli).await.map(|()| ExitCode::SUCCESS)

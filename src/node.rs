@@ -49,6 +49,8 @@ pub struct Node {
     pub service_writes: tokio::sync::Mutex<()>,
     /// The routing mesh and DNS: the endpoint table and connections.
     pub mesh: Arc<crate::mesh::Mesh>,
+    /// The agents' task streams, while this node leads.
+    pub dispatch: crate::dispatcher::Hub,
 }
 
 /// One command waiting to be proposed, and where its outcome goes.

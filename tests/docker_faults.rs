@@ -288,6 +288,44 @@ fn engine_socket_gone_for_ten_seconds_is_reported_then_recovered() {
 }
 
 #[test]
+fn the_leaders_own_engine_outage_is_recorded_and_its_tasks_wait() {
+    if !docker_tests() {
+        return;
+    }
+    require_image();
+    let scratch = tempfile::tempdir().unwrap();
+    let mut proxy = EngineProxy::start(&scratch.path().join("docker.sock"));
+    let mut c = Cluster::new();
+    c.init_with_env(
+        "node-a",
+        "127.0.0.1",
+        &[("DOCKER_HOST", &proxy.docker_host())],
+    );
+    proxy.cut();
+    let error = wait_for(Duration::from_secs(10), || node_engine_error(&c, "node-a"))
+        .unwrap_or_else(|| {
+            panic!(
+                "the leader never recorded its engine: {}",
+                c.nodes[0].log_text()
+            )
+        });
+    assert!(error.contains("unreachable"), "{error}");
+    // A deploy now has nowhere to go, and says why (once the scheduler
+    // has looked at it: a new task is pending with no message at first).
+    deploy(&c, "web", &["--replicas", "1"]);
+    wait_for(Duration::from_secs(10), || {
+        let t = tasks(&c, "web").into_iter().next()?;
+        let why = t["message"].as_str()?;
+        (t["state"] == "pending" && why.contains("container engine unavailable")).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no pending task saying why: {:#?}", tasks(&c, "web")));
+    proxy.restore();
+    common::services::wait_running(&c, "web", 1, Duration::from_secs(30));
+    assert!(node_engine_error(&c, "node-a").is_none());
+    assert!(c.nodes[0].is_running());
+}
+
+#[test]
 fn an_oom_killed_task_fails_saying_so_and_is_replaced() {
     if !docker_tests() {
         return;

@@ -123,6 +123,9 @@ pub enum Command {
     /// Deploy and manage whole applications from Compose files
     #[command(subcommand)]
     Stack(StackCommand),
+    /// Tools for developing shoal (hidden from help)
+    #[command(subcommand, hide = true)]
+    Dev(DevCommand),
 }
 
 impl Command {
@@ -130,6 +133,46 @@ impl Command {
     pub fn is_daemon(&self) -> bool {
         matches!(self, Command::Init(_) | Command::Join(_) | Command::Run(_))
     }
+}
+
+#[derive(Subcommand, Debug, Clone, PartialEq)]
+pub enum DevCommand {
+    /// Run 3 managers (child processes) and N simulated worker agents (in this process, on the in-memory engine), deploy, fail the leader, kill agents, and measure; the last line printed is a JSON summary
+    Simulate(SimulateArgs),
+}
+
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct SimulateArgs {
+    /// Simulated worker agents
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=20_000))]
+    pub agents: u32,
+    /// Tasks in all (replicas spread evenly over the services)
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub tasks: u64,
+    /// Services
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub services: u32,
+    /// Fraction of the agents killed once everything runs (0 to 1; 0 skips the step)
+    #[arg(long, default_value_t = 0.1, value_parser = parse_ratio)]
+    pub kill_fraction: f64,
+    /// How long a container of the in-memory engine takes to start (e.g. 0s, 100ms)
+    #[arg(long, default_value = "100ms", value_parser = crate::units::parse_duration)]
+    pub start_delay: Duration,
+    /// Heartbeat timeout of the managers; the agents beat four times per timeout
+    #[arg(long, default_value = "2s", value_parser = parse_heartbeat_timeout)]
+    pub heartbeat_timeout: Duration,
+    /// Do not kill the leader while the tasks are starting
+    #[arg(long)]
+    pub no_failover: bool,
+    /// UDP port the managers listen on, on 127.0.0.1-3 [default: a free one]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+    /// Where the managers' data directories and logs go [default: a new temporary directory, removed afterwards]
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Give up when one step (joining, converging, rescheduling) takes longer than this
+    #[arg(long, default_value = "600s", value_parser = crate::units::parse_duration)]
+    pub step_timeout: Duration,
 }
 
 /// What a node that starts from an empty data directory is told: `init`

@@ -202,6 +202,9 @@ async fn execute(
         Command::Init(_) | Command::Join(_) | Command::Run(_) => {
             bail!("`init`, `join` and `run` start a node; the shoal binary runs them itself, not the control client")
         }
+        Command::Dev(_) => {
+            bail!("`dev` commands run in the shoal binary itself, not in the control client")
+        }
         Command::Node(NodeCommand::Ls { json }) => {
             let nodes = client.nodes().await?;
             shown(*json, nodes.as_slice(), output::nodes_table)

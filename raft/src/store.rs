@@ -126,8 +126,10 @@ pub enum StoreError {
     #[error(transparent)]
     LogWrite(Arc<StoreError>),
     #[error(
-        "the Raft store holds no initialised cluster (no membership or no cluster state in its \
-         log or snapshot): there is nothing to recover from; start a cluster with `shoal init`"
+        "the Raft store of this data directory holds no cluster state (no membership or no \
+         initialised cluster in its log or snapshot): this node is a worker (workers keep no \
+         state) or never finished joining, so there is nothing to recover from; run the \
+         recovery on a surviving manager"
     )]
     RecoveryNoCluster,
     #[error(
@@ -1989,7 +1991,10 @@ mod tests {
         let (log, sm) = open(&dir.path().join("raft.redb")).await.unwrap();
         let error = plan_recovery(&log, &sm, 1).await.unwrap_err();
         assert!(matches!(error, StoreError::RecoveryNoCluster), "{error:?}");
-        assert!(error.to_string().contains("nothing to recover"), "{error}");
+        assert!(
+            error.to_string().contains("holds no cluster state"),
+            "{error}"
+        );
         drop((log, sm));
 
         // A worker cannot recover; a manager that is already alone need not.

@@ -219,7 +219,7 @@ impl Passes {
 
 /// The replicated task, as the agent's plan sees it; `reported` is this
 /// agent's own newer report, which the leader may not have applied yet.
-fn desired_task(task: &Task, reported: Option<TaskState>) -> DesiredTask {
+pub(crate) fn desired_task(task: &Task, reported: Option<TaskState>) -> DesiredTask {
     let spec = &task.spec;
     DesiredTask {
         id: task.id.clone(),
@@ -254,7 +254,7 @@ fn desired_task(task: &Task, reported: Option<TaskState>) -> DesiredTask {
     }
 }
 
-fn update_of(status: &TaskStatus) -> TaskStatusUpdate {
+pub(crate) fn update_of(status: &TaskStatus) -> TaskStatusUpdate {
     TaskStatusUpdate {
         task_id: status.task_id.clone(),
         state: status.state,
