@@ -338,9 +338,17 @@ async fn wait_converged(
 ) -> Result<()> {
     let last = std::cell::Cell::new((0, 0));
     let seen = &last;
+    let said = std::cell::Cell::new(Instant::now());
+    let said = &said;
     let outcome = wait_until(within, "every task to run", || async move {
         rss.sample(cluster, api).await;
         let engines = running_in(agents);
+        if said.get().elapsed() >= Duration::from_secs(5) {
+            said.set(Instant::now());
+            say(format!(
+                "{engines} of {expected} tasks running in the workers' engines"
+            ));
+        }
         if engines != expected {
             seen.set((seen.get().0, engines));
             return Ok(None);
@@ -426,9 +434,9 @@ struct Agent {
     dialer: Dialer,
     runtime: Arc<FakeRuntime>,
     killed: watch::Sender<bool>,
-    /// The connection in use, to the leader (or to the manager asked where
-    /// the leader is).
-    link: tokio::sync::Mutex<Option<(NodeId, Connection)>>,
+    /// Connections to the managers, one slot each, so a dial of a dead
+    /// manager holds up nothing else.
+    links: Mutex<BTreeMap<NodeId, Arc<tokio::sync::Mutex<Option<Connection>>>>>,
     leader: watch::Sender<Option<(NodeId, SocketAddr)>>,
     managers: Mutex<Vec<(NodeId, String)>>,
     /// The tasks the leader streams to this worker.
@@ -456,9 +464,16 @@ impl Agent {
         shared: &Shared,
         target: (NodeId, SocketAddr),
     ) -> Result<Connection, NetError> {
-        let mut link = self.link.lock().await;
-        if let Some((id, conn)) = &*link {
-            if *id == target.0 && conn.close_reason().is_none() {
+        let slot = self
+            .links
+            .lock()
+            .unwrap()
+            .entry(target.0)
+            .or_default()
+            .clone();
+        let mut link = slot.lock().await;
+        if let Some(conn) = &*link {
+            if conn.close_reason().is_none() {
                 return Ok(conn.clone());
             }
         }
@@ -467,15 +482,12 @@ impl Agent {
             .endpoint
             .connect_as(&self.dialer, target.1, target.0, CONNECT_TIMEOUT)
             .await?;
-        *link = Some((target.0, conn.clone()));
+        *link = Some(conn.clone());
         Ok(conn)
     }
 
-    async fn forget_link(&self, peer: NodeId) {
-        let mut link = self.link.lock().await;
-        if link.as_ref().is_some_and(|(id, _)| *id == peer) {
-            *link = None;
-        }
+    fn forget_link(&self, peer: NodeId) {
+        self.links.lock().unwrap().remove(&peer);
     }
 
     fn set_leader(&self, leader: Option<(NodeId, SocketAddr)>) {
@@ -571,7 +583,7 @@ async fn join_one(
         dialer: Dialer::new(&identity)?,
         runtime,
         killed: watch::channel(false).0,
-        link: tokio::sync::Mutex::new(None),
+        links: Mutex::new(BTreeMap::new()),
         leader: watch::channel(None).0,
         managers: Mutex::new(accepted.managers),
         desired: Mutex::new(BTreeMap::new()),
@@ -632,10 +644,21 @@ async fn heartbeats(shared: Arc<Shared>, agent: Arc<Agent>) {
             version: VERSION.to_string(),
             engine_error: None,
         });
-        let reply = match agent.link(&shared, target).await {
-            Ok(conn) => transport::call::<_, PeerResponse>(&conn, &beat, interval).await,
-            Err(e) => Err(e),
+        // A beat not answered within one interval, dial included, counts
+        // as lost: the next one asks another manager.
+        let exchange = async {
+            let conn = agent.link(&shared, target).await?;
+            transport::call::<_, PeerResponse>(&conn, &beat, interval).await
         };
+        let reply = tokio::time::timeout(interval, exchange)
+            .await
+            .unwrap_or_else(|_| {
+                Err(NetError::Timeout {
+                    peer: target.1.to_string(),
+                    what: "a heartbeat to",
+                    after: interval,
+                })
+            });
         match reply {
             Ok(PeerResponse::Heartbeat(Ok(reply))) => {
                 let leader = reply
@@ -654,7 +677,7 @@ async fn heartbeats(shared: Arc<Shared>, agent: Arc<Agent>) {
                 tracing::debug!(node = agent.id, error = %e, "heartbeat failed");
                 agent.set_leader(None);
                 if e.is_retryable() {
-                    agent.forget_link(target.0).await;
+                    agent.forget_link(target.0);
                 }
             }
         }
@@ -789,9 +812,17 @@ async fn send_reports(shared: &Shared, agent: &Agent, unsent: &mut Vec<TaskStatu
         node_id: agent.id,
         updates: unsent.clone(),
     });
-    let reply = match agent.link(shared, leader).await {
-        Ok(conn) => transport::call::<_, PeerResponse>(&conn, &report, REQUEST_TIMEOUT).await,
-        Err(e) => Err(e),
+    let exchange = async {
+        let conn = agent.link(shared, leader).await?;
+        transport::call::<_, PeerResponse>(&conn, &report, REQUEST_TIMEOUT).await
+    };
+    // A leader that dies leaves its connection silent until the QUIC idle
+    // timeout: give up as soon as another leader (or none) is known; the
+    // new leader's full task set wakes the next pass, which resends.
+    let mut moved = agent.leader.subscribe();
+    let reply = tokio::select! {
+        r = exchange => r,
+        _ = moved.wait_for(|l| *l != Some(leader)) => return,
     };
     match reply {
         Ok(PeerResponse::ReportTasks(Ok(()))) => unsent.clear(),

@@ -286,10 +286,19 @@ async fn send_reports(node: &Arc<Node>, unsent: &mut Vec<TaskStatusUpdate>) {
         node_id: node.id,
         updates: unsent.clone(),
     });
-    match node
-        .call_peer(leader, &addr, &report, node.timing.request_timeout)
-        .await
-    {
+    // A leader that dies leaves its connection silent until the QUIC idle
+    // timeout, and this pass would wait the whole request timeout: give up
+    // as soon as another leader (or none) is known. The new leader's full
+    // task set wakes the next pass, which resends.
+    let call = node.call_peer(leader, &addr, &report, node.timing.request_timeout);
+    let reply = tokio::select! {
+        r = call => r,
+        () = leader_changes(node, leader) => {
+            tracing::debug!(leader, "the leader changed while a task report was in flight; will resend");
+            return;
+        }
+    };
+    match reply {
         Ok(PeerResponse::ReportTasks(Ok(()))) => unsent.clear(),
         Ok(PeerResponse::ReportTasks(Err(e))) => {
             tracing::debug!(error = %e, "task report refused; will resend")
