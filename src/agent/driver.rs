@@ -498,6 +498,8 @@ async fn watch_engine(
 mod tests {
     use super::*;
     use crate::agent::fake::FakeRuntime;
+    use crate::agent::runtime::{ContainerInfo, ContainerSpec, EventStream, RuntimeError};
+    use futures::future::BoxFuture;
     use shoal_raft::{DesiredState, ServiceSpec};
 
     #[test]
@@ -593,6 +595,99 @@ mod tests {
         })
         .await
         .unwrap_or_else(|_| panic!("no pass with the engine down={down} within {within:?}"))
+    }
+
+    /// An engine whose event streams end as soon as they open (as behind a
+    /// proxy that accepts and drops connections); the rest is the fake's.
+    struct DroppedStreams {
+        fake: FakeRuntime,
+        opened: std::sync::atomic::AtomicU64,
+    }
+
+    impl ContainerRuntime for DroppedStreams {
+        fn ping(&self) -> BoxFuture<'_, Result<(), RuntimeError>> {
+            self.fake.ping()
+        }
+        fn list<'a>(
+            &'a self,
+            cluster_id: &'a str,
+            node_id: &'a str,
+        ) -> BoxFuture<'a, Result<Vec<ContainerInfo>, RuntimeError>> {
+            self.fake.list(cluster_id, node_id)
+        }
+        fn image_present<'a>(
+            &'a self,
+            image: &'a str,
+        ) -> BoxFuture<'a, Result<bool, RuntimeError>> {
+            self.fake.image_present(image)
+        }
+        fn pull<'a>(&'a self, image: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>> {
+            self.fake.pull(image)
+        }
+        fn create<'a>(
+            &'a self,
+            spec: &'a ContainerSpec,
+        ) -> BoxFuture<'a, Result<String, RuntimeError>> {
+            self.fake.create(spec)
+        }
+        fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>> {
+            self.fake.start(id)
+        }
+        fn stop<'a>(
+            &'a self,
+            id: &'a str,
+            grace: Duration,
+            signal: Option<&'a str>,
+        ) -> BoxFuture<'a, Result<(), RuntimeError>> {
+            self.fake.stop(id, grace, signal)
+        }
+        fn remove<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>> {
+            self.fake.remove(id)
+        }
+        fn inspect<'a>(
+            &'a self,
+            id: &'a str,
+        ) -> BoxFuture<'a, Result<ContainerInfo, RuntimeError>> {
+            self.fake.inspect(id)
+        }
+        fn address<'a>(
+            &'a self,
+            id: &'a str,
+        ) -> BoxFuture<'a, Result<Option<std::net::IpAddr>, RuntimeError>> {
+            self.fake.address(id)
+        }
+        fn events<'a>(
+            &'a self,
+            _cluster_id: &'a str,
+            _node_id: &'a str,
+        ) -> BoxFuture<'a, Result<EventStream, RuntimeError>> {
+            self.opened
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async { Ok(futures::stream::empty().boxed()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn event_streams_that_end_at_once_are_reopened_with_backoff() {
+        let engine = Arc::new(DroppedStreams {
+            fake: FakeRuntime::new(),
+            opened: Default::default(),
+        });
+        let wake = Arc::new(Notify::new());
+        let watcher = tokio::spawn(watch_engine(
+            engine.clone(),
+            Scope::new("cl", "1"),
+            Backoff::new(Duration::from_millis(10), Duration::from_millis(200)),
+            wake,
+            Arc::new(Notify::new()),
+        ));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        watcher.abort();
+        // 10, 20, 40, 80, 160 ms, then every 200 ms: about 14 in 2 s; a
+        // watcher that took every opened stream for a success would reopen
+        // every 10 ms, 200 times.
+        let opened = engine.opened.load(std::sync::atomic::Ordering::SeqCst);
+        assert!((5..=30).contains(&opened), "{opened} subscriptions in 2 s");
     }
 
     #[tokio::test]
