@@ -94,6 +94,8 @@ pub struct Report {
     /// SIGKILL of the leader until a write is accepted through a survivor;
     /// `null` without a failover.
     pub failover_s: Option<f64>,
+    /// Tasks running in the workers' engines once converged.
+    pub running_after_converge: u64,
     pub agents_killed: u32,
     /// Killing the workers until their tasks run elsewhere (this includes
     /// the heartbeat timeout that declares them down).
@@ -231,6 +233,7 @@ async fn scenario(args: &SimulateArgs, cluster: &mut Managers) -> Result<Report>
     }
     wait_converged(&api, cluster, &agents, args.tasks, step_timeout, &rss).await?;
     let converge_s = started.elapsed().as_secs_f64();
+    let running_after_converge = running_in(&agents);
     cpu.insert(
         "deploy_converge".into(),
         cluster.leader_cpu_since(&api, cpu_mark).await,
@@ -278,6 +281,7 @@ async fn scenario(args: &SimulateArgs, cluster: &mut Managers) -> Result<Report>
         join_s: round(join_s),
         converge_s: round(converge_s),
         failover_s: failover_s.map(round),
+        running_after_converge,
         agents_killed: to_kill as u32,
         reschedule_s: reschedule_s.map(round),
         running_at_end,
