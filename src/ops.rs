@@ -89,9 +89,13 @@ pub async fn execute(node: &Arc<Node>, op: LeaderOp) -> Result<LeaderReply, OpEr
         LeaderOp::Services => {
             node.linearizable().await?;
             Ok(LeaderReply::Services(node.state.read(|s| {
+                let running = services::running_counts(s);
                 s.services
                     .values()
-                    .map(|svc| services::service_view(s, svc))
+                    .map(|svc| {
+                        let count = running.get(svc.spec.name.as_str()).copied();
+                        services::service_view_counted(s, svc, count.unwrap_or(0))
+                    })
                     .collect()
             })))
         }

@@ -434,13 +434,30 @@ pub fn running_count(state: &ClusterState, name: &str) -> u64 {
         .count() as u64
 }
 
+/// Running tasks of every service that has any, in one walk of the tasks.
+pub fn running_counts(state: &ClusterState) -> std::collections::HashMap<&str, u64> {
+    let mut counts = std::collections::HashMap::new();
+    for t in state.tasks.values() {
+        if t.state == TaskState::Running && t.desired_state == DesiredState::Running {
+            *counts.entry(t.service.as_str()).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
 pub fn service_view(state: &ClusterState, service: &Service) -> ServiceView {
+    service_view_counted(state, service, running_count(state, &service.spec.name))
+}
+
+/// [`service_view`] with the running count known (see [`running_counts`]):
+/// a list of every service then walks the tasks once, not once per service.
+pub fn service_view_counted(state: &ClusterState, service: &Service, running: u64) -> ServiceView {
     let spec = &service.spec;
     ServiceView {
         name: spec.name.clone(),
         mode: mode_str(spec).to_string(),
         replicas_desired: state.desired_task_count(service),
-        replicas_running: running_count(state, &spec.name),
+        replicas_running: running,
         image: spec.image.clone(),
         ports: spec
             .ports
