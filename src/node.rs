@@ -193,7 +193,23 @@ impl Node {
                 Some((leader, _)) if leader == self.id => {
                     crate::ops::execute(self, op.clone()).await
                 }
-                Some((leader, addr)) => self.forward(leader, &addr, op.clone(), deadline).await,
+                Some((leader, addr)) => {
+                    let (outcome, maybe_ran) =
+                        self.forward(leader, &addr, op.clone(), deadline).await;
+                    // Sent again, a change the lost leader had committed
+                    // would be applied twice (a rollback undone, a removal
+                    // reported as "not found"): only repeatable operations
+                    // are retried once the request may have run.
+                    match outcome {
+                        Err(e) if maybe_ran && !repeatable(&op) => {
+                            return Err(OpError::unavailable(format!(
+                                "{}; the leader may have applied the change before it was lost, so it was not sent again: check the current state before retrying",
+                                e.message
+                            )));
+                        }
+                        other => other,
+                    }
+                }
                 None => Err(last_error.clone()),
             };
             match outcome {
@@ -206,47 +222,69 @@ impl Node {
         }
     }
 
+    /// Forwards `op` to `leader`; the flag says whether the leader may
+    /// have run it (the request went out and no answer came back).
     async fn forward(
         &self,
         leader: NodeId,
         addr: &str,
         op: LeaderOp,
         deadline: Instant,
-    ) -> Result<LeaderReply, OpError> {
-        let left = deadline.saturating_duration_since(Instant::now());
+    ) -> (Result<LeaderReply, OpError>, bool) {
         let request = PeerRequest::Leader(op);
-        let call = self.call_peer(leader, addr, &request, left);
         // A leader that dies leaves its connection silent until the QUIC
         // idle timeout; give up on it as soon as this node sees another
         // leader (or none), and retry there.
+        let replaced = || {
+            OpError::unavailable(format!(
+                "leader {leader} was replaced while the request was in flight"
+            ))
+        };
+        // Nothing is sent before the connection is up.
+        let connect = async {
+            let sock = resolve(addr).await?;
+            self.peers.get(leader, sock).await
+        };
+        let conn = tokio::select! {
+            r = connect => r,
+            () = self.leader_moves_from(leader) => return (Err(replaced()), false),
+        };
+        let conn = match conn {
+            Ok(conn) => conn,
+            Err(e) => return (Err(self.unreachable(leader, addr, e)), false),
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
         let outcome = tokio::select! {
-            r = call => r,
-            () = self.leader_moves_from(leader) => {
-                return Err(OpError::unavailable(format!(
-                    "leader {leader} was replaced while the request was in flight"
-                )));
-            }
+            r = transport::call(&conn, &request, left) => r,
+            () = self.leader_moves_from(leader) => return (Err(replaced()), true),
         };
         match outcome {
-            Ok(PeerResponse::Leader(result)) => result,
-            Ok(other) => Err(OpError::internal(format!(
-                "leader {leader} answered with an unexpected message: {}",
-                variant_name(&other)
-            ))),
+            Ok(PeerResponse::Leader(result)) => (result, false),
+            Ok(other) => (
+                Err(OpError::internal(format!(
+                    "leader {leader} answered with an unexpected message: {}",
+                    variant_name(&other)
+                ))),
+                false,
+            ),
             Err(e) => {
-                if !e.is_retryable() {
-                    return Err(OpError::internal(format!(
-                        "cannot reach leader {leader} at {addr}: {e}"
-                    )));
+                if e.is_retryable() {
+                    self.peers.forget(leader);
                 }
-                // The leader we knew may be gone: forget a stale hint so the
-                // heartbeat loop finds the new one.
-                self.leader_hint.lock().unwrap().take();
-                Err(OpError::unavailable(format!(
-                    "cannot reach leader {leader} at {addr}: {e}"
-                )))
+                (Err(self.unreachable(leader, addr, e)), true)
             }
         }
+    }
+
+    /// The error for a leader that cannot be reached (or stopped answering).
+    fn unreachable(&self, leader: NodeId, addr: &str, e: transport::NetError) -> OpError {
+        if !e.is_retryable() {
+            return OpError::internal(format!("cannot reach leader {leader} at {addr}: {e}"));
+        }
+        // The leader we knew may be gone: forget a stale hint so the
+        // heartbeat loop finds the new one.
+        self.leader_hint.lock().unwrap().take();
+        OpError::unavailable(format!("cannot reach leader {leader} at {addr}: {e}"))
     }
 
     /// Completes when this node's view of the leader is no longer `leader`.
@@ -396,6 +434,27 @@ pub async fn resolve(addr: &str) -> Result<SocketAddr, transport::NetError> {
             addr: addr.to_string(),
             reason: "the name resolves to no address".to_string(),
         })
+}
+
+/// Whether running `op` twice has the effect of running it once: reads,
+/// and the empty entry. Anything else is not sent again once the leader
+/// may have run it.
+fn repeatable(op: &LeaderOp) -> bool {
+    matches!(
+        op,
+        LeaderOp::Nodes
+            | LeaderOp::Node(_)
+            | LeaderOp::Status
+            | LeaderOp::Token(_)
+            | LeaderOp::Noop
+            | LeaderOp::Services
+            | LeaderOp::Service(_)
+            | LeaderOp::Tasks(_)
+            | LeaderOp::PlanService(_)
+            | LeaderOp::Stacks
+            | LeaderOp::StackServices(_)
+            | LeaderOp::StackTasks(_)
+    )
 }
 
 fn variant_name(resp: &PeerResponse) -> &'static str {

@@ -1081,3 +1081,70 @@ fn a_follower_killed_during_a_snapshot_install_catches_up() {
         );
     }
 }
+
+/// A change forwarded to a leader that dies with it in flight is not sent
+/// again to the next leader (which may already hold it): a rollback
+/// acknowledged to the client is in effect once, never undone by a second
+/// run. Each round updates the image, asks a follower for a rollback and
+/// kills the leader while the forward is under way.
+#[test]
+fn a_change_forwarded_to_a_dying_leader_is_applied_at_most_once() {
+    let mut chaos = Chaos::new(seed_from_env());
+    let image = |chaos: &Chaos, i: usize| -> Option<String> {
+        let v = run_cli(
+            &chaos.shared.dirs[i],
+            &["service", "inspect", ROLLED, "--json"],
+            OP_TIMEOUT,
+        )
+        .json()?;
+        v["spec"]["image"].as_str().map(str::to_string)
+    };
+    let value = chaos.shared.unique(PROBE);
+    let args = deploy_args(ROLLED, &format!("R={value}"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    chaos.must_write(&args, &[(env_register(ROLLED), value)]);
+    let (mut acked, mut uncertain) = (0, 0);
+    for round in 0..25 {
+        let leader = chaos.leader().expect("a leader");
+        let before = image(&chaos, leader).expect("inspect");
+        let target = if before == "fake:1" {
+            "fake:2"
+        } else {
+            "fake:1"
+        };
+        let update = run_cli(
+            &chaos.shared.dirs[leader],
+            &["service", "update", ROLLED, "--image", target, "--detach"],
+            OP_TIMEOUT,
+        );
+        assert!(update.ok(), "{}", update.stderr);
+        let follower = (leader + 1) % MANAGERS;
+        let dir = chaos.shared.dirs[follower].clone();
+        let rollback = thread::spawn(move || {
+            run_cli(
+                &dir,
+                &["service", "rollback", ROLLED, "--detach"],
+                OP_TIMEOUT,
+            )
+        });
+        // The client starts in tens of milliseconds; the kill lands around
+        // the moment its request is forwarded.
+        thread::sleep(chaos.rng.millis(0, 60));
+        chaos.kill(leader);
+        let rollback = rollback.join().unwrap();
+        let now = chaos.leader().expect("a new leader");
+        let after = image(&chaos, now).expect("inspect");
+        if rollback.ok() {
+            acked += 1;
+            assert_eq!(
+                after, before,
+                "round {round}: the acknowledged rollback is not in effect (run twice?)"
+            );
+        } else {
+            uncertain += 1;
+        }
+        chaos.restart(leader);
+    }
+    eprintln!("{acked} rollbacks acknowledged, {uncertain} answered as uncertain");
+    assert!(chaos.figures.stuck.is_empty(), "{:?}", chaos.figures.stuck);
+}
