@@ -225,6 +225,9 @@ fn engine_socket_gone_for_ten_seconds_is_reported_then_recovered() {
         .unwrap();
     assert_eq!(b["engine_error"].as_str(), Some(error.as_str()));
     assert_eq!(b["status"], "ready", "the daemon itself is fine: {b}");
+    let table = c.nodes[0].ok(&["node", "ls"]);
+    let row = table.lines().find(|l| l.contains("node-b")).unwrap_or("");
+    assert!(row.contains("ready (engine unavailable)"), "{table}");
     let text = c.nodes[0].ok(&["node", "inspect", "node-b"]);
     let engine_line = text
         .lines()

@@ -32,7 +32,12 @@ pub fn nodes_table(nodes: &[NodeView]) -> String {
             node.name.clone(),
             node.addr.clone(),
             node.role.clone(),
-            node.status.clone(),
+            // A node whose engine is unreachable is up but takes no tasks:
+            // the table says so; `node inspect` has the engine's error.
+            match node.engine_error {
+                Some(_) => format!("{} (engine unavailable)", node.status),
+                None => node.status.clone(),
+            },
             node.availability.clone(),
             if node.leader { "*" } else { "" }.to_owned(),
         ]
@@ -701,9 +706,11 @@ mod tests {
         down.role = "worker".into();
         down.status = "down".into();
         down.availability = "drain".into();
-        let text = nodes_table(&[down, sample_node(1, "mgr-a")]);
+        let mut no_engine = sample_node(3, "worker-c");
+        no_engine.engine_error = Some("connection refused".into());
+        let text = nodes_table(&[down, sample_node(1, "mgr-a"), no_engine]);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(lines.len(), 4, "{text}");
         assert_eq!(
             cells(lines[0]),
             [
@@ -732,6 +739,7 @@ mod tests {
             cells(lines[2]),
             ["2", "worker-b", "127.0.0.2:4500", "worker", "down", "drain"]
         );
+        assert_eq!(cells(lines[3])[4], "ready (engine unavailable)", "{text}");
         assert!(text.lines().all(|line| line == line.trim_end()));
         assert!(!lines[0].starts_with(' '), "{text}");
         // Columns line up: every NAME cell starts where the header's does.
