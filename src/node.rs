@@ -151,7 +151,10 @@ impl Node {
             let metrics = self.raft.metrics();
             let m = metrics.borrow();
             let membership = m.membership_config.membership();
-            if let Some(leader) = m.current_leader {
+            // A leader cut off from its quorum does not call itself leader
+            // (see `lost_quorum`): it answers as a node in an election.
+            let lapsed = quorum_lapsed(m.state, m.millis_since_quorum_ack, self.quorum_window());
+            if let Some(leader) = m.current_leader.filter(|l| *l != self.id || !lapsed) {
                 if let Some(node) = membership.get_node(&leader) {
                     return Some((leader, node.addr.clone()));
                 }
@@ -170,6 +173,42 @@ impl Node {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         m.current_leader == Some(self.id) && m.state == openraft::ServerState::Leader
+    }
+
+    /// How long a leader may go without a quorum of voters acknowledging
+    /// it before it stops acting as leader: twice the leader lease (the
+    /// maximum election timeout), so a loaded machine's late heartbeat
+    /// answers do not count as a lost quorum, while a cut-off leader still
+    /// gives up well before the majority's new leader (which needs a lease
+    /// and an election timeout) settles.
+    pub fn quorum_window(&self) -> Duration {
+        self.timing.election_timeout_max * 2
+    }
+
+    /// The error to answer with when this node is Raft leader but no quorum
+    /// of voters has acknowledged it within [`Node::quorum_window`].
+    ///
+    /// openraft 0.9 never steps a leader down for want of a quorum: cut off
+    /// from the majority, it goes on calling itself leader until it hears
+    /// of a higher term, and a write proposed there waits for a commit that
+    /// cannot come. Such a node refuses writes and linearizable reads at
+    /// once (nothing it refuses is in its log, so nothing can surface
+    /// later), and reports no leader.
+    pub fn lost_quorum(&self) -> Option<OpError> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        if !quorum_lapsed(m.state, m.millis_since_quorum_ack, self.quorum_window()) {
+            return None;
+        }
+        let since = match m.millis_since_quorum_ack {
+            Some(ms) => format!("for {ms} ms"),
+            None => "yet in this term".to_string(),
+        };
+        Some(OpError::unavailable(format!(
+            "no quorum: this node won term {} but no majority of managers has answered it {since}; \
+             it accepts no writes until one does or a leader elsewhere takes over (check `shoal status` on the other managers)",
+            m.current_term
+        )))
     }
 
     /// Runs `op` on the leader, here or over QUIC, retrying while the
@@ -210,7 +249,7 @@ impl Node {
                         other => other,
                     }
                 }
-                None => Err(last_error.clone()),
+                None => Err(self.lost_quorum().unwrap_or_else(|| last_error.clone())),
             };
             match outcome {
                 Err(e) if e.is_retryable() && Instant::now() < deadline => {
@@ -309,7 +348,15 @@ impl Node {
         let conn = self.peers.get(peer, sock).await?;
         let result = transport::call(&conn, req, timeout).await;
         if let Err(e) = &result {
-            if e.is_retryable() {
+            // A request that timed out on a connection the peer still sends
+            // on met a slow link, not a dead peer: keep the connection. A new
+            // one costs a handshake, which over a link slower than openraft's
+            // bound for an append (one Raft heartbeat) never completes before
+            // the next append gives up, so forgetting it cut such a follower
+            // off for good.
+            let slow_not_dead =
+                matches!(e, transport::NetError::Timeout { .. }) && heard_lately(&conn);
+            if e.is_retryable() && !slow_not_dead {
                 self.peers.forget(peer);
             }
         }
@@ -319,6 +366,9 @@ impl Node {
     /// Commits one command through Raft (via the proposer, which batches
     /// concurrent writes into one log entry). Must run on the leader.
     pub async fn write(&self, cmd: Command) -> Result<Response, OpError> {
+        if let Some(e) = self.lost_quorum() {
+            return Err(e);
+        }
         let (reply, answer) = oneshot::channel();
         self.proposer
             .send(Proposal { cmd, reply })
@@ -332,6 +382,9 @@ impl Node {
     /// Confirms leadership with a quorum, so a read of local state that
     /// follows is linearizable.
     pub async fn linearizable(&self) -> Result<(), OpError> {
+        if let Some(e) = self.lost_quorum() {
+            return Err(e);
+        }
         let fut = self.raft.ensure_linearizable();
         match tokio::time::timeout(self.timing.commit_timeout, fut).await {
             Err(_) => Err(OpError::unavailable(
@@ -408,6 +461,41 @@ impl Node {
     }
 }
 
+/// How long a connection may receive nothing before a timed-out request
+/// on it counts as a sign that the peer is gone.
+const QUIET_LIMIT: Duration = Duration::from_secs(1);
+
+/// Whether `conn` received anything within [`QUIET_LIMIT`], judged from its
+/// datagram count at earlier calls (the first call counts as hearing).
+fn heard_lately(conn: &shoal_net::Connection) -> bool {
+    // Per connection: (datagrams received, when that count last grew).
+    static SEEN: Mutex<BTreeMap<usize, (u64, Instant)>> = Mutex::new(BTreeMap::new());
+    let received = conn.stats().udp_rx.datagrams;
+    let now = Instant::now();
+    let mut seen = SEEN.lock().unwrap();
+    // Bounded: connections not looked at for a minute are dropped.
+    if seen.len() > 1024 {
+        seen.retain(|_, (_, at)| now.duration_since(*at) < Duration::from_secs(60));
+    }
+    let entry = seen.entry(conn.stable_id()).or_insert((received, now));
+    if entry.0 != received {
+        *entry = (received, now);
+    }
+    now.duration_since(entry.1) < QUIET_LIMIT
+}
+
+/// Whether a node in Raft state `state` whose last quorum acknowledgement
+/// was `millis_since_quorum_ack` ago (`None`: none in this term) has lost
+/// its quorum, given the `window` it may go without one.
+pub fn quorum_lapsed(
+    state: openraft::ServerState,
+    millis_since_quorum_ack: Option<u64>,
+    window: Duration,
+) -> bool {
+    state == openraft::ServerState::Leader
+        && millis_since_quorum_ack.is_none_or(|ms| ms > window.as_millis() as u64)
+}
+
 /// Milliseconds since the Unix epoch: the leader stamps this into commands.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -478,4 +566,31 @@ pub fn managers_of(state: &shoal_raft::ClusterState) -> Vec<(NodeId, String)> {
         .collect::<BTreeMap<_, _>>()
         .into_iter()
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::ServerState;
+
+    fn check(state: ServerState, since_ack: Option<u64>, expected: bool) {
+        let window = Duration::from_millis(600);
+        assert_eq!(
+            quorum_lapsed(state, since_ack, window),
+            expected,
+            "{state:?} with the last quorum ack {since_ack:?} ms ago"
+        );
+    }
+
+    #[test]
+    fn a_leader_without_a_recent_quorum_ack_has_lapsed() {
+        check(ServerState::Leader, Some(0), false);
+        check(ServerState::Leader, Some(600), false);
+        check(ServerState::Leader, Some(601), true);
+        check(ServerState::Leader, None, true);
+        // Only a leader can lapse: the others never had a quorum to lose.
+        check(ServerState::Follower, None, false);
+        check(ServerState::Candidate, Some(5_000), false);
+        check(ServerState::Learner, None, false);
+    }
 }

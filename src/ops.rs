@@ -646,6 +646,10 @@ pub fn status_view(node: &Node) -> StatusView {
     } else {
         metrics.last_applied.map(|l| l.index).unwrap_or(0)
     };
+    // A leader cut off from its quorum does not report itself as leader.
+    let leader_id = metrics
+        .current_leader
+        .filter(|l| *l != node.id || node.lost_quorum().is_none());
     node.state.read(|s| {
         let members: Vec<MemberView> = s
             .nodes
@@ -672,10 +676,8 @@ pub fn status_view(node: &Node) -> StatusView {
         StatusView {
             cluster_id: s.cluster_id.clone(),
             node_id: node.id,
-            leader_id: metrics.current_leader,
-            leader_name: metrics
-                .current_leader
-                .and_then(|l| s.nodes.get(&l).map(|n| n.name.clone())),
+            leader_id,
+            leader_name: leader_id.and_then(|l| s.nodes.get(&l).map(|n| n.name.clone())),
             term: metrics.current_term,
             commit_index,
             applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
@@ -684,7 +686,7 @@ pub fn status_view(node: &Node) -> StatusView {
                 voters: voters.len(),
                 voters_ready,
                 needed,
-                healthy: metrics.current_leader.is_some() && voters_ready >= needed,
+                healthy: leader_id.is_some() && voters_ready >= needed,
             },
         }
     })

@@ -7,14 +7,15 @@ use std::time::Duration;
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError as RaftRemoteError,
-    Unreachable,
+    Timeout, Unreachable,
 };
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::AnyError;
+use openraft::{AnyError, RPCTypes};
+use shoal_net::transport::NetError;
 use shoal_raft::{NodeId, RaftNode, TypeConfig};
 
 use crate::node::Node;
@@ -58,10 +59,27 @@ impl PeerClient {
                 "this node is shutting down",
             ))));
         };
+        let action = match &req {
+            PeerRequest::Vote(_) => RPCTypes::Vote,
+            PeerRequest::InstallSnapshot(_) => RPCTypes::InstallSnapshot,
+            _ => RPCTypes::AppendEntries,
+        };
         node.call_peer(self.target, &self.addr, &req, timeout)
             .await
             .map_err(|e| {
-                if e.is_retryable() {
+                // A timeout is openraft's Timeout, not Unreachable: after an
+                // Unreachable openraft backs off until a call succeeds, and
+                // over a link slower than its append bound none ever does,
+                // so the follower would hear the leader too rarely and start
+                // elections.
+                if let NetError::Timeout { after, .. } = e {
+                    RPCError::Timeout(Timeout {
+                        action,
+                        id: node.id,
+                        target: self.target,
+                        timeout: after,
+                    })
+                } else if e.is_retryable() {
                     RPCError::Unreachable(Unreachable::new(&e))
                 } else {
                     RPCError::Network(NetworkError::new(&e))

@@ -663,6 +663,15 @@ impl Drop for NsCluster {
         for d in &mut self.nodes {
             d.kill();
         }
+        // A failed test shows what the daemons last logged.
+        if std::thread::panicking() {
+            for d in &self.nodes {
+                let log = d.log_text();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+                eprintln!("--- last lines of {} ({}):\n{tail}", d.name, d.addr());
+            }
+        }
     }
 }
 
@@ -755,14 +764,20 @@ impl NsCluster {
         self.nodes[i].child = Some(child);
     }
 
-    /// The node id each daemon reports for itself (`status`'s `node_id`).
+    /// The Raft node id of each daemon, by index (from `node ls`: a
+    /// follower's `status` is the leader's).
     pub fn node_ids(&self) -> Vec<u64> {
+        let nodes = self.nodes[0].json(&["node", "ls"]).expect("node ls");
         self.nodes
             .iter()
             .map(|d| {
-                d.json(&["status"]).expect("status")["node_id"]
-                    .as_u64()
-                    .expect("node_id")
+                nodes
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|n| n["name"] == d.name.as_str())
+                    .and_then(|n| n["id"].as_u64())
+                    .unwrap_or_else(|| panic!("{} is not in `node ls`: {nodes}", d.name))
             })
             .collect()
     }
