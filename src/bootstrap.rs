@@ -12,7 +12,9 @@ use shoal_net::pki::{ClusterCa, NodeIdentity, NodeKey};
 use shoal_net::pool::Peers;
 use shoal_net::token;
 use shoal_net::transport::{self, Endpoint, JoinConnectError};
-use shoal_raft::{CaMaterial, Command, NewNode, RaftNode, Resources, Role};
+use shoal_raft::{
+    CaMaterial, Command, LogStore, NewNode, NodeId, RaftNode, Resources, Role, StateMachineStore,
+};
 
 use crate::config::Timing;
 use crate::datadir::{DataDir, NodeMeta};
@@ -214,8 +216,10 @@ async fn ask_to_join(
     reply.map_err(|e| anyhow!("join refused: {e}"))
 }
 
-/// `shoal run`: bring a node back from its data dir.
-pub async fn run(opts: StartOptions) -> Result<()> {
+/// `shoal run`: bring a node back from its data dir. With
+/// `force_new_cluster`, first make this manager the only one of its cluster
+/// (see [`recover`]).
+pub async fn run(opts: StartOptions, force_new_cluster: bool) -> Result<()> {
     let dd = DataDir::open(&opts.data_dir)?;
     let mut meta = dd.load_meta()?;
     let identity = NodeIdentity::load(&dd.identity_dir()).with_context(|| {
@@ -239,8 +243,114 @@ pub async fn run(opts: StartOptions) -> Result<()> {
         dd.save_meta(&meta)?;
     }
     let endpoint = Endpoint::bind(listen, &identity)?;
-    let node = start(dd, meta, endpoint, opts.timing.clone(), &opts.dns).await?;
+    if !force_new_cluster {
+        let node = start(dd, meta, endpoint, opts.timing.clone(), &opts.dns).await?;
+        return serve_until_signal(node).await;
+    }
+    let stores = open_stores(&dd).await?;
+    recover(&meta, &endpoint, &stores, opts.timing.connect_timeout).await?;
+    meta.managers = vec![(meta.node_id, meta.advertise.clone())];
+    dd.save_meta(&meta)?;
+    let id = meta.node_id;
+    let node = start_on(dd, meta, endpoint, opts.timing.clone(), &opts.dns, stores).await?;
+    // Leading, with an entry of its own term applied: the recovery is in the state.
+    let leads = move |m: &shoal_raft::types::RaftMetrics| {
+        m.current_leader == Some(id)
+            && m.last_applied
+                .is_some_and(|applied| applied.leader_id.term == m.current_term)
+    };
+    let raft = node.raft.clone();
+    tokio::spawn(async move {
+        let within = Some(Duration::from_secs(30));
+        match raft.wait(within).metrics(leads, "leading").await {
+            Ok(_) => tracing::warn!(
+                node = id,
+                "quorum-loss recovery done: this node leads a one-manager cluster; add managers with `shoal join` and the manager token (`shoal token show manager`)"
+            ),
+            Err(e) => tracing::error!(node = id, error = %e, "the recovered node has not become leader yet"),
+        }
+    });
     serve_until_signal(node).await
+}
+
+/// `--force-new-cluster`: the quorum is lost for good (a majority of the
+/// managers are gone), and this manager's store is what is left. Checks that
+/// recovering makes sense (see [`shoal_raft::store::plan_recovery`]) and that
+/// none of the other managers answers (forcing a cluster that still has them
+/// would make two), then writes the recovery into the log before Raft starts,
+/// saying loudly what it does.
+async fn recover(
+    meta: &NodeMeta,
+    endpoint: &Endpoint,
+    (log, sm): &(LogStore, StateMachineStore),
+    connect_timeout: Duration,
+) -> Result<()> {
+    let plan = shoal_raft::store::plan_recovery(log, sm, meta.node_id)
+        .await
+        .context("--force-new-cluster refused")?;
+    let others: Vec<(NodeId, String)> = plan
+        .previous
+        .nodes()
+        .filter(|(id, _)| **id != meta.node_id)
+        .map(|(id, n)| (*id, n.addr.clone()))
+        .collect();
+    let alive = futures::future::join_all(others.iter().map(|(id, addr)| async move {
+        let answered = match crate::node::resolve(addr).await {
+            Ok(sock) => endpoint.connect(sock, *id, connect_timeout).await.ok(),
+            Err(_) => None,
+        };
+        answered.map(|conn| {
+            conn.close(0u32.into(), b"recovery check");
+            format!("node {id} at {addr}")
+        })
+    }))
+    .await;
+    let alive: Vec<String> = alive.into_iter().flatten().collect();
+    if !alive.is_empty() {
+        bail!(
+            "--force-new-cluster refused: {} still answer{}, so the cluster has not lost them; a new cluster beside them would be a second one. Stop them for good (or run the recovery on one of them), or restart this node with `shoal run`",
+            alive.join(", "),
+            if alive.len() == 1 { "s" } else { "" }
+        );
+    }
+    let voters: Vec<String> = plan.previous.voter_ids().map(|id| id.to_string()).collect();
+    let lost: Vec<String> = plan
+        .lost_managers
+        .iter()
+        .map(|(id, name)| format!("{name} (id {id})"))
+        .collect();
+    tracing::warn!(
+        node = meta.node_id,
+        previous_voters = %voters.join(", "),
+        term = plan.term,
+        uncommitted_entries = plan.uncommitted,
+        "FORCING A NEW CLUSTER: this manager becomes the only voter, from the state in its own log; none of the other managers answered within {}s",
+        connect_timeout.as_secs()
+    );
+    if plan.uncommitted > 0 {
+        tracing::warn!(
+            entries = plan.uncommitted,
+            "the last {} log entries of this node were not known committed here (a quorum may or may not have taken them); the recovery commits them",
+            plan.uncommitted
+        );
+    }
+    let ids = shoal_raft::store::write_recovery(log, &plan, meta.advertise.clone(), now_ms())
+        .await
+        .context("--force-new-cluster: cannot write the recovery into the Raft log")?;
+    tracing::warn!(
+        membership_entry = %ids[0],
+        removed = %if lost.is_empty() { "none".to_string() } else { lost.join(", ") },
+        "recovery written: Raft membership is this node alone; the other managers are removed from the cluster state and their tasks will be placed on live nodes. Never restart the removed managers from their old data dirs: wipe them and join them again"
+    );
+    Ok(())
+}
+
+type Stores = (LogStore, StateMachineStore);
+
+async fn open_stores(dd: &DataDir) -> Result<Stores> {
+    shoal_raft::store::open(&dd.raft_path())
+        .await
+        .with_context(|| format!("cannot open {}", dd.raft_path().display()))
 }
 
 /// Builds the node and starts its loops: peer server, leader loop,
@@ -252,10 +362,20 @@ async fn start(
     timing: Timing,
     dns: &[String],
 ) -> Result<Arc<Node>> {
+    let stores = open_stores(&dd).await?;
+    start_on(dd, meta, endpoint, timing, dns, stores).await
+}
+
+/// [`start`] on stores already open.
+async fn start_on(
+    dd: DataDir,
+    meta: NodeMeta,
+    endpoint: Endpoint,
+    timing: Timing,
+    dns: &[String],
+    (log_store, sm_store): Stores,
+) -> Result<Arc<Node>> {
     let mesh_config = crate::mesh::config(endpoint.local_addr().ip(), dns);
-    let (log_store, sm_store) = shoal_raft::store::open(&dd.raft_path())
-        .await
-        .with_context(|| format!("cannot open {}", dd.raft_path().display()))?;
     let state = sm_store.state();
     let config = Arc::new(timing.raft_config(&meta.cluster_id)?);
     let network = Network {

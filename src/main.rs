@@ -132,14 +132,17 @@ async fn run_daemon(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Command::Run(a) => {
-            bootstrap::run(StartOptions {
-                data_dir,
-                listen: a.listen.map(|s| s.to_string()),
-                advertise: a.advertise_addr.map(|s| s.to_string()),
-                name: None,
-                timing: Timing::with_heartbeat_timeout(a.heartbeat_timeout),
-                dns: a.dns_addr,
-            })
+            bootstrap::run(
+                StartOptions {
+                    data_dir,
+                    listen: a.listen.map(|s| s.to_string()),
+                    advertise: a.advertise_addr.map(|s| s.to_string()),
+                    name: None,
+                    timing: Timing::with_heartbeat_timeout(a.heartbeat_timeout),
+                    dns: a.dns_addr,
+                },
+                a.force_new_cluster,
+            )
             .await
         }
         _ => unreachable!("client subcommands are handled by shoal_cli::run"),

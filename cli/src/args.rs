@@ -237,6 +237,10 @@ pub struct RunArgs {
     /// Address to answer DNS for `*.shoal` on (repeatable; `none` disables) [default: the listen IP, or 127.0.0.1, port 53; port 5354 where 53 is taken]
     #[arg(long = "dns-addr", value_name = "ADDR:PORT|none", env = "SHOAL_DNS_ADDR", value_delimiter = ',', value_parser = parse_dns_addr)]
     pub dns_addr: Vec<String>,
+
+    /// After losing a majority of the managers for good: make this manager the only one, keeping the cluster state in its data directory (refused while another manager answers)
+    #[arg(long)]
+    pub force_new_cluster: bool,
 }
 
 #[derive(Subcommand, Debug, Clone, PartialEq)]
@@ -1389,8 +1393,13 @@ mod tests {
                     advertise_addr: None,
                     heartbeat_timeout: Duration::from_secs(2),
                     dns_addr: Vec::new(),
+                    force_new_cluster: false,
                 })
         });
+        check_ok(
+            "run --force-new-cluster",
+            |cli| matches!(&cli.command, Command::Run(args) if args.force_new_cluster),
+        );
         check_ok(
             "run --listen [::1]:4501",
             |cli| matches!(&cli.command, Command::Run(args) if args.listen == Some("[::1]:4501".parse().unwrap())),
