@@ -58,7 +58,7 @@ use crate::wire::{
 /// The image every simulated service runs; every worker's engine has it.
 const IMAGE: &str = "sim:1";
 /// Joins in flight at once.
-const JOINS_IN_FLIGHT: usize = 32;
+const JOINS_IN_FLIGHT: usize = 16;
 /// QUIC handshakes of workers in flight at once; with the joins' this
 /// stays below the 64 a node runs at a time (more are refused).
 const HANDSHAKES_IN_FLIGHT: usize = 24;
@@ -528,7 +528,20 @@ async fn join_all(
         let slots = slots.clone();
         set.spawn(async move {
             let _permit = slots.acquire().await;
-            let agent = join_one(&shared, index, server, &token, deadline).await?;
+            // A join refused because the leader changed under it may or
+            // may not have registered the node: try again under another
+            // name and address (a registration left behind stays `down`).
+            let mut attempt = 0;
+            let agent = loop {
+                match join_one(&shared, index, attempt, server, &token, deadline).await {
+                    Ok(agent) => break agent,
+                    Err(e) if attempt < 3 && Instant::now() < deadline => {
+                        say(format!("worker {index}: {e:#}; joining again"));
+                        attempt += 1;
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
             start_agent(shared.clone(), agent.clone());
             Ok::<_, anyhow::Error>((index, agent))
         });
@@ -553,6 +566,7 @@ async fn join_all(
 async fn join_one(
     shared: &Arc<Shared>,
     index: usize,
+    attempt: usize,
     server: SocketAddr,
     token: &token::JoinToken,
     deadline: Instant,
@@ -560,8 +574,12 @@ async fn join_one(
     let key = NodeKey::generate().context("cannot create a worker key")?;
     let request = JoinRequest {
         secret: token.secret.clone(),
-        name: format!("sim-{index:05}"),
-        addr: advertised_addr(index),
+        name: if attempt == 0 {
+            format!("sim-{index:05}")
+        } else {
+            format!("sim-{index:05}-{attempt}")
+        },
+        addr: advertised_addr(index + attempt * 20_000),
         public_key_der: key.public_key_der(),
         resources: crate::bootstrap::host_resources(),
         version: VERSION.to_string(),
@@ -601,9 +619,11 @@ async fn join_one(
     }))
 }
 
-/// A distinct address per worker, in 127.2.0.0/16; nothing dials it.
+/// A distinct address per worker (and join attempt), from 127.2.0.1 on;
+/// nothing dials it.
 fn advertised_addr(index: usize) -> String {
-    format!("127.2.{}.{}:4500", index / 250, index % 250 + 1)
+    let (high, low) = (index / 250, index % 250 + 1);
+    format!("127.{}.{}.{low}:4500", 2 + high / 250, high % 250)
 }
 
 /// `d` plus up to half of it again, so thousands of workers do not retry
@@ -1227,8 +1247,9 @@ mod tests {
 
     #[test]
     fn every_worker_advertises_its_own_address() {
-        let addrs: std::collections::BTreeSet<String> = (0..20_000).map(advertised_addr).collect();
-        assert_eq!(addrs.len(), 20_000);
+        let addrs: std::collections::BTreeSet<String> = (0..80_000).map(advertised_addr).collect();
+        assert_eq!(addrs.len(), 80_000);
+        assert_eq!(advertised_addr(62_500), "127.3.0.1:4500");
         assert_eq!(advertised_addr(0), "127.2.0.1:4500");
         assert_eq!(advertised_addr(249), "127.2.0.250:4500");
         assert_eq!(advertised_addr(250), "127.2.1.1:4500");
