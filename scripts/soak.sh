@@ -4,7 +4,7 @@
 # during a rolling update, a follower killed during a snapshot install) on a
 # local cluster of four daemons with the in-memory engine (no Docker needed),
 # then the history and task checks. Writes the report (faults by kind,
-# recovery times, operations, anomalies) to $TMPDIR/shoal-soak-report.md
+# recovery times, operations, anomalies) to ${TMPDIR:-/tmp}/shoal-soak-report.md
 # (or $SHOAL_SOAK_REPORT) and prints it. Exits non-zero if anything was found.
 #   scripts/soak.sh [MINUTES]
 # SHOAL_FAULT_SEED repeats a run's choices; SHOAL_SOAK_CLIENTS (default 4).

@@ -334,14 +334,23 @@ fn check_register(register: &str, ops: &[&Op], final_from: Time, out: &mut Vec<A
             sources.push(None);
             continue;
         }
-        // Stale only if stale whichever write of this value it returned.
-        let stale: Vec<(usize, usize)> = started
-            .iter()
-            .filter_map(|w| newer_between(*w, r).map(|x| (*w, x)))
-            .collect();
-        if stale.len() == started.len() {
+        // Stale only if stale whichever write of this value it returned;
+        // the latest invoked is the likeliest to be fresh, so it goes first.
+        let mut by_recency = started.clone();
+        by_recency.sort_unstable_by_key(|w| std::cmp::Reverse(writes[*w].invoke));
+        let mut witness = None;
+        for w in &by_recency {
+            match newer_between(*w, r) {
+                None => {
+                    witness = None;
+                    break;
+                }
+                Some(x) if witness.is_none() => witness = Some((*w, x)),
+                Some(_) => {}
+            }
+        }
+        if let Some((w, x)) = witness {
             found += 1;
-            let (w, x) = stale[started.len() - 1];
             let (kind, what) = if r.invoke >= final_from {
                 (AnomalyKind::LostWrite, "the final state lacks")
             } else {
