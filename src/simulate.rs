@@ -418,9 +418,21 @@ async fn deploy(api: &ApiClient, services: u32, tasks: u64) -> Result<()> {
                 replicas: Some(replicas),
                 ..Default::default()
             };
-            api.deploy(&spec)
-                .await
-                .with_context(|| format!("cannot deploy {}", spec.name))
+            // A deploy is create-or-update, so one refused for want of a
+            // leader or a quorum is sent again.
+            let deadline = Instant::now() + API_TIMEOUT * 4;
+            loop {
+                match api.deploy(&spec).await {
+                    Ok(_) => return Ok(()),
+                    Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                        tokio::time::sleep(jitter(Duration::from_millis(200))).await;
+                    }
+                    Err(e) => {
+                        return Err(anyhow::Error::new(e))
+                            .with_context(|| format!("cannot deploy {}", spec.name))
+                    }
+                }
+            }
         });
     }
     while let Some(done) = set.join_next().await {
