@@ -421,10 +421,15 @@ async fn deploy(api: &ApiClient, services: u32, tasks: u64) -> Result<()> {
             // A deploy is create-or-update, so one refused for want of a
             // leader or a quorum is sent again.
             let deadline = Instant::now() + API_TIMEOUT * 4;
+            let mut retried = false;
             loop {
                 match api.deploy(&spec).await {
                     Ok(_) => return Ok(()),
+                    // The refused attempt was committed after all and a
+                    // second create raced it: the service is there.
+                    Err(e) if retried && e.to_string().contains("already exists") => return Ok(()),
                     Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                        retried = true;
                         tokio::time::sleep(jitter(Duration::from_millis(200))).await;
                     }
                     Err(e) => {
