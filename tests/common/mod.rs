@@ -119,13 +119,24 @@ fn spawn_daemon(log: &Path, dir: &Path, args: &[&str]) -> Child {
 }
 
 fn spawn_daemon_with_env(log: &Path, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Child {
+    spawn_daemon_from(Command::new(BIN), log, dir, args, env)
+}
+
+/// Starts a daemon from `base` (the `shoal` binary, or a command that execs
+/// it, such as `ip netns exec HOST shoal`), its output appended to `log`.
+pub fn spawn_daemon_from(
+    mut base: Command,
+    log: &Path,
+    dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Child {
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .unwrap();
-    Command::new(BIN)
-        .arg("--data-dir")
+    base.arg("--data-dir")
         .arg(dir)
         .arg("--log-level")
         .arg("info")

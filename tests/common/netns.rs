@@ -627,25 +627,9 @@ pub fn spawn_in(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> Child {
-    let log_file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
     // `ip netns exec` execs the program, so the child is the daemon itself
     // and killing it kills the daemon.
-    net.exec(host, BIN)
-        .arg("--data-dir")
-        .arg(dir)
-        .arg("--log-level")
-        .arg("info")
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone().unwrap())
-        .stderr(log_file)
-        .spawn()
-        .expect("spawn shoal daemon in a namespace")
+    super::spawn_daemon_from(net.exec(host, BIN), log, dir, args, env)
 }
 
 /// Daemons each in its own host of a [`Net`]: node `i` runs on host `i`.
