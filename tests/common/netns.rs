@@ -640,6 +640,8 @@ pub struct NsCluster {
     /// Environment for every daemon (e.g. `SHOAL_FAKE_RUNTIME`).
     pub env: Vec<(String, String)>,
     pub root: tempfile::TempDir,
+    /// The node names, by host (`node-<host>` where none is given).
+    pub names: Vec<String>,
 }
 
 impl Drop for NsCluster {
@@ -669,7 +671,14 @@ impl NsCluster {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             root: tempfile::tempdir().unwrap(),
+            names: Vec::new(),
         }
+    }
+
+    /// Names the nodes (host `i` gets `names[i]`) instead of `node-<host>`.
+    pub fn with_names(mut self, names: &[&str]) -> NsCluster {
+        self.names = names.iter().map(|n| n.to_string()).collect();
+        self
     }
 
     fn spawn(&self, host: usize, d: &Daemon, args: &[&str]) -> Child {
@@ -682,7 +691,11 @@ impl NsCluster {
     }
 
     fn daemon(&self, host: usize) -> Daemon {
-        let name = format!("node-{host}");
+        let name = self
+            .names
+            .get(host)
+            .cloned()
+            .unwrap_or_else(|| format!("node-{host}"));
         Daemon {
             ip: self.net.ip(host).to_string(),
             port: PORT,
