@@ -422,6 +422,13 @@ impl NodeKey {
     }
 }
 
+/// Lowercase hex SHA-256 of a node's SubjectPublicKeyInfo DER: how the
+/// cluster remembers which keys have joined, so the same key never joins
+/// twice.
+pub fn key_fingerprint(public_key_der: &[u8]) -> String {
+    sha256_hex(public_key_der)
+}
+
 /// The SubjectPublicKeyInfo DER inside a certificate.
 fn cert_public_key(cert_der: &[u8]) -> Result<Vec<u8>, PkiError> {
     let (_, cert) =

@@ -84,6 +84,17 @@ impl Peers {
                 ..Slot::default()
             };
         }
+        if self.endpoint.is_revoked(node_id) {
+            // Removed from the cluster: the connection cached before that is
+            // not used again either.
+            if let Some(old) = slot.conn.take() {
+                old.close(
+                    VarInt::from_u32(crate::transport::CLOSE_REVOKED),
+                    b"this node was removed from the cluster",
+                );
+            }
+            return Err(NetError::DialRevoked { node_id });
+        }
         if let Some(conn) = &slot.conn {
             if conn.close_reason().is_none() {
                 return Ok(conn.clone());

@@ -17,10 +17,11 @@
 //! Messages travel as one request and one response per bidirectional stream,
 //! framed by [`crate::codec`], with a deadline on the whole exchange.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use quinn::crypto::rustls::{HandshakeData, QuicClientConfig, QuicServerConfig};
@@ -32,7 +33,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::codec::{self, CodecError, MAX_FRAME_BYTES};
 use crate::pki::{self, node_id_from_cert_der, node_server_name, NodeIdentity, PkiError};
@@ -71,6 +72,16 @@ const ACCEPT_QUEUE: usize = 64;
 pub const CLOSE_NORMAL: u32 = 0;
 pub const CLOSE_UNAUTHENTICATED: u32 = 1;
 pub const CLOSE_PROTOCOL: u32 = 2;
+/// The peer's node id was removed from the cluster (`shoal node rm`).
+pub const CLOSE_REVOKED: u32 = 3;
+
+/// How often the refusal of one revoked node id is logged at most; the
+/// refusals in between are counted into the next line, so a removed node
+/// that keeps reconnecting cannot flood the log.
+pub const REVOKED_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Node ids whose refusals are rate-limited separately; past this, refusals
+/// of further ids share the limit of the oldest entries dropped.
+const REVOKED_LOG_KEYS: usize = 1024;
 
 /// TLS alert `no_application_protocol` as a QUIC transport error code.
 fn alpn_mismatch_code() -> TransportErrorCode {
@@ -147,6 +158,14 @@ pub enum NetError {
     },
 
     #[error(
+        "node {node_id} was removed from the cluster (`shoal node rm`): this node does not dial it"
+    )]
+    DialRevoked { node_id: u64 },
+
+    #[error("the peer at {peer} refused this node: {reason}")]
+    RevokedByPeer { peer: String, reason: String },
+
+    #[error(
         "not dialing node {node_id} for another {retry_in:?} after a failed attempt: {last_error}"
     )]
     BackingOff {
@@ -179,6 +198,8 @@ impl NetError {
             | NetError::WrongNode { .. }
             | NetError::UntrustedPeer { .. }
             | NetError::RejectedByPeer { .. }
+            | NetError::DialRevoked { .. }
+            | NetError::RevokedByPeer { .. }
             | NetError::ProtocolMismatch { .. } => false,
         }
     }
@@ -232,6 +253,8 @@ impl NetError {
                     }
                 } else if close.error_code == VarInt::from_u32(CLOSE_PROTOCOL) {
                     NetError::ProtocolMismatch { peer }
+                } else if close.error_code == VarInt::from_u32(CLOSE_REVOKED) {
+                    NetError::RevokedByPeer { peer, reason }
                 } else {
                     NetError::ClosedByPeer { peer, reason }
                 }
@@ -455,6 +478,124 @@ struct Shared {
     accepted: tokio::sync::Mutex<mpsc::Receiver<Accepted>>,
     /// Read by the accept loop for every incoming connection.
     max_connections: Arc<AtomicUsize>,
+    /// Read by the accept loop for every incoming connection and by every dial.
+    revoked: Arc<Revocations>,
+}
+
+/// The node ids this endpoint refuses, and the rate limit of the log line
+/// each refusal writes.
+///
+/// Revocation is checked here, after the TLS handshake, rather than in the
+/// TLS client-certificate verifier: a verifier's refusal reaches the peer
+/// as a bare TLS alert and is logged without the node id, while a closed
+/// connection carries [`CLOSE_REVOKED`] and a sentence the removed node
+/// shows its operator. Every `shoal/1` connection passes here; the
+/// serving side checks again on every stream ([`Endpoint::is_revoked`]) and
+/// closes connections that were open when the id was revoked.
+struct Revocations {
+    ids: RwLock<BTreeSet<u64>>,
+    /// Bumped on every change, so servers can close open connections.
+    changed: watch::Sender<u64>,
+    log: Mutex<RefusalLog<u64>>,
+}
+
+impl Default for Revocations {
+    fn default() -> Self {
+        Revocations {
+            ids: RwLock::new(BTreeSet::new()),
+            changed: watch::channel(0).0,
+            log: Mutex::new(RefusalLog::new(1)),
+        }
+    }
+}
+
+impl Revocations {
+    fn contains(&self, node_id: u64) -> bool {
+        self.ids
+            .read()
+            .expect("revocation lock poisoned")
+            .contains(&node_id)
+    }
+
+    /// Closes `conn` from revoked node `node_id` and logs it, rate-limited.
+    fn refuse(&self, conn: &quinn::Connection, node_id: u64) {
+        let reason = revoked_reason(node_id);
+        conn.close(VarInt::from_u32(CLOSE_REVOKED), reason.as_bytes());
+        let remote = conn.remote_address();
+        let logged = self
+            .log
+            .lock()
+            .expect("refusal log lock poisoned")
+            .allow(node_id, std::time::Instant::now());
+        if let Some(suppressed) = logged {
+            tracing::warn!(
+                node = node_id,
+                %remote,
+                suppressed,
+                "refused a connection from node {node_id} at {remote}: it was removed from the cluster and its certificate is revoked"
+            );
+        }
+    }
+}
+
+/// The close reason a removed node reads.
+fn revoked_reason(node_id: u64) -> String {
+    format!(
+        "node {node_id} was removed from the cluster (`shoal node rm`) and its certificate is revoked; \
+         wipe its data dir and join again"
+    )
+}
+
+/// Decides which refusals are logged: at most `burst` lines per key (a node
+/// id, a remote address) per [`REVOKED_LOG_INTERVAL`], the ones past it
+/// counted into the next line, so a hostile peer cannot flood the log.
+/// Bounded: at most [`REVOKED_LOG_KEYS`] keys are remembered.
+#[derive(Debug)]
+pub struct RefusalLog<K> {
+    burst: u32,
+    /// Per key: when its window began, lines written in it, refusals not
+    /// logged since the last line.
+    keys: BTreeMap<K, (std::time::Instant, u32, u64)>,
+}
+
+impl<K: Ord + Copy> RefusalLog<K> {
+    /// A limit of `burst` lines per key per interval (at least one).
+    pub fn new(burst: u32) -> RefusalLog<K> {
+        RefusalLog {
+            burst: burst.max(1),
+            keys: BTreeMap::new(),
+        }
+    }
+
+    /// `Some(refusals not logged since the last line)` when this refusal is
+    /// to be logged, `None` when it is only counted.
+    pub fn allow(&mut self, key: K, now: std::time::Instant) -> Option<u64> {
+        if let Some((since, lines, suppressed)) = self.keys.get_mut(&key) {
+            if now.saturating_duration_since(*since) >= REVOKED_LOG_INTERVAL {
+                *since = now;
+                *lines = 0;
+            }
+            if *lines >= self.burst {
+                *suppressed += 1;
+                return None;
+            }
+            *lines += 1;
+            return Some(std::mem::take(suppressed));
+        }
+        if self.keys.len() >= REVOKED_LOG_KEYS {
+            // Forget the key whose window is the oldest.
+            if let Some(oldest) = self
+                .keys
+                .iter()
+                .min_by_key(|(_, (since, _, _))| *since)
+                .map(|(k, _)| *k)
+            {
+                self.keys.remove(&oldest);
+            }
+        }
+        self.keys.insert(key, (now, 1, 0));
+        Some(0)
+    }
 }
 
 impl Drop for Shared {
@@ -496,13 +637,20 @@ impl Endpoint {
         })?;
         let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
         let max_connections = Arc::new(AtomicUsize::new(MAX_CONNECTIONS));
-        tokio::spawn(accept_loop(endpoint.clone(), tx, max_connections.clone()));
+        let revoked = Arc::new(Revocations::default());
+        tokio::spawn(accept_loop(
+            endpoint.clone(),
+            tx,
+            max_connections.clone(),
+            revoked.clone(),
+        ));
         Ok(Endpoint {
             shared: Arc::new(Shared {
                 quinn: endpoint,
                 local_addr,
                 accepted: tokio::sync::Mutex::new(rx),
                 max_connections,
+                revoked,
             }),
         })
     }
@@ -528,8 +676,70 @@ impl Endpoint {
                 local_addr,
                 accepted: tokio::sync::Mutex::new(rx),
                 max_connections: Arc::new(AtomicUsize::new(0)),
+                revoked: Arc::new(Revocations::default()),
             }),
         })
+    }
+
+    /// Adds node ids this endpoint refuses from now on: their incoming
+    /// connections are closed with [`CLOSE_REVOKED`] and they are not dialed.
+    /// Ids are only ever added (a removed node id is never reused). Returns
+    /// the ids that were not revoked before.
+    pub fn revoke(&self, ids: impl IntoIterator<Item = u64>) -> Vec<u64> {
+        let added: Vec<u64> = {
+            let mut revoked = self
+                .shared
+                .revoked
+                .ids
+                .write()
+                .expect("revocation lock poisoned");
+            ids.into_iter().filter(|id| revoked.insert(*id)).collect()
+        };
+        if !added.is_empty() {
+            self.shared.revoked.changed.send_modify(|v| *v += 1);
+        }
+        added
+    }
+
+    /// Whether `node_id` was revoked ([`Endpoint::revoke`]).
+    pub fn is_revoked(&self, node_id: u64) -> bool {
+        self.shared.revoked.contains(node_id)
+    }
+
+    /// How many node ids are revoked; as ids are only added, a count is also
+    /// a version of the set.
+    pub fn revoked_count(&self) -> usize {
+        self.shared
+            .revoked
+            .ids
+            .read()
+            .expect("revocation lock poisoned")
+            .len()
+    }
+
+    /// The revoked node ids.
+    pub fn revoked_ids(&self) -> Vec<u64> {
+        self.shared
+            .revoked
+            .ids
+            .read()
+            .expect("revocation lock poisoned")
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    /// Changes whenever ids are revoked, so a server can close connections
+    /// that were open before.
+    pub fn revocations(&self) -> watch::Receiver<u64> {
+        self.shared.revoked.changed.subscribe()
+    }
+
+    /// Closes `conn`, a connection from revoked node `node_id`, with
+    /// [`CLOSE_REVOKED`], and logs it (at most one line per node id per
+    /// [`REVOKED_LOG_INTERVAL`]).
+    pub fn refuse_revoked(&self, conn: &quinn::Connection, node_id: u64) {
+        self.shared.revoked.refuse(conn, node_id);
     }
 
     /// Changes how many connections this endpoint holds open at most (the
@@ -549,6 +759,9 @@ impl Endpoint {
         expected: u64,
         timeout: Duration,
     ) -> Result<quinn::Connection, NetError> {
+        if self.is_revoked(expected) {
+            return Err(NetError::DialRevoked { node_id: expected });
+        }
         let connecting = self
             .shared
             .quinn
@@ -595,6 +808,9 @@ impl Endpoint {
         expected: u64,
         timeout: Duration,
     ) -> Result<quinn::Connection, NetError> {
+        if self.is_revoked(expected) {
+            return Err(NetError::DialRevoked { node_id: expected });
+        }
         let connecting = self
             .shared
             .quinn
@@ -655,8 +871,12 @@ async fn accept_loop(
     endpoint: quinn::Endpoint,
     accepted: mpsc::Sender<Accepted>,
     max_connections: Arc<AtomicUsize>,
+    revoked: Arc<Revocations>,
 ) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES_IN_FLIGHT));
+    // Failed handshakes are logged at most once per remote address per
+    // interval: anyone can start a handshake.
+    let failures = Arc::new(Mutex::new(RefusalLog::<IpAddr>::new(1)));
     while let Some(incoming) = endpoint.accept().await {
         let remote = incoming.remote_address();
         let limit = max_connections.load(AtomicOrdering::Relaxed);
@@ -671,16 +891,29 @@ async fn accept_loop(
             continue;
         };
         let accepted = accepted.clone();
+        let revoked = revoked.clone();
+        let failures = failures.clone();
         tokio::spawn(async move {
             let outcome = handshake(incoming).await;
             drop(permit);
             match outcome {
+                Ok(Accepted::Node { node_id, conn }) if revoked.contains(node_id) => {
+                    revoked.refuse(&conn, node_id);
+                }
                 Ok(conn) => {
                     if accepted.send(conn).await.is_err() {
                         tracing::debug!(%remote, "endpoint closed while a connection was being accepted");
                     }
                 }
-                Err(reason) => tracing::warn!(%remote, "dropped an incoming connection: {reason}"),
+                Err(reason) => {
+                    let logged = failures
+                        .lock()
+                        .expect("handshake log lock poisoned")
+                        .allow(remote.ip(), std::time::Instant::now());
+                    if let Some(suppressed) = logged {
+                        tracing::warn!(%remote, suppressed, "dropped an incoming connection: {reason}");
+                    }
+                }
             }
         });
     }
@@ -692,7 +925,16 @@ async fn handshake(incoming: quinn::Incoming) -> Result<Accepted, String> {
         .accept()
         .map_err(|e| e.to_string())?
         .await
-        .map_err(|e| format!("handshake failed: {e}"))?;
+        .map_err(|e| match e {
+            // The peer's TLS stack refused ours: for a joiner, that is a
+            // token naming another CA fingerprint.
+            ConnectionError::ConnectionClosed(close) if is_crypto_code(close.error_code) => format!(
+                "handshake refused by the peer ({close}): this node's certificate is not the one it \
+                 expects (a joiner whose token names another cluster's CA fingerprint, or a node of \
+                 another cluster)"
+            ),
+            e => format!("handshake failed: {e}"),
+        })?;
     identify(conn)
 }
 

@@ -539,3 +539,94 @@ async fn closing_the_endpoint_ends_accept_and_tells_peers() {
         .unwrap()
         .is_none());
 }
+
+#[tokio::test]
+async fn a_revoked_node_is_refused_on_connect_and_on_its_open_connection_and_not_dialed() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let server = Endpoint::bind(localhost(), &ca.issue_identity(1).unwrap()).unwrap();
+    let removed = Endpoint::bind(localhost(), &ca.issue_identity(7).unwrap()).unwrap();
+    let mut accepted = serve(server.clone(), 1);
+
+    // Open before the revocation: the server closes it when told, as a
+    // member server does (peer_server watches `revocations`).
+    let open = removed.connect(server.local_addr(), 1, T).await.unwrap();
+    let reply: Response = call(&open, &Request::WhoAreYou, T).await.unwrap();
+    assert_eq!(reply, Response::IAm(1));
+    let seen = next_accepted(&mut accepted).await;
+    let mut changes = server.revocations();
+    assert_eq!(server.revoke([7, 9]), vec![7, 9]);
+    assert_eq!(
+        server.revoke([7]),
+        Vec::<u64>::new(),
+        "revoking twice adds nothing"
+    );
+    assert_eq!(server.revoked_count(), 2);
+    assert_eq!(server.revoked_ids(), vec![7, 9]);
+    assert!(server.is_revoked(7) && !server.is_revoked(1));
+    tokio::time::timeout(T, changes.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    server.refuse_revoked(seen.connection(), 7);
+    let err = call::<_, Response>(&open, &Request::WhoAreYou, T)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NetError::RevokedByPeer { .. }), "{err}");
+    assert!(err.to_string().contains("node 7 was removed"), "{err}");
+
+    // A new connection is closed right after its handshake and never
+    // reaches accept().
+    let err = match removed.connect(server.local_addr(), 1, T).await {
+        Ok(conn) => call::<_, Response>(&conn, &Request::WhoAreYou, T)
+            .await
+            .unwrap_err(),
+        Err(e) => e,
+    };
+    assert!(matches!(err, NetError::RevokedByPeer { .. }), "{err}");
+    assert!(!err.is_retryable());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(accepted.try_recv().is_err());
+
+    // The server does not dial it either.
+    let err = server
+        .connect(removed.local_addr(), 7, T)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, NetError::DialRevoked { node_id: 7 }), "{err}");
+    // Other members are unaffected.
+    let member = Endpoint::bind(localhost(), &ca.issue_identity(2).unwrap()).unwrap();
+    let conn = member.connect(server.local_addr(), 1, T).await.unwrap();
+    let reply: Response = call(&conn, &Request::WhoAreYou, T).await.unwrap();
+    assert_eq!(reply, Response::IAm(1));
+}
+
+#[test]
+fn refusals_are_logged_once_per_key_per_interval_with_a_count() {
+    let t0 = std::time::Instant::now();
+    let later = |ms: u64| t0 + Duration::from_millis(ms);
+    let mut log = RefusalLog::<u64>::new(1);
+    assert_eq!(log.allow(7, t0), Some(0));
+    assert_eq!(log.allow(7, later(1)), None);
+    assert_eq!(log.allow(7, later(9_999)), None);
+    // Another key has its own limit.
+    assert_eq!(log.allow(8, later(2)), Some(0));
+    // The next line counts the refusals it stood for.
+    let interval = REVOKED_LOG_INTERVAL.as_millis() as u64;
+    assert_eq!(log.allow(7, later(interval)), Some(2));
+    assert_eq!(log.allow(7, later(interval + 1)), None);
+
+    // A burst of three lines per interval, then counted.
+    let mut log = RefusalLog::<u64>::new(3);
+    assert_eq!(log.allow(1, t0), Some(0));
+    assert_eq!(log.allow(1, later(1)), Some(0));
+    assert_eq!(log.allow(1, later(2)), Some(0));
+    assert_eq!(log.allow(1, later(3)), None);
+    assert_eq!(log.allow(1, later(interval)), Some(1));
+
+    // Bounded: a flood of distinct keys keeps at most REVOKED_LOG_KEYS.
+    let mut log = RefusalLog::<u64>::new(1);
+    for key in 0..(REVOKED_LOG_KEYS as u64 * 2) {
+        assert_eq!(log.allow(key, later(key)), Some(0));
+    }
+    assert_eq!(log.keys.len(), REVOKED_LOG_KEYS);
+}
