@@ -1,21 +1,39 @@
 //! Every node tells the leader it is alive, and learns from the reply where
-//! the leader and the managers are (which is how a worker follows failovers).
+//! the leader and the managers are (which is how a worker follows failovers)
+//! and when to beat next: the leader names the period, longer in a large
+//! cluster (`liveness::cadence`), so its beat rate stays bounded.
+//!
+//! The leader's handler is on the hot path of a large cluster (one call per
+//! node per period), so it reads the state once per beat and keeps what
+//! every reply shares ([`ReplyView`]) until an entry is applied.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use shoal_raft::ClusterState;
+
+use crate::liveness::{cadence, jittered, Cadence, ReplyView};
 use crate::node::{managers_of, Node, VERSION};
 use crate::wire::{Heartbeat, HeartbeatReply, OpError, OpErrorKind, PeerRequest, PeerResponse};
 
+/// The shortest and the longest period a node accepts from a reply; a
+/// value outside (a bug, or a reply from a newer leader) is clamped, so a
+/// node never spins and never goes silent for good.
+const MIN_PERIOD: Duration = Duration::from_millis(50);
+const MAX_PERIOD: Duration = Duration::from_secs(300);
+
 pub async fn run(node: Arc<Node>) {
-    let mut ticker = tokio::time::interval(node.timing.heartbeat_interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let base = node.timing.heartbeat_interval;
+    // The period the leader last named; the configured one until a leader
+    // has answered, and again after a beat fails, so a node that lost its
+    // leader finds the next one at the configured pace.
+    let mut period = base;
     // Index into the known managers, advanced whenever no leader is known,
     // so a worker asks each manager in turn.
     let mut next_manager = 0usize;
     loop {
-        ticker.tick().await;
         if node.is_leader() {
+            period = base;
             node.liveness
                 .lock()
                 .unwrap()
@@ -25,6 +43,7 @@ pub async fn run(node: Arc<Node>) {
             // being given tasks.
             let engine_error = node.engine_error.lock().unwrap().clone();
             node.note_engine(node.id, engine_error);
+            tokio::time::sleep(period).await;
             continue;
         }
         let target = match node.leader() {
@@ -33,6 +52,7 @@ pub async fn run(node: Arc<Node>) {
                 let managers = node.known_managers.lock().unwrap().clone();
                 let others: Vec<_> = managers.into_iter().filter(|m| m.0 != node.id).collect();
                 if others.is_empty() {
+                    tokio::time::sleep(base).await;
                     continue;
                 }
                 next_manager = (next_manager + 1) % others.len();
@@ -44,23 +64,33 @@ pub async fn run(node: Arc<Node>) {
             version: VERSION.to_string(),
             engine_error: node.engine_error.lock().unwrap().clone(),
         });
-        // A beat not answered within one interval counts as lost: a worker
+        // A beat not answered within one period counts as lost: a worker
         // then asks the next manager where the leader is, instead of
         // waiting on a leader that may be dead.
-        let timeout = node.timing.heartbeat_interval;
-        match node.call_peer(target.0, &target.1, &beat, timeout).await {
-            Ok(PeerResponse::Heartbeat(Ok(reply))) => learn(&node, target.0, reply),
+        match node.call_peer(target.0, &target.1, &beat, period).await {
+            Ok(PeerResponse::Heartbeat(Ok(reply))) => {
+                period = named_period(reply.period_ms);
+                learn(&node, target.0, reply);
+            }
             Ok(PeerResponse::Heartbeat(Err(e))) => {
                 tracing::debug!(peer = target.0, error = %e, "heartbeat refused");
                 node.leader_hint.lock().unwrap().take();
+                period = base;
             }
             Ok(_) => tracing::warn!(peer = target.0, "unexpected reply to a heartbeat"),
             Err(e) => {
                 tracing::debug!(peer = target.0, error = %e, "heartbeat failed");
                 node.leader_hint.lock().unwrap().take();
+                period = base;
             }
         }
+        tokio::time::sleep(period).await;
     }
+}
+
+/// The period a reply names, clamped to what a node accepts.
+pub fn named_period(period_ms: u64) -> Duration {
+    Duration::from_millis(period_ms).clamp(MIN_PERIOD, MAX_PERIOD)
 }
 
 fn learn(node: &Node, asked: u64, reply: HeartbeatReply) {
@@ -76,8 +106,38 @@ fn learn(node: &Node, asked: u64, reply: HeartbeatReply) {
     node.remember_managers(reply.managers);
 }
 
+/// The reply view as of `applied`: the kept one, or one computed from
+/// `state` (read at or after `applied`).
+fn reply_view(node: &Node, applied: u64, state: &ClusterState) -> ReplyView {
+    ReplyView {
+        applied,
+        managers: managers_of(state),
+        cadence: cadence(
+            state.nodes.len(),
+            node.timing.heartbeat_interval,
+            node.timing.heartbeat_timeout,
+        ),
+    }
+}
+
+/// The cadence of this node's cluster as the leader applies it: the period
+/// it names in replies and the timeout after which a silent node is `down`.
+pub fn current_cadence(node: &Node) -> Cadence {
+    let applied = node.state.last_applied_index();
+    if let Some(view) = node.liveness.lock().unwrap().reply_view(applied) {
+        return view.cadence;
+    }
+    let view = node.state.read(|s| reply_view(node, applied, s));
+    let cadence = view.cadence;
+    node.liveness.lock().unwrap().keep_reply_view(view);
+    cadence
+}
+
 /// The leader's side: record the heartbeat. Another manager answers with
 /// where the leader is, so the sender can go there.
+///
+/// One read of the state per beat; the liveness lock is never held while
+/// the state is read (the leader loop takes them the other way round).
 pub fn handle(node: &Arc<Node>, from: u64, beat: Heartbeat) -> Result<HeartbeatReply, OpError> {
     if beat.node_id != from {
         return Err(OpError::new(
@@ -88,8 +148,25 @@ pub fn handle(node: &Arc<Node>, from: u64, beat: Heartbeat) -> Result<HeartbeatR
             ),
         ));
     }
-    let managers = node.state.read(managers_of);
-    let known = node.state.read(|s| s.nodes.contains_key(&from));
+    // Read before the state, so a view computed from this read is never
+    // labelled newer than what it holds.
+    let applied = node.state.last_applied_index();
+    let kept = node.liveness.lock().unwrap().reply_view(applied);
+    let (known, engine_changed, view) = node.state.read(|s| {
+        let record = s.nodes.get(&from);
+        (
+            record.is_some(),
+            record.is_some_and(|n| n.engine_error != beat.engine_error),
+            kept.ok_or_else(|| reply_view(node, applied, s)),
+        )
+    });
+    let view = match view {
+        Ok(kept) => kept,
+        Err(fresh) => {
+            node.liveness.lock().unwrap().keep_reply_view(fresh.clone());
+            fresh
+        }
+    };
     if node.is_leader() {
         if !known {
             return Err(OpError::new(
@@ -98,17 +175,36 @@ pub fn handle(node: &Arc<Node>, from: u64, beat: Heartbeat) -> Result<HeartbeatR
             ));
         }
         node.liveness.lock().unwrap().record(from, Instant::now());
-        node.note_engine(from, beat.engine_error);
+        if engine_changed {
+            node.note_engine(from, beat.engine_error);
+        }
+        let period = jittered(view.cadence.period, rand::random::<f64>());
         return Ok(HeartbeatReply {
             leader_id: node.id,
-            managers,
+            managers: view.managers,
+            period_ms: period.as_millis() as u64,
         });
     }
     match node.leader() {
+        // The sender should go to the leader at once, not after a period
+        // of the leader's choosing.
         Some((leader, _)) => Ok(HeartbeatReply {
             leader_id: leader,
-            managers,
+            managers: view.managers,
+            period_ms: node.timing.heartbeat_interval.as_millis() as u64,
         }),
         None => Err(OpError::unavailable("no leader is known here")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_named_period_is_clamped_to_what_a_node_accepts() {
+        assert_eq!(named_period(0), MIN_PERIOD);
+        assert_eq!(named_period(3_750), Duration::from_millis(3_750));
+        assert_eq!(named_period(u64::MAX), MAX_PERIOD);
     }
 }

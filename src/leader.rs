@@ -120,12 +120,15 @@ pub async fn run(node: Arc<Node>) {
             continue;
         }
         let now = Instant::now();
+        // The down timeout grows with the cluster, as the beat period the
+        // heartbeat replies name does.
+        let timeout = crate::heartbeat::current_cadence(&node).timeout;
         let transitions = {
             let mut live = node.liveness.lock().unwrap();
             live.observe_term(term, now);
             live.record(node.id, now);
             node.state
-                .read(|s| live.transitions(s.nodes.values(), now, node.timing.heartbeat_timeout))
+                .read(|s| live.transitions(s.nodes.values(), now, timeout))
         };
         if !transitions.is_empty() {
             for (id, status, why) in &transitions {

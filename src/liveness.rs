@@ -4,11 +4,70 @@
 //! (`ready` → `down` and back) do, batched into one command per tick. The
 //! decision is a pure function of the heartbeat times and the clock reading
 //! passed in, so it is tested without waiting.
+//!
+//! The leader also decides how often nodes beat ([`cadence`]): every node
+//! beats at the period the leader's last reply named, which grows with the
+//! cluster so the leader's beat rate stays bounded, and the timeout after
+//! which a node is written `down` grows with it.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use shoal_raft::{NodeId, NodeRecord, NodeStatus};
+
+/// Most heartbeats a second the leader asks for. Each beat is a QUIC
+/// stream served on the leader; at 5,000 nodes beating every 500 ms (10,000
+/// a second) the leader spent most of a core on them and Raft starved. See
+/// BENCHMARKS.md, "Simulated cluster", for the measurements behind it.
+pub const MAX_BEATS_PER_SECOND: u64 = 1_000;
+
+/// Heartbeat periods in one down timeout: a node is written `down` only
+/// after about this many beats in a row were missed.
+pub const BEATS_PER_TIMEOUT: u32 = 4;
+
+/// How often nodes beat and when a silent one is `down`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cadence {
+    /// The mean time between two beats of one node.
+    pub period: Duration,
+    /// A node silent this long is written `down`.
+    pub timeout: Duration,
+}
+
+/// The cadence for a cluster of `nodes` node records, given the configured
+/// period and down timeout (`--heartbeat-timeout` and a quarter of it).
+///
+/// Small clusters keep the configured values (fast failure detection);
+/// above `MAX_BEATS_PER_SECOND × period` nodes, the period grows so that
+/// the leader receives at most [`MAX_BEATS_PER_SECOND`] beats a second, and
+/// the timeout stays [`BEATS_PER_TIMEOUT`] periods, so a large cluster does
+/// not flap. Nodes that are `down` count too: they beat again when they
+/// come back, and the count then does not shrink under them.
+pub fn cadence(nodes: usize, base_period: Duration, base_timeout: Duration) -> Cadence {
+    let spread = Duration::from_micros(nodes as u64 * 1_000_000 / MAX_BEATS_PER_SECOND);
+    let period = base_period.max(spread);
+    let timeout = base_timeout.max(period * BEATS_PER_TIMEOUT);
+    Cadence { period, timeout }
+}
+
+/// The period to name in one reply: `period` moved by up to a quarter
+/// either way, by `unit` (a random number in `[0, 1)`), so beats that
+/// started in step spread out while their mean stays `period` (the longest,
+/// 1.25 periods, still leaves about three beats in a timeout).
+pub fn jittered(period: Duration, unit: f64) -> Duration {
+    period.mul_f64(0.75 + 0.5 * unit.clamp(0.0, 1.0))
+}
+
+/// What every heartbeat reply shares, computed from the state as of one
+/// applied index: listing the managers walks every node record, which is
+/// too much to do per beat in a large cluster.
+#[derive(Debug, Clone)]
+pub struct ReplyView {
+    /// The last applied log index the view was computed at (or before).
+    pub applied: u64,
+    pub managers: Vec<(NodeId, String)>,
+    pub cadence: Cadence,
+}
 
 /// Heartbeat memory of the current leader. Reset whenever this node starts
 /// to lead: a new leader has heard from nobody yet, so it gives every node a
@@ -18,9 +77,24 @@ pub struct Liveness {
     last_seen: BTreeMap<NodeId, Instant>,
     leading_since: Option<Instant>,
     term: u64,
+    /// Kept while no entry is applied (on any manager: followers answer
+    /// beats too, with where the leader is).
+    reply_view: Option<ReplyView>,
 }
 
 impl Liveness {
+    /// The kept reply view, if it was computed at `applied`.
+    pub fn reply_view(&self, applied: u64) -> Option<ReplyView> {
+        self.reply_view
+            .as_ref()
+            .filter(|v| v.applied == applied)
+            .cloned()
+    }
+
+    pub fn keep_reply_view(&mut self, view: ReplyView) {
+        self.reply_view = Some(view);
+    }
+
     /// Called each leader tick with the current term; starts a new grace
     /// period when this node has just become leader.
     pub fn observe_term(&mut self, term: u64, now: Instant) {
@@ -166,6 +240,49 @@ mod tests {
             10_000,
             &[(2, Down), (3, Ready)],
         );
+    }
+
+    #[test]
+    fn the_beat_period_grows_with_the_cluster_and_the_timeout_with_it() {
+        let ms = Duration::from_millis;
+        let check = |nodes: usize, base: (u64, u64), expected: (u64, u64)| {
+            let got = cadence(nodes, ms(base.0), ms(base.1));
+            assert_eq!(
+                (got.period, got.timeout),
+                (ms(expected.0), ms(expected.1)),
+                "{nodes} nodes, configured period and timeout {base:?} ms"
+            );
+        };
+        // Small clusters (CI, demos): the configured 2 s detection.
+        check(0, (500, 2_000), (500, 2_000));
+        check(53, (500, 2_000), (500, 2_000));
+        check(500, (500, 2_000), (500, 2_000));
+        // Above MAX_BEATS_PER_SECOND x period, the period grows.
+        check(1_000, (500, 2_000), (1_000, 4_000));
+        check(5_003, (500, 2_000), (5_003, 20_012));
+        // A longer configured timeout is kept while it is the larger.
+        check(5_000, (2_500, 30_000), (5_000, 30_000));
+        // The leader's beat rate stays bounded at any size.
+        for nodes in [1usize, 10, 999, 1_001, 4_000, 16_384] {
+            let c = cadence(nodes, ms(500), ms(2_000));
+            let rate = nodes as f64 / c.period.as_secs_f64();
+            assert!(
+                rate <= MAX_BEATS_PER_SECOND as f64 + 1.0 || c.period == ms(500),
+                "{nodes} nodes beat {rate}/s"
+            );
+            assert!(c.timeout >= c.period * BEATS_PER_TIMEOUT);
+        }
+    }
+
+    #[test]
+    fn jitter_keeps_the_mean_and_three_beats_in_a_timeout() {
+        let period = Duration::from_secs(4);
+        assert_eq!(jittered(period, 0.0), Duration::from_secs(3));
+        assert_eq!(jittered(period, 0.5), period);
+        assert_eq!(jittered(period, 0.999_999).as_millis(), 4_999);
+        assert_eq!(jittered(period, 7.0), Duration::from_secs(5));
+        let c = cadence(8_000, Duration::from_millis(500), Duration::from_secs(2));
+        assert!(jittered(c.period, 1.0) * 3 < c.timeout);
     }
 
     #[test]

@@ -120,6 +120,10 @@ pub struct Report {
     pub log_entries_kept: u64,
     pub last_log_index: u64,
     pub heartbeat_timeout_ms: u64,
+    /// The beat period and down timeout the leader decides for a cluster of
+    /// this size (`liveness::cadence`).
+    pub heartbeat_period_ms: u64,
+    pub down_timeout_ms: u64,
     pub start_delay_ms: u64,
     /// Every worker has one QUIC connection of its own (not multiplexed).
     pub connections_per_agent: u32,
@@ -272,6 +276,11 @@ async fn scenario(args: &SimulateArgs, cluster: &mut Managers) -> Result<Report>
         say(format!("their tasks run elsewhere after {took:.2} s"));
     }
     let running_at_end = running_in(&agents);
+    let cadence = crate::liveness::cadence(
+        agents.len() + cluster.count(),
+        heartbeat_interval,
+        args.heartbeat_timeout,
+    );
     let leader = cluster.leader_index(&api).await?;
     cluster.last_leader = Some(leader);
     let peak = cluster.peak_rss_mb(leader);
@@ -299,6 +308,8 @@ async fn scenario(args: &SimulateArgs, cluster: &mut Managers) -> Result<Report>
         log_entries_kept: 0,
         last_log_index: 0,
         heartbeat_timeout_ms: args.heartbeat_timeout.as_millis() as u64,
+        heartbeat_period_ms: cadence.period.as_millis() as u64,
+        down_timeout_ms: cadence.timeout.as_millis() as u64,
         start_delay_ms: args.start_delay.as_millis() as u64,
         connections_per_agent: 1,
     })
@@ -655,71 +666,89 @@ fn start_agent(shared: Arc<Shared>, agent: Arc<Agent>) {
     tokio::spawn(work(shared, agent));
 }
 
-/// As `heartbeat::run` on a worker: beat to the leader every interval; with
-/// no leader known, ask each manager in turn; learn the leader and the
-/// managers from the replies.
+/// As `heartbeat::run` on a worker: beat to the leader at the period its
+/// last reply named (the configured interval until then, and after a
+/// failed beat); with no leader known, ask each manager in turn; learn the
+/// leader and the managers from the replies.
 async fn heartbeats(shared: Arc<Shared>, agent: Arc<Agent>) {
-    let interval = shared.heartbeat_interval;
-    // Spread the workers' beats over the interval.
-    tokio::time::sleep(interval.mul_f64(rand::random::<f64>())).await;
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let base = shared.heartbeat_interval;
+    let mut period = base;
+    // Spread the workers' first beats over the interval.
+    tokio::time::sleep(base.mul_f64(rand::random::<f64>())).await;
     let mut next_manager = 0usize;
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            () = agent.until_killed() => return,
+        if agent.is_killed() {
+            return;
         }
         let known = *agent.leader.borrow();
         let target = match known {
-            Some(leader) => leader,
+            Some(leader) => Some(leader),
             None => {
                 let managers = agent.managers.lock().unwrap().clone();
                 if managers.is_empty() {
-                    continue;
-                }
-                next_manager = (next_manager + 1) % managers.len();
-                let (id, addr) = &managers[next_manager];
-                match addr.parse::<SocketAddr>() {
-                    Ok(sock) => (*id, sock),
-                    Err(_) => continue,
+                    None
+                } else {
+                    next_manager = (next_manager + 1) % managers.len();
+                    let (id, addr) = &managers[next_manager];
+                    addr.parse::<SocketAddr>().ok().map(|sock| (*id, sock))
                 }
             }
         };
-        let beat = PeerRequest::Heartbeat(Heartbeat {
-            node_id: agent.id,
-            version: VERSION.to_string(),
-            engine_error: None,
-        });
-        // As on a real node: the dial has its own timeout (a handshake cut
-        // short by the beat's would never complete under load, and every
-        // beat would start another), and a beat not answered within one
-        // interval counts as lost, so the next one asks another manager.
-        let reply = match agent.link(&shared, target).await {
-            Ok(conn) => transport::call::<_, PeerResponse>(&conn, &beat, interval).await,
-            Err(e) => Err(e),
-        };
-        match reply {
-            Ok(PeerResponse::Heartbeat(Ok(reply))) => {
-                let leader = reply
-                    .managers
-                    .iter()
-                    .find(|m| m.0 == reply.leader_id)
-                    .and_then(|m| m.1.parse().ok())
-                    .map(|sock| (reply.leader_id, sock));
-                agent.set_leader(leader);
-                if !reply.managers.is_empty() {
-                    *agent.managers.lock().unwrap() = reply.managers;
-                }
+        if let Some(target) = target {
+            period = beat(&shared, &agent, target, period).await;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(period) => {}
+            () = agent.until_killed() => return,
+        }
+    }
+}
+
+/// One beat to `target`; returns the period to wait before the next.
+async fn beat(
+    shared: &Shared,
+    agent: &Agent,
+    target: (NodeId, SocketAddr),
+    period: Duration,
+) -> Duration {
+    let beat = PeerRequest::Heartbeat(Heartbeat {
+        node_id: agent.id,
+        version: VERSION.to_string(),
+        engine_error: None,
+    });
+    // As on a real node: the dial has its own timeout (a handshake cut
+    // short by the beat's would never complete under load, and every
+    // beat would start another), and a beat not answered within one
+    // period counts as lost, so the next one asks another manager.
+    let reply = match agent.link(shared, target).await {
+        Ok(conn) => transport::call::<_, PeerResponse>(&conn, &beat, period).await,
+        Err(e) => Err(e),
+    };
+    match reply {
+        Ok(PeerResponse::Heartbeat(Ok(reply))) => {
+            let leader = reply
+                .managers
+                .iter()
+                .find(|m| m.0 == reply.leader_id)
+                .and_then(|m| m.1.parse().ok())
+                .map(|sock| (reply.leader_id, sock));
+            agent.set_leader(leader);
+            if !reply.managers.is_empty() {
+                *agent.managers.lock().unwrap() = reply.managers;
             }
-            Ok(_) => agent.set_leader(None),
-            Err(e) => {
-                tracing::debug!(node = agent.id, error = %e, "heartbeat failed");
-                agent.set_leader(None);
-                if e.is_retryable() {
-                    agent.forget_link(target.0);
-                }
+            crate::heartbeat::named_period(reply.period_ms)
+        }
+        Ok(_) => {
+            agent.set_leader(None);
+            shared.heartbeat_interval
+        }
+        Err(e) => {
+            tracing::debug!(node = agent.id, error = %e, "heartbeat failed");
+            agent.set_leader(None);
+            if e.is_retryable() {
+                agent.forget_link(target.0);
             }
+            shared.heartbeat_interval
         }
     }
 }

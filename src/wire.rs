@@ -149,6 +149,10 @@ pub struct HeartbeatReply {
     /// Current managers (id, advertised address), so workers can find the
     /// next leader after a failover.
     pub managers: Vec<(NodeId, String)>,
+    /// How long the sender waits before its next beat, in milliseconds:
+    /// the leader lengthens it as the cluster grows (`liveness::cadence`)
+    /// and jitters it, so its beat rate stays bounded.
+    pub period_ms: u64,
 }
 
 /// Operations executed by the leader. Reads are linearizable: the leader

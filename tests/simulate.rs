@@ -60,6 +60,10 @@ fn fifty_workers_run_two_thousand_tasks_through_a_failover_and_an_agent_loss() {
     // The lost workers are noticed after the heartbeat timeout (2 s), so
     // rescheduling cannot be faster than that.
     assert!(num("reschedule_s") >= 2.0, "{report}");
+    // A cluster this small keeps the configured cadence: beats every
+    // 500 ms, down after 2 s (the period grows only in large clusters).
+    assert_eq!(report["heartbeat_period_ms"], 500, "{report}");
+    assert_eq!(report["down_timeout_ms"], 2000, "{report}");
     assert!(num("leader_rss_mb") > 0.0, "{report}");
     assert!(num("last_log_index") > 0.0, "{report}");
     eprintln!(
