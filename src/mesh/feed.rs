@@ -1,8 +1,10 @@
 //! How the endpoint table reaches every node: the leader derives it from
 //! the replicated state and streams it (full table, then changes) to each
-//! node that asks; the leader itself reads its own state.
+//! node that asks; the leader itself reads its own state. The leader
+//! builds the table once per burst of applied entries and the changes once
+//! for every stream that was sent the same table ([`Published`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal_net::codec;
@@ -48,49 +50,109 @@ pub fn chunk(changes: TableChanges) -> Vec<TableChanges> {
     frames
 }
 
+/// After an applied entry, streams wait this long before they look at the
+/// table again, so a burst of entries (task reports arrive in a steady
+/// flow in a large cluster) costs one build of the table, not one per entry.
+const COALESCE: Duration = Duration::from_millis(20);
+
+/// The leader's endpoint table and the frames that bring a stream from the
+/// previous table to it, built once however many streams ask: with every
+/// stream building its own, each applied entry cost one walk of every task
+/// and one compare of every backend per node (BENCHMARKS.md, "Simulated
+/// cluster").
+#[derive(Default)]
+pub struct Published {
+    inner: Mutex<PublishedInner>,
+}
+
+#[derive(Default)]
+struct PublishedInner {
+    /// The table and the applied index it was built at.
+    table: Option<(u64, Arc<EndpointTable>)>,
+    /// Frames from the table at one index to the table at another.
+    changes: Option<(u64, u64, Arc<Vec<EndpointFeed>>)>,
+}
+
+impl Published {
+    /// The table as of the last applied entry (built now if it is older).
+    pub fn table(&self, node: &Node) -> (u64, Arc<EndpointTable>) {
+        let mut inner = self.inner.lock().unwrap();
+        // Read before the state, so a table is never labelled newer than
+        // what it holds.
+        let applied = node.state.last_applied_index();
+        match &inner.table {
+            Some((at, table)) if *at == applied => (*at, table.clone()),
+            _ => {
+                let table = Arc::new(node.state.read(table_from_state));
+                inner.table = Some((applied, table.clone()));
+                (applied, table)
+            }
+        }
+    }
+
+    /// The frames from `prev` (the table at `from`) to `now` (at `to`).
+    fn changes(
+        &self,
+        (from, prev): (u64, &EndpointTable),
+        (to, now): (u64, &EndpointTable),
+    ) -> Arc<Vec<EndpointFeed>> {
+        let mut inner = self.inner.lock().unwrap();
+        if let Some((f, t, frames)) = &inner.changes {
+            if (*f, *t) == (from, to) {
+                return frames.clone();
+            }
+        }
+        let changes = diff(prev, now);
+        let frames: Arc<Vec<EndpointFeed>> = Arc::new(if changes.is_empty() {
+            Vec::new()
+        } else {
+            chunk(changes)
+                .into_iter()
+                .map(EndpointFeed::Changes)
+                .collect()
+        });
+        inner.changes = Some((from, to, frames.clone()));
+        frames
+    }
+}
+
+/// The frames that carry a whole table to a stream that has none.
+fn full_frames(now: &EndpointTable) -> Vec<EndpointFeed> {
+    let mut parts = chunk(diff(&EndpointTable::default(), now)).into_iter();
+    let mut first = EndpointTable::default();
+    if let Some(part) = parts.next() {
+        part.apply(&mut first);
+    }
+    std::iter::once(EndpointFeed::Full(first))
+        .chain(parts.map(EndpointFeed::Changes))
+        .collect()
+}
+
 /// The leader's side: serves one node's endpoint stream until this node
 /// stops leading or the follower goes away.
 pub async fn serve(node: Arc<Node>, peer: NodeId, mut send: SendStream) {
     let mut applied = node.state.subscribe();
-    let mut sent: Option<EndpointTable> = None;
+    let mut sent: Option<(u64, Arc<EndpointTable>)> = None;
     loop {
         if !node.is_leader() {
             let _ = send.finish();
             return;
         }
-        let now = node.state.read(table_from_state);
-        let frames: Vec<EndpointFeed> = match &sent {
-            None => {
-                let mut parts = chunk(diff(&EndpointTable::default(), &now)).into_iter();
-                let mut first = EndpointTable::default();
-                if let Some(part) = parts.next() {
-                    part.apply(&mut first);
-                }
-                std::iter::once(EndpointFeed::Full(first))
-                    .chain(parts.map(EndpointFeed::Changes))
-                    .collect()
-            }
-            Some(prev) => {
-                let changes = diff(prev, &now);
-                if changes.is_empty() {
-                    Vec::new()
-                } else {
-                    chunk(changes)
-                        .into_iter()
-                        .map(EndpointFeed::Changes)
-                        .collect()
-                }
-            }
+        let (index, now) = node.mesh.published.table(&node);
+        let frames: Arc<Vec<EndpointFeed>> = match &sent {
+            None => Arc::new(full_frames(&now)),
+            Some((at, _)) if *at == index => Arc::new(Vec::new()),
+            Some((at, prev)) => node.mesh.published.changes((*at, prev), (index, &now)),
         };
-        for frame in &frames {
+        for frame in frames.iter() {
             if !write(&mut send, frame).await {
                 tracing::debug!(peer, "endpoint stream closed");
                 return;
             }
         }
-        sent = Some(now);
+        sent = Some((index, now));
         match tokio::time::timeout(IDLE_FRAME_EVERY, applied.changed()).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => tokio::time::sleep(COALESCE).await,
             Ok(Err(_)) => return,
             Err(_) => {
                 if !write(&mut send, &EndpointFeed::Idle).await {
@@ -142,11 +204,12 @@ pub async fn follow(node: Arc<Node>) {
 async fn follow_own_state(node: &Node) {
     let mut applied = node.state.subscribe();
     loop {
-        let now = node.state.read(table_from_state);
-        node.mesh.set_table(now);
+        let (_, now) = node.mesh.published.table(node);
+        node.mesh.set_shared_table(now);
         if applied.changed().await.is_err() {
             return;
         }
+        tokio::time::sleep(COALESCE).await;
     }
 }
 

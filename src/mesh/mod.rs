@@ -92,6 +92,9 @@ pub struct Mesh {
     /// so client traffic never takes their streams or flow-control window).
     links: Mutex<BTreeMap<NodeId, Connection>>,
     link_streams: Mutex<BTreeMap<NodeId, Arc<Semaphore>>>,
+    /// While this node leads: its endpoint table and the latest changes,
+    /// built once for all endpoint streams.
+    pub published: feed::Published,
 }
 
 impl Mesh {
@@ -107,6 +110,7 @@ impl Mesh {
             addresses: Mutex::new(BTreeMap::new()),
             links: Mutex::new(BTreeMap::new()),
             link_streams: Mutex::new(BTreeMap::new()),
+            published: Default::default(),
         })
     }
 
@@ -124,8 +128,14 @@ impl Mesh {
     }
 
     pub fn set_table(&self, table: EndpointTable) {
+        self.set_shared_table(Arc::new(table));
+    }
+
+    /// As [`Mesh::set_table`], for a table shared with others (the
+    /// leader's, which its endpoint streams also send).
+    pub fn set_shared_table(&self, table: Arc<EndpointTable>) {
         self.table.send_if_modified(|current| {
-            if **current == table {
+            if Arc::ptr_eq(current, &table) || **current == *table {
                 return false;
             }
             // Forget cached addresses of containers that are no longer ours.
@@ -140,7 +150,7 @@ impl Mesh {
                 .lock()
                 .unwrap()
                 .retain(|id, _| ours.contains(id.as_str()));
-            *current = Arc::new(table);
+            *current = table;
             true
         });
     }
