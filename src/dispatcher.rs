@@ -41,16 +41,6 @@ const STREAM_QUEUE: usize = 64;
 /// costs one walk of the tasks.
 const COALESCE: Duration = Duration::from_millis(10);
 
-/// The tasks a node's agent acts on: assigned to it and past `pending`.
-pub fn tasks_for(state: &ClusterState, node: NodeId) -> BTreeMap<TaskId, Task> {
-    state
-        .tasks
-        .values()
-        .filter(|t| t.node_id == Some(node) && t.state >= TaskState::Assigned)
-        .map(|t| (t.id.clone(), t.clone()))
-        .collect()
-}
-
 /// What an agent's work depends on in a task it was sent: a change of any
 /// of these sends the task again. (Messages and timestamps change with
 /// every report; sending them back would echo each report to its agent.
@@ -180,7 +170,9 @@ struct Stream {
 
 impl Hub {
     /// Adds a stream for `peer`; its full set follows within one hub pass.
-    fn join(&self, node: &Arc<Node>, peer: NodeId) -> mpsc::Receiver<TaskFeed> {
+    /// The leader's own agent joins too, with its own id, and reads the
+    /// frames from the channel instead of a QUIC stream.
+    pub fn join(&self, node: &Arc<Node>, peer: NodeId) -> mpsc::Receiver<TaskFeed> {
         let (frames, rx) = mpsc::channel(STREAM_QUEUE);
         self.joining
             .lock()

@@ -332,7 +332,7 @@ async fn follow_feed(
             // The leader's own agent reads the state directly: no QUIC
             // connection to itself.
             tokio::select! {
-                () = follow_own_state(&node, &desired, &wake, &synced, &mut first_sync) => Ok(()),
+                r = follow_own_state(&node, &desired, &wake, &synced, &mut first_sync) => r,
                 () = leader_changes(&node, leader) => Ok(()),
             }
         } else {
@@ -352,35 +352,54 @@ async fn follow_feed(
     }
 }
 
-/// On the leader: the desired set is read from the applied state, again
-/// after every applied change.
+/// On the leader: its own tasks come from the dispatcher hub as every
+/// other agent's do, over a channel instead of a QUIC stream. (Reading them
+/// from the state after every applied entry cost the leader one more walk
+/// of every task per entry.)
 async fn follow_own_state(
-    node: &Node,
+    node: &Arc<Node>,
     desired: &Desired,
     wake: &Notify,
     synced: &tokio::sync::Semaphore,
     first_sync: &mut bool,
-) {
-    let mut applied = node.state.subscribe();
-    loop {
-        let now = node
-            .state
-            .read(|s| crate::dispatcher::tasks_for(s, node.id));
-        let changed = *desired.lock().unwrap() != now;
-        if changed {
-            *desired.lock().unwrap() = now;
-        }
-        if *first_sync {
-            *first_sync = false;
-            synced.add_permits(1);
-        }
-        if changed {
+) -> Result<(), String> {
+    let mut frames = node.dispatch.join(node, node.id);
+    while let Some(frame) = frames.recv().await {
+        if apply_frame(desired, frame, synced, first_sync) {
             wake.notify_one();
         }
-        if applied.changed().await.is_err() {
-            return;
-        }
     }
+    Err("the dispatcher ended this node's own task stream".into())
+}
+
+/// Applies one task stream frame to `desired`; false for an `Idle` frame.
+/// The first full set opens `synced`.
+fn apply_frame(
+    desired: &Desired,
+    frame: TaskFeed,
+    synced: &tokio::sync::Semaphore,
+    first_sync: &mut bool,
+) -> bool {
+    let mut tasks = desired.lock().unwrap();
+    match frame {
+        TaskFeed::Full { tasks: all } => {
+            *tasks = all.into_iter().map(|t| (t.id.clone(), t)).collect();
+            if *first_sync {
+                *first_sync = false;
+                synced.add_permits(1);
+            }
+        }
+        TaskFeed::Changes { upserts, removed } => {
+            for t in upserts {
+                tasks.insert(t.id.clone(), t);
+            }
+            for id in removed {
+                tasks.remove(&id);
+            }
+        }
+        TaskFeed::Idle => return false,
+    }
+    true
 }
 
 /// Completes when this node no longer sees `leader` as the leader: woken by
@@ -425,28 +444,9 @@ async fn read_feed(
         .await
         .map_err(|_| format!("no frame from leader {leader} for {FEED_SILENCE:?}"))?
         .map_err(|e| e.to_string())?;
-        {
-            let mut tasks = desired.lock().unwrap();
-            match frame {
-                TaskFeed::Full { tasks: all } => {
-                    *tasks = all.into_iter().map(|t| (t.id.clone(), t)).collect();
-                    if *first_sync {
-                        *first_sync = false;
-                        synced.add_permits(1);
-                    }
-                }
-                TaskFeed::Changes { upserts, removed } => {
-                    for t in upserts {
-                        tasks.insert(t.id.clone(), t);
-                    }
-                    for id in removed {
-                        tasks.remove(&id);
-                    }
-                }
-                TaskFeed::Idle => continue,
-            }
+        if apply_frame(desired, frame, synced, first_sync) {
+            wake.notify_one();
         }
-        wake.notify_one();
     }
 }
 
