@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use shoal_net::pki::{ClusterCa, NodeIdentity, NodeKey};
+use shoal_net::pki::{self, ClusterCa, NodeIdentity, NodeKey};
 use shoal_net::pool::Peers;
 use shoal_net::token;
 use shoal_net::transport::{self, Endpoint, JoinConnectError};
@@ -106,6 +106,7 @@ pub async fn init(opts: StartOptions) -> Result<()> {
             role: Role::Manager,
             resources: host_resources(),
             version: VERSION.to_string(),
+            key_fingerprint: pki::key_fingerprint(&key.public_key_der()),
         },
         now_ms: now_ms(),
     })

@@ -10,7 +10,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shoal_raft::ClusterState;
+use shoal_net::transport::NetError;
+use shoal_raft::{ClusterState, NodeId};
 
 use crate::liveness::{cadence, jittered, Cadence, ReplyView};
 use crate::node::{managers_of, Node, VERSION};
@@ -31,6 +32,9 @@ pub async fn run(node: Arc<Node>) {
     // Index into the known managers, advanced whenever no leader is known,
     // so a worker asks each manager in turn.
     let mut next_manager = 0usize;
+    // Whether the warning that a peer refused this node as removed was
+    // logged; once is enough.
+    let mut told_removed = false;
     loop {
         if node.is_leader() {
             period = base;
@@ -63,6 +67,7 @@ pub async fn run(node: Arc<Node>) {
             node_id: node.id,
             version: VERSION.to_string(),
             engine_error: node.engine_error.lock().unwrap().clone(),
+            revoked_known: node.endpoint.revoked_count() as u64,
         });
         // A beat not answered within one period counts as lost: a worker
         // then asks the next manager where the leader is, instead of
@@ -78,6 +83,17 @@ pub async fn run(node: Arc<Node>) {
                 period = base;
             }
             Ok(_) => tracing::warn!(peer = target.0, "unexpected reply to a heartbeat"),
+            Err(e @ NetError::RevokedByPeer { .. }) => {
+                // This node was removed: take the refusing node for the
+                // leader, so what it forwards (`shoal status`) meets the
+                // same refusal and the operator reads why.
+                *node.leader_hint.lock().unwrap() = Some(target.clone());
+                if !told_removed {
+                    tracing::warn!(peer = target.0, error = %e, "this node was removed from the cluster");
+                    told_removed = true;
+                }
+                period = base;
+            }
             Err(e) => {
                 tracing::debug!(peer = target.0, error = %e, "heartbeat failed");
                 node.leader_hint.lock().unwrap().take();
@@ -104,6 +120,47 @@ fn learn(node: &Node, asked: u64, reply: HeartbeatReply) {
         tracing::debug!(asked, leader = reply.leader_id, "redirected to the leader");
     }
     node.remember_managers(reply.managers);
+    // Workers hold no state: the leader's reply is how they learn which
+    // nodes were removed, and refuse them too.
+    let added = node.endpoint.revoke(reply.revoked);
+    if !added.is_empty() {
+        tracing::info!(nodes = ?added, "refusing connections from removed nodes");
+    }
+}
+
+/// What the leader does with a heartbeat from a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeaderAnswer {
+    /// The node is not in the state: it was removed.
+    Removed,
+    /// Recorded, but refused with "no quorum", so the node looks for a
+    /// leader elsewhere. Recorded all the same: the node is alive, and a
+    /// leader whose quorum comes back must not then write it down for the
+    /// beats it refused.
+    RecordAndRefuse,
+    /// Recorded and answered as the leader.
+    RecordAndReply,
+}
+
+/// The leader's decision: `known`, whether the state has the node;
+/// `lost_quorum`, whether this leader has lost its quorum
+/// (`Node::lost_quorum`).
+fn leader_answer(known: bool, lost_quorum: bool) -> LeaderAnswer {
+    match (known, lost_quorum) {
+        (false, _) => LeaderAnswer::Removed,
+        (true, true) => LeaderAnswer::RecordAndRefuse,
+        (true, false) => LeaderAnswer::RecordAndReply,
+    }
+}
+
+/// The removed node ids to send a node that knows `known` of them: all of
+/// them when its count differs (ids are only added, so a count is a
+/// version), none otherwise.
+fn revoked_for(node: &Node, known: u64) -> Vec<NodeId> {
+    if known as usize == node.endpoint.revoked_count() {
+        return Vec::new();
+    }
+    node.endpoint.revoked_ids()
 }
 
 /// The reply view as of `applied`: the kept one, or one computed from
@@ -167,14 +224,20 @@ pub fn handle(node: &Arc<Node>, from: u64, beat: Heartbeat) -> Result<HeartbeatR
             fresh
         }
     };
+    let revoked = revoked_for(node, beat.revoked_known);
     if node.is_leader() {
-        if !known {
+        let lost_quorum = node.lost_quorum();
+        let answer = leader_answer(known, lost_quorum.is_some());
+        if answer == LeaderAnswer::Removed {
             return Err(OpError::new(
                 OpErrorKind::Forbidden,
                 format!("node {from} is not a member of this cluster (it was removed)"),
             ));
         }
         node.liveness.lock().unwrap().record(from, Instant::now());
+        if let Some(no_quorum) = lost_quorum {
+            return Err(no_quorum);
+        }
         if engine_changed {
             node.note_engine(from, beat.engine_error);
         }
@@ -183,6 +246,7 @@ pub fn handle(node: &Arc<Node>, from: u64, beat: Heartbeat) -> Result<HeartbeatR
             leader_id: node.id,
             managers: view.managers,
             period_ms: period.as_millis() as u64,
+            revoked,
         });
     }
     match node.leader() {
@@ -192,6 +256,7 @@ pub fn handle(node: &Arc<Node>, from: u64, beat: Heartbeat) -> Result<HeartbeatR
             leader_id: leader,
             managers: view.managers,
             period_ms: node.timing.heartbeat_interval.as_millis() as u64,
+            revoked,
         }),
         None => Err(OpError::unavailable("no leader is known here")),
     }
@@ -200,6 +265,14 @@ pub fn handle(node: &Arc<Node>, from: u64, beat: Heartbeat) -> Result<HeartbeatR
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_leader_without_its_quorum_records_beats_but_refuses_them() {
+        assert_eq!(leader_answer(true, false), LeaderAnswer::RecordAndReply);
+        assert_eq!(leader_answer(true, true), LeaderAnswer::RecordAndRefuse);
+        assert_eq!(leader_answer(false, false), LeaderAnswer::Removed);
+        assert_eq!(leader_answer(false, true), LeaderAnswer::Removed);
+    }
 
     #[test]
     fn a_named_period_is_clamped_to_what_a_node_accepts() {

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use openraft::error::{ClientWriteError, RaftError};
 use shoal_net::pool::Peers;
 use shoal_net::transport::{self, Endpoint};
-use shoal_raft::{Command, LogPayload, NodeId, Raft, Response, StateHandle};
+use shoal_raft::{Command, LogPayload, NodeId, Proposed, Raft, RequestId, Response, StateHandle};
 
 use crate::config::Timing;
 use crate::datadir::DataDir;
@@ -55,6 +55,9 @@ pub struct Node {
 
 /// One command waiting to be proposed, and where its outcome goes.
 pub struct Proposal {
+    /// The client request the command belongs to; apply() runs it at most
+    /// once per id.
+    request: Option<RequestId>,
     cmd: Command,
     reply: oneshot::Sender<Result<Response, OpError>>,
 }
@@ -83,13 +86,25 @@ pub async fn run_proposer(
                 Err(_) => break,
             }
         }
-        let (cmds, replies): (Vec<Command>, Vec<_>) =
-            batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
-        let count = cmds.len();
-        let payload = if count == 1 {
-            LogPayload::V1(cmds.into_iter().next().expect("one command"))
+        let count = batch.len();
+        let with_ids = batch.iter().any(|p| p.request.is_some());
+        let (proposed, replies): (Vec<Proposed>, Vec<_>) = batch
+            .into_iter()
+            .map(|p| {
+                let proposed = Proposed {
+                    request: p.request,
+                    command: p.cmd,
+                };
+                (proposed, p.reply)
+            })
+            .unzip();
+        // The leader's own proposals keep the older, smaller entry formats.
+        let payload = if with_ids {
+            LogPayload::V2(proposed)
+        } else if count == 1 {
+            LogPayload::V1(proposed.into_iter().next().expect("one command").command)
         } else {
-            LogPayload::V1Batch(cmds)
+            LogPayload::V1Batch(proposed.into_iter().map(|p| p.command).collect())
         };
         let outcome = propose(&raft, payload, commit_timeout).await;
         match outcome {
@@ -213,6 +228,12 @@ impl Node {
 
     /// Runs `op` on the leader, here or over QUIC, retrying while the
     /// leader is unknown or moving, up to the request timeout.
+    ///
+    /// A change gets its request id here, where it enters the cluster, and
+    /// every attempt carries the same one: apply() runs a request id once, so
+    /// an attempt whose predecessor was committed after all (a leader that
+    /// died or stepped down before answering, a commit that timed out and
+    /// landed later) changes nothing and is answered with the first outcome.
     pub async fn leader_call(self: &Arc<Self>, op: LeaderOp) -> Result<LeaderReply, OpError> {
         self.leader_call_within(op, self.timing.request_timeout)
             .await
@@ -224,30 +245,20 @@ impl Node {
         within: Duration,
     ) -> Result<LeaderReply, OpError> {
         let deadline = Instant::now() + within;
+        let request = changes_state(&op).then(|| RequestId::new(self.id, rand::random()));
         let mut last_error = OpError::unavailable(
             "no leader is known: the cluster may have lost its quorum (check `shoal status`)",
         );
         loop {
             let outcome = match self.leader() {
                 Some((leader, _)) if leader == self.id => {
-                    crate::ops::execute(self, op.clone()).await
+                    crate::ops::execute(self, op.clone(), request).await
                 }
+                // Safe to send again even if the lost leader committed it:
+                // the request id makes a second run a no-op.
                 Some((leader, addr)) => {
-                    let (outcome, maybe_ran) =
-                        self.forward(leader, &addr, op.clone(), deadline).await;
-                    // Sent again, a change the lost leader had committed
-                    // would be applied twice (a rollback undone, a removal
-                    // reported as "not found"): only repeatable operations
-                    // are retried once the request may have run.
-                    match outcome {
-                        Err(e) if maybe_ran && !repeatable(&op) => {
-                            return Err(OpError::unavailable(format!(
-                                "{}; the leader may have applied the change before it was lost, so it was not sent again: check the current state before retrying",
-                                e.message
-                            )));
-                        }
-                        other => other,
-                    }
+                    self.forward(leader, &addr, op.clone(), request, deadline)
+                        .await
                 }
                 None => Err(self.lost_quorum().unwrap_or_else(|| last_error.clone())),
             };
@@ -261,16 +272,19 @@ impl Node {
         }
     }
 
-    /// Forwards `op` to `leader`; the flag says whether the leader may
-    /// have run it (the request went out and no answer came back).
+    /// Forwards `op` (a change with its `request` id) to `leader`.
     async fn forward(
         &self,
         leader: NodeId,
         addr: &str,
         op: LeaderOp,
+        request: Option<RequestId>,
         deadline: Instant,
-    ) -> (Result<LeaderReply, OpError>, bool) {
-        let request = PeerRequest::Leader(op);
+    ) -> Result<LeaderReply, OpError> {
+        let request = match request {
+            Some(request) => PeerRequest::LeaderRequest { request, op },
+            None => PeerRequest::Leader(op),
+        };
         // A leader that dies leaves its connection silent until the QUIC
         // idle timeout; give up on it as soon as this node sees another
         // leader (or none), and retry there.
@@ -286,31 +300,25 @@ impl Node {
         };
         let conn = tokio::select! {
             r = connect => r,
-            () = self.leader_moves_from(leader) => return (Err(replaced()), false),
+            () = self.leader_moves_from(leader) => return Err(replaced()),
         };
-        let conn = match conn {
-            Ok(conn) => conn,
-            Err(e) => return (Err(self.unreachable(leader, addr, e)), false),
-        };
+        let conn = conn.map_err(|e| self.unreachable(leader, addr, e))?;
         let left = deadline.saturating_duration_since(Instant::now());
         let outcome = tokio::select! {
             r = transport::call(&conn, &request, left) => r,
-            () = self.leader_moves_from(leader) => return (Err(replaced()), true),
+            () = self.leader_moves_from(leader) => return Err(replaced()),
         };
         match outcome {
-            Ok(PeerResponse::Leader(result)) => (result, false),
-            Ok(other) => (
-                Err(OpError::internal(format!(
-                    "leader {leader} answered with an unexpected message: {}",
-                    variant_name(&other)
-                ))),
-                false,
-            ),
+            Ok(PeerResponse::Leader(result)) => result,
+            Ok(other) => Err(OpError::internal(format!(
+                "leader {leader} answered with an unexpected message: {}",
+                variant_name(&other)
+            ))),
             Err(e) => {
                 if e.is_retryable() {
                     self.peers.forget(leader);
                 }
-                (Err(self.unreachable(leader, addr, e)), true)
+                Err(self.unreachable(leader, addr, e))
             }
         }
     }
@@ -366,12 +374,26 @@ impl Node {
     /// Commits one command through Raft (via the proposer, which batches
     /// concurrent writes into one log entry). Must run on the leader.
     pub async fn write(&self, cmd: Command) -> Result<Response, OpError> {
+        self.write_request(None, cmd).await
+    }
+
+    /// [`Node::write`] for a client change: apply() runs `request` once, and
+    /// answers a repeat with the first run's outcome.
+    pub async fn write_request(
+        &self,
+        request: Option<RequestId>,
+        cmd: Command,
+    ) -> Result<Response, OpError> {
         if let Some(e) = self.lost_quorum() {
             return Err(e);
         }
         let (reply, answer) = oneshot::channel();
         self.proposer
-            .send(Proposal { cmd, reply })
+            .send(Proposal {
+                request,
+                cmd,
+                reply,
+            })
             .await
             .map_err(|_| OpError::unavailable("this node is shutting down"))?;
         answer
@@ -524,25 +546,39 @@ pub async fn resolve(addr: &str) -> Result<SocketAddr, transport::NetError> {
         })
 }
 
-/// Whether running `op` twice has the effect of running it once: reads,
-/// and the empty entry. Anything else is not sent again once the leader
-/// may have run it.
-fn repeatable(op: &LeaderOp) -> bool {
-    matches!(
-        op,
+/// Whether `op` changes the replicated state, and so gets a request id
+/// that apply() deduplicates. The others are repeatable as they are: reads,
+/// the empty entry, and the commit benchmark (empty entries only; a second
+/// run after a lost answer measures again and changes nothing).
+fn changes_state(op: &LeaderOp) -> bool {
+    match op {
+        LeaderOp::UpdateNode(..)
+        | LeaderOp::Promote(_)
+        | LeaderOp::Demote(_)
+        | LeaderOp::RemoveNode { .. }
+        | LeaderOp::RotateToken(_)
+        | LeaderOp::Join(_)
+        | LeaderOp::Deploy(_)
+        | LeaderOp::Scale { .. }
+        | LeaderOp::RemoveService(_)
+        | LeaderOp::UpdateService { .. }
+        | LeaderOp::RollbackService(_)
+        | LeaderOp::DeployStack { .. }
+        | LeaderOp::RemoveStack(_) => true,
         LeaderOp::Nodes
-            | LeaderOp::Node(_)
-            | LeaderOp::Status
-            | LeaderOp::Token(_)
-            | LeaderOp::Noop
-            | LeaderOp::Services
-            | LeaderOp::Service(_)
-            | LeaderOp::Tasks(_)
-            | LeaderOp::PlanService(_)
-            | LeaderOp::Stacks
-            | LeaderOp::StackServices(_)
-            | LeaderOp::StackTasks(_)
-    )
+        | LeaderOp::Node(_)
+        | LeaderOp::Status
+        | LeaderOp::Token(_)
+        | LeaderOp::Noop
+        | LeaderOp::BenchCommit { .. }
+        | LeaderOp::Services
+        | LeaderOp::Service(_)
+        | LeaderOp::Tasks(_)
+        | LeaderOp::PlanService(_)
+        | LeaderOp::Stacks
+        | LeaderOp::StackServices(_)
+        | LeaderOp::StackTasks(_) => false,
+    }
 }
 
 fn variant_name(resp: &PeerResponse) -> &'static str {

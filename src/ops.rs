@@ -13,10 +13,11 @@ use shoal_cli::api::{
     DeployView, MemberView, NodeUpdate, NodeView, QuorumView, RemovedServiceView, RemovedView,
     ServiceInspectView, ServiceUpdateRequest, StatusView, TokenView,
 };
-use shoal_net::pki::ClusterCa;
+use shoal_net::pki::{self, ClusterCa};
 use shoal_net::token::{self, JoinToken};
 use shoal_raft::{
-    Availability, ClusterState, Command, NewNode, NodeId, NodeRecord, NodeStatus, Response, Role,
+    Availability, ClusterState, Command, NewNode, NodeId, NodeRecord, NodeStatus, RequestId,
+    Response, Role,
 };
 
 use crate::node::{managers_of, now_ms, Node};
@@ -29,7 +30,17 @@ pub const MAX_MANAGERS: usize = 7;
 /// How long promote/demote wait for the membership change to take effect.
 const MEMBERSHIP_WAIT: Duration = Duration::from_secs(30);
 
-pub async fn execute(node: &Arc<Node>, op: LeaderOp) -> Result<LeaderReply, OpError> {
+/// Executes `op` on the leader. A change comes with the `request` id the
+/// node that received it gave it; the same id on every attempt makes
+/// apply() run the change once. A repeated attempt whose predecessor was
+/// applied answers as the first would have: checks that the change itself
+/// makes fail (the service it removed is gone) are skipped for it
+/// ([`already_applied`]).
+pub async fn execute(
+    node: &Arc<Node>,
+    op: LeaderOp,
+    request: Option<RequestId>,
+) -> Result<LeaderReply, OpError> {
     match op {
         LeaderOp::Nodes => {
             node.linearizable().await?;
@@ -47,10 +58,12 @@ pub async fn execute(node: &Arc<Node>, op: LeaderOp) -> Result<LeaderReply, OpEr
             node.linearizable().await?;
             Ok(LeaderReply::Node(view_of(node, &name)?))
         }
-        LeaderOp::UpdateNode(name, update) => update_node(node, &name, update).await,
-        LeaderOp::Promote(name) => set_role(node, &name, Role::Manager).await,
-        LeaderOp::Demote(name) => set_role(node, &name, Role::Worker).await,
-        LeaderOp::RemoveNode { node: name, force } => remove_node(node, &name, force).await,
+        LeaderOp::UpdateNode(name, update) => update_node(node, &name, update, request).await,
+        LeaderOp::Promote(name) => set_role(node, &name, Role::Manager, request).await,
+        LeaderOp::Demote(name) => set_role(node, &name, Role::Worker, request).await,
+        LeaderOp::RemoveNode { node: name, force } => {
+            remove_node(node, &name, force, request).await
+        }
         LeaderOp::Status => {
             node.linearizable().await?;
             Ok(LeaderReply::Status(status_view(node)))
@@ -71,21 +84,24 @@ pub async fn execute(node: &Arc<Node>, op: LeaderOp) -> Result<LeaderReply, OpEr
             };
             let secret =
                 token::derive_secret(ca_key.as_bytes(), &token_label(role, generation + 1));
-            node.write(Command::RotateToken {
-                role,
-                secret_hash: token::hash_secret(&secret),
-                now_ms: now_ms(),
-            })
+            node.write_request(
+                request,
+                Command::RotateToken {
+                    role,
+                    secret_hash: token::hash_secret(&secret),
+                    now_ms: now_ms(),
+                },
+            )
             .await?;
             Ok(LeaderReply::Token(token_view(node, role)?))
         }
-        LeaderOp::Join(req) => join(node, req).await,
+        LeaderOp::Join(req) => join(node, req, request).await,
         LeaderOp::Noop => {
             node.write(Command::Noop { now_ms: now_ms() }).await?;
             Ok(LeaderReply::Done)
         }
         LeaderOp::BenchCommit { writers, count } => bench_commit(node, writers, count).await,
-        LeaderOp::Deploy(doc) => deploy(node, doc).await,
+        LeaderOp::Deploy(doc) => deploy(node, doc, request).await,
         LeaderOp::Services => {
             node.linearizable().await?;
             Ok(LeaderReply::Services(node.state.read(|s| {
@@ -116,16 +132,19 @@ pub async fn execute(node: &Arc<Node>, op: LeaderOp) -> Result<LeaderReply, OpEr
                 }))
             })
         }
-        LeaderOp::UpdateService { name, update } => update_service(node, &name, update).await,
-        LeaderOp::RollbackService(name) => rollback_service(node, &name).await,
-        LeaderOp::PlanService(doc) => crate::stacks::plan_service(node, doc).await,
-        LeaderOp::DeployStack { stack, request } => {
-            crate::stacks::deploy_stack(node, stack, request).await
+        LeaderOp::UpdateService { name, update } => {
+            update_service(node, &name, update, request).await
         }
+        LeaderOp::RollbackService(name) => rollback_service(node, &name, request).await,
+        LeaderOp::PlanService(doc) => crate::stacks::plan_service(node, doc).await,
+        LeaderOp::DeployStack {
+            stack,
+            request: deploy,
+        } => crate::stacks::deploy_stack(node, stack, deploy, request).await,
         LeaderOp::Stacks => crate::stacks::stacks(node).await,
         LeaderOp::StackServices(stack) => crate::stacks::stack_services(node, stack).await,
         LeaderOp::StackTasks(stack) => crate::stacks::stack_tasks(node, stack).await,
-        LeaderOp::RemoveStack(stack) => crate::stacks::remove_stack(node, stack).await,
+        LeaderOp::RemoveStack(stack) => crate::stacks::remove_stack(node, stack, request).await,
         LeaderOp::Tasks(name) => {
             node.linearizable().await?;
             node.state.read(|s| {
@@ -154,11 +173,14 @@ pub async fn execute(node: &Arc<Node>, op: LeaderOp) -> Result<LeaderReply, OpEr
                 Ok(())
             })?;
             let _writes = node.service_writes.lock().await;
-            node.write(Command::ScaleService {
-                name: name.clone(),
-                replicas,
-                now_ms: now_ms(),
-            })
+            node.write_request(
+                request,
+                Command::ScaleService {
+                    name: name.clone(),
+                    replicas,
+                    now_ms: now_ms(),
+                },
+            )
             .await?;
             Ok(LeaderReply::Service(node.state.read(|s| {
                 let svc = s.services.get(&name).expect("scaled service exists");
@@ -166,15 +188,32 @@ pub async fn execute(node: &Arc<Node>, op: LeaderOp) -> Result<LeaderReply, OpEr
             })))
         }
         LeaderOp::RemoveService(name) => {
-            node.state.read(|s| find_service(s, &name).map(|_| ()))?;
-            node.write(Command::RemoveService {
-                name: name.clone(),
-                now_ms: now_ms(),
-            })
+            node.state.read(|s| {
+                if already_applied(s, request) {
+                    return Ok(());
+                }
+                find_service(s, &name).map(|_| ())
+            })?;
+            node.write_request(
+                request,
+                Command::RemoveService {
+                    name: name.clone(),
+                    now_ms: now_ms(),
+                },
+            )
             .await?;
             Ok(LeaderReply::ServiceRemoved(RemovedServiceView { name }))
         }
     }
+}
+
+/// Whether an earlier attempt at `request` was applied (its answer was
+/// lost): then the state already holds the change, and a check that the
+/// change makes fail must let the attempt through to apply(), which answers
+/// with the first outcome. Read together with that check, in one
+/// `state.read`, so no apply falls between them.
+pub fn already_applied(state: &ClusterState, request: Option<RequestId>) -> bool {
+    request.is_some_and(|id| state.requests.outcome(id).is_some())
 }
 
 fn find_service<'a>(
@@ -191,6 +230,7 @@ fn find_service<'a>(
 async fn deploy(
     node: &Arc<Node>,
     doc: shoal_cli::api::ServiceSpecDoc,
+    request: Option<RequestId>,
 ) -> Result<LeaderReply, OpError> {
     let mut spec = services::spec_from_doc(&doc)?;
     let _writes = node.service_writes.lock().await;
@@ -201,10 +241,13 @@ async fn deploy(
     match existing {
         None => {
             let name = spec.name.clone();
-            node.write(Command::CreateService {
-                spec,
-                now_ms: now_ms(),
-            })
+            node.write_request(
+                request,
+                Command::CreateService {
+                    spec,
+                    now_ms: now_ms(),
+                },
+            )
             .await?;
             deployed(node, &name, true, true, false)
         }
@@ -216,7 +259,7 @@ async fn deploy(
             }
             // Stack membership changes only through stack commands.
             spec.stack = old.stack.clone();
-            store_spec(node, &old, spec).await
+            store_spec(node, &old, spec, request).await
         }
     }
 }
@@ -227,16 +270,23 @@ async fn store_spec(
     node: &Arc<Node>,
     old: &shoal_raft::ServiceSpec,
     spec: shoal_raft::ServiceSpec,
+    request: Option<RequestId>,
 ) -> Result<LeaderReply, OpError> {
     let name = spec.name.clone();
     if *old == spec {
-        return deployed(node, &name, false, false, false);
+        // Equal because an earlier attempt at this request stored it: answer
+        // as that attempt would have (with the update run it started, if any).
+        let replay = node.state.read(|s| already_applied(s, request));
+        return deployed(node, &name, false, replay, replay);
     }
     let started = !old.same_template(&spec);
-    node.write(Command::UpdateService {
-        spec,
-        now_ms: now_ms(),
-    })
+    node.write_request(
+        request,
+        Command::UpdateService {
+            spec,
+            now_ms: now_ms(),
+        },
+    )
     .await?;
     deployed(node, &name, false, true, started)
 }
@@ -272,6 +322,7 @@ async fn update_service(
     node: &Arc<Node>,
     name: &str,
     update: ServiceUpdateRequest,
+    request: Option<RequestId>,
 ) -> Result<LeaderReply, OpError> {
     update
         .validate()
@@ -287,19 +338,26 @@ async fn update_service(
     spec.stack = old.stack.clone();
     node.state
         .read(|s| services::check_fits_somewhere(s, &spec))?;
-    store_spec(node, &old, spec).await
+    store_spec(node, &old, spec, request).await
 }
 
 /// `service rollback`: the model refuses (with a sentence) when there is no
 /// previous spec.
-async fn rollback_service(node: &Arc<Node>, name: &str) -> Result<LeaderReply, OpError> {
+async fn rollback_service(
+    node: &Arc<Node>,
+    name: &str,
+    request: Option<RequestId>,
+) -> Result<LeaderReply, OpError> {
     let _writes = node.service_writes.lock().await;
     node.linearizable().await?;
     node.state.read(|s| find_service(s, name).map(|_| ()))?;
-    node.write(Command::RollbackService {
-        name: name.to_owned(),
-        now_ms: now_ms(),
-    })
+    node.write_request(
+        request,
+        Command::RollbackService {
+            name: name.to_owned(),
+            now_ms: now_ms(),
+        },
+    )
     .await?;
     deployed(node, name, false, true, true)
 }
@@ -409,6 +467,7 @@ async fn update_node(
     node: &Arc<Node>,
     name: &str,
     update: NodeUpdate,
+    request: Option<RequestId>,
 ) -> Result<LeaderReply, OpError> {
     update
         .validate()
@@ -418,20 +477,32 @@ async fn update_node(
         .as_deref()
         .map(parse_availability)
         .transpose()?;
-    let id = node.state.read(|s| find(s, name).map(|n| n.id))?;
-    node.write(Command::UpdateNode {
-        id,
-        availability,
-        labels_add: update.labels_add,
-        labels_rm: update.labels_rm,
-        name: update.name,
-        now_ms: now_ms(),
-    })
+    // An earlier attempt that renamed the node left it under its new name.
+    let id = node.state.read(|s| match (find(s, name), &update.name) {
+        (Err(_), Some(renamed)) if already_applied(s, request) => find(s, renamed).map(|n| n.id),
+        (found, _) => found.map(|n| n.id),
+    })?;
+    node.write_request(
+        request,
+        Command::UpdateNode {
+            id,
+            availability,
+            labels_add: update.labels_add,
+            labels_rm: update.labels_rm,
+            name: update.name,
+            now_ms: now_ms(),
+        },
+    )
     .await?;
     Ok(LeaderReply::Node(view_of(node, &id.to_string())?))
 }
 
-async fn set_role(node: &Arc<Node>, name: &str, role: Role) -> Result<LeaderReply, OpError> {
+async fn set_role(
+    node: &Arc<Node>,
+    name: &str,
+    role: Role,
+    request: Option<RequestId>,
+) -> Result<LeaderReply, OpError> {
     let (id, current, managers) = node
         .state
         .read(|s| find(s, name).map(|n| (n.id, n.role, managers_of(s).len())))?;
@@ -441,11 +512,14 @@ async fn set_role(node: &Arc<Node>, name: &str, role: Role) -> Result<LeaderRepl
                 "the cluster already has {managers} managers, the most it keeps is {MAX_MANAGERS}"
             )));
         }
-        node.write(Command::SetNodeRole {
-            id,
-            role,
-            now_ms: now_ms(),
-        })
+        node.write_request(
+            request,
+            Command::SetNodeRole {
+                id,
+                role,
+                now_ms: now_ms(),
+            },
+        )
         .await?;
     }
     // The leader loop carries the role change into the Raft membership;
@@ -475,8 +549,29 @@ async fn set_role(node: &Arc<Node>, name: &str, role: Role) -> Result<LeaderRepl
     Ok(LeaderReply::Node(view_of(node, &id.to_string())?))
 }
 
-async fn remove_node(node: &Arc<Node>, name: &str, force: bool) -> Result<LeaderReply, OpError> {
-    let record = node.state.read(|s| find(s, name).cloned())?;
+async fn remove_node(
+    node: &Arc<Node>,
+    name: &str,
+    force: bool,
+    request: Option<RequestId>,
+) -> Result<LeaderReply, OpError> {
+    // An earlier attempt at this request removed the node: answer with its
+    // id if the client named it by id (a name is gone with the node).
+    let record = node.state.read(|s| match find(s, name) {
+        Ok(record) => Ok(Ok(record.clone())),
+        Err(_) if already_applied(s, request) => match name.parse::<NodeId>() {
+            Ok(id) => Ok(Err(id)),
+            Err(_) => Err(OpError::not_found(format!(
+                "node {name:?} is gone: an earlier attempt at this same request removed it \
+                 (its answer was lost when the leader changed)"
+            ))),
+        },
+        Err(e) => Err(e),
+    })?;
+    let record = match record {
+        Ok(record) => record,
+        Err(id) => return Ok(LeaderReply::Removed(RemovedView { id })),
+    };
     if record.id == node.id {
         return Err(OpError::conflict(format!(
             "node {} is the leader: demote it first (`shoal node demote {}`) so another manager leads, then remove it",
@@ -496,28 +591,39 @@ async fn remove_node(node: &Arc<Node>, name: &str, force: bool) -> Result<Leader
                 record.id, record.name, record.id
             )));
         }
-        set_role(node, &record.id.to_string(), Role::Worker).await?;
+        // The demotion is this request's second write, with its own id.
+        let demote = request.map(|r| r.write(1));
+        set_role(node, &record.id.to_string(), Role::Worker, demote).await?;
     }
-    node.write(Command::RemoveNode {
-        id: record.id,
-        now_ms: now_ms(),
-    })
+    node.write_request(
+        request,
+        Command::RemoveNode {
+            id: record.id,
+            now_ms: now_ms(),
+        },
+    )
     .await?;
     node.peers.forget(record.id);
     Ok(LeaderReply::Removed(RemovedView { id: record.id }))
 }
 
-async fn join(node: &Arc<Node>, req: JoinRequest) -> Result<LeaderReply, OpError> {
+async fn join(
+    node: &Arc<Node>,
+    req: JoinRequest,
+    request: Option<RequestId>,
+) -> Result<LeaderReply, OpError> {
     validate_name("name", &req.name)?;
     validate_addr("addr", &req.addr)?;
-    let (role, ca, cluster_id, managers) = node.state.read(|s| {
+    let (role, ca, cluster_id, managers, replay) = node.state.read(|s| {
         let role = role_for_secret(s, &req.secret)?;
         let ca =
             s.ca.clone()
                 .ok_or_else(|| OpError::internal("the cluster has no CA yet"))?;
-        Ok::<_, OpError>((role, ca, s.cluster_id.clone(), managers_of(s)))
+        let replay = already_applied(s, request);
+        Ok::<_, OpError>((role, ca, s.cluster_id.clone(), managers_of(s), replay))
     })?;
-    if role == Role::Manager && managers.len() >= MAX_MANAGERS {
+    // A repeated attempt whose joiner was registered counts among the managers.
+    if role == Role::Manager && managers.len() >= MAX_MANAGERS && !replay {
         return Err(OpError::conflict(format!(
             "the cluster already has {} managers, the most it keeps is {MAX_MANAGERS}: join as a worker",
             managers.len()
@@ -530,16 +636,20 @@ async fn join(node: &Arc<Node>, req: JoinRequest) -> Result<LeaderReply, OpError
     ca.issue_node_cert(0, &req.public_key_der)
         .map_err(|e| OpError::bad_request(format!("public_key_der: {e}")))?;
     let resp = node
-        .write(Command::RegisterNode {
-            node: NewNode {
-                name: req.name.clone(),
-                addr: req.addr.clone(),
-                role,
-                resources: req.resources,
-                version: req.version.clone(),
+        .write_request(
+            request,
+            Command::RegisterNode {
+                node: NewNode {
+                    name: req.name.clone(),
+                    addr: req.addr.clone(),
+                    role,
+                    resources: req.resources,
+                    version: req.version.clone(),
+                    key_fingerprint: pki::key_fingerprint(&req.public_key_der),
+                },
+                now_ms: now_ms(),
             },
-            now_ms: now_ms(),
-        })
+        )
         .await?;
     let Response::NodeRegistered { id } = resp else {
         return Err(OpError::internal(format!(

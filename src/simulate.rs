@@ -715,6 +715,9 @@ async fn beat(
         node_id: agent.id,
         version: VERSION.to_string(),
         engine_error: None,
+        // Simulated workers accept no connections, so they need no list
+        // of removed nodes (and none are removed in a run).
+        revoked_known: 0,
     });
     // As on a real node: the dial has its own timeout (a handshake cut
     // short by the beat's would never complete under load, and every

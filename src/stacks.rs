@@ -11,7 +11,7 @@ use shoal_cli::api::{
     StackDeployRequest, StackView, MAX_SERVICE_NAME_LEN, MAX_STACK_SERVICES,
 };
 use shoal_raft::plan::{plan, Change, ServicePlan};
-use shoal_raft::{ClusterState, Command, ServiceSpec};
+use shoal_raft::{ClusterState, Command, RequestId, ServiceSpec};
 
 use crate::node::{now_ms, Node};
 use crate::services;
@@ -134,6 +134,7 @@ pub async fn deploy_stack(
     node: &Arc<Node>,
     stack: String,
     request: StackDeployRequest,
+    id: Option<RequestId>,
 ) -> Result<LeaderReply, OpError> {
     validate_service_name(&stack).map_err(|_| {
         OpError::bad_request(format!(
@@ -159,7 +160,7 @@ pub async fn deploy_stack(
     };
     let services = plan_views(node, &command)?;
     if !request.dry_run {
-        node.write(command).await?;
+        node.write_request(id, command).await?;
     }
     Ok(LeaderReply::Plan(PlanView {
         services,
@@ -227,14 +228,28 @@ pub async fn stack_tasks(node: &Arc<Node>, stack: String) -> Result<LeaderReply,
     })
 }
 
-pub async fn remove_stack(node: &Arc<Node>, stack: String) -> Result<LeaderReply, OpError> {
+pub async fn remove_stack(
+    node: &Arc<Node>,
+    stack: String,
+    request: Option<RequestId>,
+) -> Result<LeaderReply, OpError> {
     let _writes = node.service_writes.lock().await;
     node.linearizable().await?;
-    let names = node.state.read(|s| stack_service_names(s, &stack))?;
-    node.write(Command::RemoveStack {
-        stack: stack.clone(),
-        now_ms: now_ms(),
-    })
+    // An earlier attempt at this request removed the stack: its services are
+    // gone, so the answer cannot name them.
+    let names = node.state.read(|s| {
+        if crate::ops::already_applied(s, request) {
+            return Ok(Vec::new());
+        }
+        stack_service_names(s, &stack)
+    })?;
+    node.write_request(
+        request,
+        Command::RemoveStack {
+            stack: stack.clone(),
+            now_ms: now_ms(),
+        },
+    )
     .await?;
     Ok(LeaderReply::StackRemoved(RemovedStackView {
         name: stack,

@@ -12,7 +12,7 @@ use shoal_cli::api::{
     RemovedView, ServiceInspectView, ServiceSpecDoc, ServiceUpdateRequest, ServiceView,
     StackDeployRequest, StackView, StatusView, TaskView, TokenView,
 };
-use shoal_raft::{NodeId, Resources, Role, Task, TaskId, TaskStatusUpdate, TypeConfig};
+use shoal_raft::{NodeId, RequestId, Resources, Role, Task, TaskId, TaskStatusUpdate, TypeConfig};
 
 use openraft::error::InstallSnapshotError;
 use openraft::raft::{
@@ -53,6 +53,15 @@ pub enum PeerRequest {
     /// runs on the receiving node: answered with one [`MeshReply`] frame,
     /// then the stream carries the connection's bytes both ways.
     MeshConnect(MeshConnect),
+    /// A change forwarded with the request id the receiving node gave it;
+    /// every attempt at the change carries the same id, which the leader
+    /// writes into the log beside the command so apply() runs it once.
+    /// (Added after [`PeerRequest::Leader`], which reads still use, so
+    /// earlier variants keep their tags.)
+    LeaderRequest {
+        request: RequestId,
+        op: LeaderOp,
+    },
 }
 
 /// Frames of the endpoint stream from the leader to every node.
@@ -141,6 +150,9 @@ pub struct Heartbeat {
     pub version: String,
     /// Why the sender's container engine cannot be used; `None` while it answers.
     pub engine_error: Option<String>,
+    /// How many removed node ids the sender knows; the reply lists them all
+    /// when the leader knows another number.
+    pub revoked_known: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -153,6 +165,10 @@ pub struct HeartbeatReply {
     /// the leader lengthens it as the cluster grows (`liveness::cadence`)
     /// and jitters it, so its beat rate stays bounded.
     pub period_ms: u64,
+    /// Every node id removed from the cluster, when the sender's
+    /// `revoked_known` differs from the leader's count; empty otherwise.
+    /// Workers hold no state, so this is how they learn whom to refuse.
+    pub revoked: Vec<NodeId>,
 }
 
 /// Operations executed by the leader. Reads are linearizable: the leader

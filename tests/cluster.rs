@@ -161,6 +161,21 @@ fn joins_with_bad_tokens_are_refused_and_change_nothing() {
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     assert!(err.contains("secret is not valid"), "{err}");
     assert!(took < Duration::from_secs(10), "{took:?}");
+    // Logged where it was served, with the address and the reason, and
+    // without the secret.
+    let refusal = |reason: &str| {
+        let log = c.nodes[0].log_text();
+        log.lines()
+            .find(|l| l.contains("refused a join from 127.0.0.1") && l.contains(reason))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no refusal line with {reason:?}: {log}"))
+    };
+    let line = refusal("secret is not valid");
+    assert!(line.contains("WARN"), "{line}");
+    assert!(
+        !c.nodes[0].log_text().contains(&"0".repeat(32)),
+        "the secret reached the log"
+    );
 
     // Tampered fingerprint: the joiner refuses the server's CA before
     // sending its secret.
@@ -176,6 +191,15 @@ fn joins_with_bad_tokens_are_refused_and_change_nothing() {
         "{err}"
     );
     assert!(took < Duration::from_secs(10), "{took:?}");
+    // The server sees only the joiner abort the handshake.
+    wait_for(Duration::from_secs(5), || {
+        c.nodes[0]
+            .log_text()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("handshake refused by the peer"))
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("no handshake refusal logged: {}", c.nodes[0].log_text()));
 
     // Rotated token.
     let rotated = c.nodes[0]
@@ -187,6 +211,7 @@ fn joins_with_bad_tokens_are_refused_and_change_nothing() {
     assert!(!ok);
     assert!(err.contains("rotated"), "{err}");
     assert!(took < Duration::from_secs(10), "{took:?}");
+    refusal("rotated");
 
     // Unreachable address.
     let dead = format!("127.0.0.9:{}", common::free_port());
@@ -222,6 +247,26 @@ fn joins_with_bad_tokens_are_refused_and_change_nothing() {
     // The current token works (`join` takes the token shown now).
     assert_eq!(c.token("worker"), rotated);
     c.join("good", "127.0.0.6", "worker");
+
+    // Joining again under the same name is refused, naming the node, and
+    // logged.
+    let out = std::process::Command::new(common::BIN)
+        .arg("--data-dir")
+        .arg(c.root.path().join("good-again"))
+        .args(["join", &via, "--token", &rotated, "--listen"])
+        .arg(format!("127.0.0.7:{}", c.port))
+        .args(["--name", "good"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("\"good\" is already used by node 2"), "{err}");
+    let log = c.nodes[0].log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("refused a join from") && l.contains("is already used by node 2")),
+        "{log}"
+    );
 }
 
 #[test]

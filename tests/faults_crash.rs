@@ -1372,11 +1372,12 @@ fn a_follower_killed_during_a_snapshot_install_catches_up() {
     }
 }
 
-/// A change forwarded to a leader that dies with it in flight is not sent
-/// again to the next leader (which may already hold it): a rollback
-/// acknowledged to the client is in effect once, never undone by a second
-/// run. Each round updates the image, asks a follower for a rollback and
-/// kills the leader while the forward is under way.
+/// A change forwarded to a leader that dies with it in flight is sent again
+/// to the next leader under the same request id, which may already hold it:
+/// apply() runs it once, so a rollback acknowledged to the client is in
+/// effect once, never undone by a second run. Each round updates the image,
+/// asks a follower for a rollback and kills the leader while the forward is
+/// under way.
 #[test]
 fn a_change_forwarded_to_a_dying_leader_is_applied_at_most_once() {
     let mut chaos = Chaos::new(seed_from_env());

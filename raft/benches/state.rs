@@ -76,6 +76,7 @@ fn new_node(id: u64) -> NewNode {
             memory_bytes: 256 * GIB,
         },
         version: "0.1.0".to_owned(),
+        key_fingerprint: format!("{id:064x}"),
     }
 }
 

@@ -32,8 +32,9 @@ pub use service::{
     TaskStatusUpdate, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
 };
 pub use state::{
-    apply, task_id, Availability, CaMaterial, ClusterState, Command, LogPayload, NewNode,
-    NodeRecord, NodeStatus, Resources, Response, Role, TaskChange, TokenRecord,
+    apply, apply_request, task_id, AppliedRequests, Availability, CaMaterial, ClusterState,
+    Command, LogPayload, NewNode, NodeRecord, NodeStatus, Proposed, RequestId, Resources, Response,
+    Role, TaskChange, TokenRecord, MAX_APPLIED_REQUESTS,
 };
 pub use store::{open, LogStore, StateHandle, StateMachineStore, StoreError};
 pub use types::{

@@ -9,7 +9,7 @@
 //! they are wrapped in versioned envelopes ([`LogPayload`] here, the snapshot
 //! envelope in the store) so a later format can be added beside them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -32,6 +32,21 @@ pub enum LogPayload {
     /// one entry: one log write and one fsync for the lot. Answered with
     /// [`Response::Batch`], one response per command.
     V1Batch(Vec<Command>),
+    /// Like [`LogPayload::V1Batch`] (even for one command), each command with
+    /// the id of the client request it belongs to, if any: a request id
+    /// already applied is not applied again ([`apply_request`]). Answered
+    /// with [`Response::Batch`].
+    V2(Vec<Proposed>),
+}
+
+/// One command of a [`LogPayload::V2`] entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposed {
+    /// The client request the command carries out; `None` for the leader's
+    /// own proposals (leader loop, task reports), which apply() re-checks
+    /// against the state anyway.
+    pub request: Option<RequestId>,
+    pub command: Command,
 }
 
 impl LogPayload {
@@ -42,8 +57,142 @@ impl LogPayload {
             LogPayload::V1Batch(commands) => {
                 Response::Batch(commands.iter().map(|c| apply(state, c)).collect())
             }
+            LogPayload::V2(proposed) => Response::Batch(
+                proposed
+                    .iter()
+                    .map(|p| apply_request(state, p.request, &p.command))
+                    .collect(),
+            ),
         }
     }
+}
+
+/// Names one write of one client change, so that apply() carries it out at
+/// most once however many times it is proposed (a leader whose commit timed
+/// out proposes it again; a forwarding node sends it to the next leader).
+///
+/// The node whose control API (or join handshake) received the change draws
+/// `origin`/`nonce` once, and every attempt carries the same id. `write`
+/// numbers the commands of an operation that commits more than one (a
+/// forced removal of a manager demotes it, then removes it), so each has its
+/// own id and an attempt that skips a write already made still matches the
+/// others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RequestId {
+    /// The node that received the request.
+    pub origin: NodeId,
+    /// Random: ids from one node never repeat in practice (64 bits, and only
+    /// the last [`MAX_APPLIED_REQUESTS`] are compared).
+    pub nonce: u64,
+    /// Which write of the operation this is (0 for its main write).
+    pub write: u8,
+}
+
+impl RequestId {
+    pub fn new(origin: NodeId, nonce: u64) -> RequestId {
+        RequestId {
+            origin,
+            nonce,
+            write: 0,
+        }
+    }
+
+    /// The id of the operation's `write`-th command.
+    pub fn write(self, write: u8) -> RequestId {
+        RequestId { write, ..self }
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{:016x}-{}", self.origin, self.nonce, self.write)
+    }
+}
+
+/// How many applied request ids [`AppliedRequests`] keeps.
+///
+/// The node that received a request sends every attempt at it within the
+/// request timeout (10 s) of the first, then gives up and never sends it
+/// again; the leader proposes an attempt as soon as it has run the
+/// operation's checks. So an id must outlive the ids of the client changes
+/// applied in the following ten seconds or so. The control API's measured
+/// ceiling is 8,624 writes/s (64 writers, the cheapest write,
+/// BENCHMARKS.md), so 100,000 ids last 11.6 s at full load (a thin margin,
+/// at a rate no real client sustains) and minutes to days at realistic
+/// rates. Only client changes take ids. Full, the record holds about 10 MB
+/// in memory and adds about 2 MB to a snapshot.
+pub const MAX_APPLIED_REQUESTS: usize = 100_000;
+
+/// The outcome of the last [`MAX_APPLIED_REQUESTS`] client requests applied,
+/// by request id. Part of the replicated state (in snapshots beside
+/// [`ClusterState`], see the store's `SnapshotData::V2`), so every manager
+/// decides a repeated id the same way. Eviction is first in, first out in
+/// log order: deterministic, whatever the clocks.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedRequests {
+    outcomes: BTreeMap<RequestId, Response>,
+    /// The same ids in the order they were applied, oldest first.
+    order: VecDeque<RequestId>,
+}
+
+impl AppliedRequests {
+    /// What applying `id` answered, if it was applied and is still kept.
+    pub fn outcome(&self, id: RequestId) -> Option<&Response> {
+        self.outcomes.get(&id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// The ids kept, oldest first.
+    pub fn ids(&self) -> impl Iterator<Item = RequestId> + '_ {
+        self.order.iter().copied()
+    }
+
+    /// Records `id`'s outcome, forgetting the oldest ids beyond `limit`.
+    fn record(&mut self, id: RequestId, outcome: Response, limit: usize) {
+        if self.outcomes.insert(id, outcome).is_none() {
+            self.order.push_back(id);
+        }
+        while self.order.len() > limit {
+            let oldest = self.order.pop_front().expect("longer than the limit");
+            self.outcomes.remove(&oldest);
+        }
+    }
+}
+
+/// Applies `cmd`, once per request id: a command whose `request` was applied
+/// before (and is still in [`ClusterState::requests`]) changes nothing and
+/// answers what the first application answered, refusals included. Without
+/// an id it is [`apply`].
+pub fn apply_request(
+    state: &mut ClusterState,
+    request: Option<RequestId>,
+    cmd: &Command,
+) -> Response {
+    apply_request_within(state, request, cmd, MAX_APPLIED_REQUESTS)
+}
+
+fn apply_request_within(
+    state: &mut ClusterState,
+    request: Option<RequestId>,
+    cmd: &Command,
+    limit: usize,
+) -> Response {
+    let Some(id) = request else {
+        return apply(state, cmd);
+    };
+    if let Some(outcome) = state.requests.outcome(id) {
+        return outcome.clone();
+    }
+    let response = apply(state, cmd);
+    state.requests.record(id, response.clone(), limit);
+    response
 }
 
 /// The state every manager agrees on.
@@ -65,6 +214,20 @@ pub struct ClusterState {
     pub tasks: BTreeMap<TaskId, Task>,
     /// Feeds [`task_id`]; grows by one per created task.
     pub next_task_seq: u64,
+    /// Node ids removed by `node rm`: every node refuses their connections,
+    /// though their certificates are still the CA's. Ids are never reused,
+    /// so this only grows (by one id per removal).
+    pub revoked: BTreeSet<NodeId>,
+    /// The node id each node key (hex SHA-256 of its public key) was
+    /// registered under, kept after the node is removed: a key joins once,
+    /// so a replayed join request and a removed node's old identity are
+    /// refused.
+    pub node_keys: BTreeMap<String, NodeId>,
+    /// Client requests applied lately and their outcomes. Not in this type's
+    /// own encoding, so snapshots written before it existed still decode:
+    /// the store keeps it beside the state (`SnapshotData::V2`).
+    #[serde(skip)]
+    pub requests: AppliedRequests,
 }
 
 impl Default for ClusterState {
@@ -79,6 +242,9 @@ impl Default for ClusterState {
             services: BTreeMap::new(),
             tasks: BTreeMap::new(),
             next_task_seq: 0,
+            revoked: BTreeSet::new(),
+            node_keys: BTreeMap::new(),
+            requests: AppliedRequests::default(),
         }
     }
 }
@@ -216,6 +382,9 @@ pub struct NewNode {
     pub role: Role,
     pub resources: Resources,
     pub version: String,
+    /// Hex SHA-256 of the node's public key (its certificate's key); empty
+    /// when not known, which registers no key.
+    pub key_fingerprint: String,
 }
 
 /// A change to the cluster state. Every command carries the leader's clock as
@@ -434,7 +603,8 @@ pub enum Response {
     Rejected {
         reason: String,
     },
-    /// The responses to a [`LogPayload::V1Batch`], in command order.
+    /// The responses to a [`LogPayload::V1Batch`] or [`LogPayload::V2`], in
+    /// command order.
     Batch(Vec<Response>),
 }
 
@@ -528,6 +698,26 @@ impl ClusterState {
         Ok(())
     }
 
+    /// Checks that the node key `fingerprint` never joined: the same key
+    /// again is a replayed join request, or a removed node's old identity.
+    fn check_key(&self, fingerprint: &str) -> Result<(), String> {
+        let Some(id) = self.node_keys.get(fingerprint) else {
+            return Ok(());
+        };
+        Err(match self.nodes.get(id) {
+            Some(node) => format!(
+                "this node key already joined as node {id} ({}): a join is not repeated; \
+                 start that node with `shoal run` on its data dir",
+                node.name
+            ),
+            None => format!(
+                "this node key belonged to node {id}, which was removed from the cluster: \
+                 a removed node cannot come back with its old identity; wipe its data dir \
+                 and join again"
+            ),
+        })
+    }
+
     fn node_mut(&mut self, id: NodeId) -> Result<&mut NodeRecord, String> {
         self.nodes
             .get_mut(&id)
@@ -558,6 +748,9 @@ impl ClusterState {
                 engine_error: None,
             },
         );
+        if !node.key_fingerprint.is_empty() {
+            self.node_keys.insert(node.key_fingerprint.clone(), id);
+        }
         self.next_node_id = next;
         Ok(id)
     }
@@ -669,6 +862,7 @@ fn apply_or_refuse(state: &mut ClusterState, cmd: &Command) -> Result<Response, 
             Ok(Response::Ok)
         }
         Command::RegisterNode { node, now_ms } => {
+            state.check_key(&node.key_fingerprint)?;
             state.check_identity(&node.name, &node.addr, None)?;
             let id = state.insert_node(node, node.role, *now_ms)?;
             Ok(Response::NodeRegistered { id })
@@ -763,6 +957,9 @@ fn apply_or_refuse(state: &mut ClusterState, cmd: &Command) -> Result<Response, 
                 ));
             }
             state.nodes.remove(id);
+            // Its certificate stays valid for the CA: the id is what every
+            // node refuses from now on.
+            state.revoked.insert(*id);
             Ok(Response::Ok)
         }
         Command::RotateToken {
@@ -1407,6 +1604,7 @@ mod tests {
                 memory_bytes: 1 << 30,
             },
             version: "0.1.0".to_owned(),
+            key_fingerprint: String::new(),
         }
     }
 
@@ -2924,6 +3122,7 @@ mod tests {
                 expect: Expect::Ok,
                 change: |s| {
                     s.nodes.remove(&2);
+                    s.revoked.insert(2);
                 },
             },
             Case {
@@ -2933,6 +3132,7 @@ mod tests {
                 expect: Expect::Ok,
                 change: |s| {
                     s.nodes.remove(&1);
+                    s.revoked.insert(1);
                 },
             },
             Case {
@@ -3141,6 +3341,7 @@ mod tests {
             .flat_map(|payload| match payload {
                 LogPayload::V1(command) => vec![command],
                 LogPayload::V1Batch(commands) => commands,
+                LogPayload::V2(proposed) => proposed.into_iter().map(|p| p.command).collect(),
             })
             .collect();
         assert_eq!(run(&replayed), first);
@@ -3229,11 +3430,241 @@ mod tests {
         assert!(text.contains("redacted"));
     }
 
+    /// "web" updated to nginx:1.28, so a rollback has somewhere to go.
+    fn with_web_updated() -> ClusterState {
+        applied(
+            with_web(),
+            Command::UpdateService {
+                spec: ServiceSpec {
+                    image: "nginx:1.28".to_owned(),
+                    ..web_spec()
+                },
+                now_ms: T0,
+            },
+        )
+    }
+
+    fn rollback(now_ms: u64) -> Command {
+        Command::RollbackService {
+            name: "web".to_owned(),
+            now_ms,
+        }
+    }
+
+    fn request(nonce: u64) -> Option<RequestId> {
+        Some(RequestId::new(7, nonce))
+    }
+
+    #[test]
+    fn a_request_applied_twice_changes_the_state_once_and_answers_the_first_outcome() {
+        // A rollback run twice undoes itself: the case that made ids necessary.
+        let mut state = with_web_updated();
+        let first = apply_request(&mut state, request(1), &rollback(NOW));
+        assert_eq!(first, Response::Ok);
+        assert_eq!(state.services["web"].spec.image, "nginx:1.27");
+        let once = state.clone();
+        let again = apply_request(&mut state, request(1), &rollback(NOW + 5));
+        assert_eq!(again, first);
+        assert_eq!(state, once, "the second proposal changed the state");
+
+        // The recorded outcome is the first one, refusals included: a node
+        // registered under a request answers with its id, not with "taken".
+        let register = Command::RegisterNode {
+            node: new_node("w9", "10.0.0.9:4240", Role::Worker),
+            now_ms: NOW,
+        };
+        let registered = apply_request(&mut state, request(2), &register);
+        assert_eq!(registered, Response::NodeRegistered { id: 3 });
+        assert_eq!(apply_request(&mut state, request(2), &register), registered);
+        assert_eq!(state.nodes.len(), 3);
+
+        // A refusal is an outcome too: the retry does not get a second chance
+        // at a change the first attempt was refused.
+        let mut state = with_web();
+        let no_previous = apply_request(&mut state, request(4), &rollback(NOW));
+        assert!(no_previous.is_rejected(), "{no_previous:?}");
+        state.services.get_mut("web").unwrap().previous_spec =
+            Some(with_web_updated().services["web"].spec.clone());
+        assert_eq!(
+            apply_request(&mut state, request(4), &rollback(NOW)),
+            no_previous
+        );
+        assert_eq!(state.services["web"].spec.image, "nginx:1.27");
+    }
+
+    #[test]
+    fn different_request_ids_and_no_id_apply_every_time() {
+        let mut state = with_web_updated();
+        assert_eq!(
+            apply_request(&mut state, request(1), &rollback(NOW)),
+            Response::Ok
+        );
+        assert_eq!(state.services["web"].spec.image, "nginx:1.27");
+        assert_eq!(
+            apply_request(&mut state, request(2), &rollback(NOW)),
+            Response::Ok
+        );
+        assert_eq!(state.services["web"].spec.image, "nginx:1.28");
+        assert_eq!(
+            apply_request(&mut state, None, &rollback(NOW)),
+            Response::Ok
+        );
+        assert_eq!(state.services["web"].spec.image, "nginx:1.27");
+        assert_eq!(
+            apply_request(&mut state, None, &rollback(NOW)),
+            Response::Ok
+        );
+        assert_eq!(state.services["web"].spec.image, "nginx:1.28");
+        // Another write of the same operation is another id.
+        let second_write = request(1).map(|id| id.write(1));
+        assert_eq!(
+            apply_request(&mut state, second_write, &rollback(NOW)),
+            Response::Ok
+        );
+        assert_eq!(state.services["web"].spec.image, "nginx:1.27");
+        assert_eq!(
+            state.requests.len(),
+            3,
+            "commands without an id are not kept"
+        );
+    }
+
+    #[test]
+    fn a_v2_entry_deduplicates_within_and_across_entries() {
+        let proposed = |nonce: Option<u64>| Proposed {
+            request: nonce.and_then(request),
+            command: rollback(NOW),
+        };
+        let entry = LogPayload::V2(vec![proposed(Some(1)), proposed(Some(1)), proposed(None)]);
+        let entry: LogPayload = codec::decode(&codec::encode(&entry).unwrap()).unwrap();
+        let mut state = with_web_updated();
+        assert_eq!(
+            entry.apply(&mut state),
+            Response::Batch(vec![Response::Ok, Response::Ok, Response::Ok])
+        );
+        // Applied twice in all (the first and the id-less one), not three times.
+        assert_eq!(state.services["web"].spec.image, "nginx:1.28");
+        assert_eq!(state.services["web"].version, 4);
+        // The same entry proposed again (a retry after a commit timeout):
+        // only the id-less command runs.
+        entry.apply(&mut state);
+        assert_eq!(state.services["web"].spec.image, "nginx:1.27");
+        assert_eq!(state.services["web"].version, 5);
+    }
+
+    #[test]
+    fn the_request_record_is_bounded_and_evicts_the_oldest_first() {
+        let run = || {
+            let mut state = one_manager();
+            for nonce in 0..10 {
+                let cmd = Command::Noop { now_ms: NOW };
+                apply_request_within(&mut state, request(nonce), &cmd, 4);
+            }
+            state
+        };
+        let state = run();
+        let kept: Vec<u64> = state.requests.ids().map(|id| id.nonce).collect();
+        assert_eq!(kept, [6, 7, 8, 9]);
+        assert!(state.requests.outcome(RequestId::new(7, 5)).is_none());
+        assert_eq!(
+            state.requests.outcome(RequestId::new(7, 9)),
+            Some(&Response::Ok)
+        );
+        assert_eq!(run().requests, state.requests, "eviction is deterministic");
+
+        // An evicted id is a new request again: what the bound must make
+        // impossible for a retry, which is why it outlasts the request timeout.
+        let mut state = with_web_updated();
+        apply_request_within(&mut state, request(100), &rollback(NOW), 2);
+        for nonce in 0..2 {
+            apply_request_within(
+                &mut state,
+                request(nonce),
+                &Command::Noop { now_ms: NOW },
+                2,
+            );
+        }
+        apply_request_within(&mut state, request(100), &rollback(NOW), 2);
+        assert_eq!(state.services["web"].spec.image, "nginx:1.28");
+
+        // The real bound holds too.
+        let mut state = one_manager();
+        for nonce in 0..(MAX_APPLIED_REQUESTS as u64 + 3) {
+            apply_request(&mut state, request(nonce), &Command::Noop { now_ms: NOW });
+        }
+        assert_eq!(state.requests.len(), MAX_APPLIED_REQUESTS);
+        assert_eq!(state.requests.ids().next().map(|id| id.nonce), Some(3));
+    }
+
     #[test]
     fn enums_use_lowercase_names() {
         let json =
             serde_json::to_string(&(Role::Manager, Availability::Drain, NodeStatus::Down)).unwrap();
         assert_eq!(json, r#"["manager","drain","down"]"#);
         assert_eq!(Role::Worker.to_string(), "worker");
+    }
+
+    #[test]
+    fn a_removed_node_is_revoked_and_its_key_never_joins_again() {
+        let keyed = |name: &str, addr: &str, key: &str| NewNode {
+            key_fingerprint: key.to_owned(),
+            ..new_node(name, addr, Role::Worker)
+        };
+        let register = |node: NewNode| Command::RegisterNode { node, now_ms: T0 };
+        let mut state = applied(one_manager(), register(keyed("w1", "10.0.0.2:4240", "k2")));
+        assert_eq!(state.node_keys.get("k2"), Some(&2));
+        assert!(state.revoked.is_empty());
+
+        // The same request again (same key, and same name): refused, naming
+        // the node that joined.
+        let again = apply(&mut state, &register(keyed("w1", "10.0.0.2:4240", "k2")));
+        let Response::Rejected { reason } = again else {
+            panic!("a repeated join was accepted: {again:?}")
+        };
+        assert!(reason.contains("already joined as node 2 (w1)"), "{reason}");
+        // The same key under another name and address: still refused.
+        let Response::Rejected { reason } =
+            apply(&mut state, &register(keyed("w9", "10.0.0.9:4240", "k2")))
+        else {
+            panic!("a replayed key was accepted")
+        };
+        assert!(reason.contains("node 2"), "{reason}");
+        // The same name with a fresh key: refused by name.
+        let Response::Rejected { reason } =
+            apply(&mut state, &register(keyed("w1", "10.0.0.9:4240", "k9")))
+        else {
+            panic!("a taken name was accepted")
+        };
+        assert!(reason.contains("already used by node 2"), "{reason}");
+
+        let state = applied(state, Command::RemoveNode { id: 2, now_ms: T0 });
+        assert!(!state.nodes.contains_key(&2));
+        assert_eq!(state.revoked, BTreeSet::from([2]));
+        // The removed node's old key cannot come back, even under a new name.
+        let mut after = state.clone();
+        let Response::Rejected { reason } =
+            apply(&mut after, &register(keyed("w1", "10.0.0.2:4240", "k2")))
+        else {
+            panic!("a removed node's key joined again")
+        };
+        assert!(reason.contains("node 2, which was removed"), "{reason}");
+        assert!(reason.contains("wipe its data dir"), "{reason}");
+        // A wiped node (a new key) joins under a new id: ids are not reused.
+        let after = applied(after, register(keyed("w1", "10.0.0.2:4240", "k3")));
+        assert_eq!(after.node_keys.get("k3"), Some(&3));
+        assert_eq!(after.revoked, BTreeSet::from([2]));
+        // An unknown key (older callers, tests) registers nothing.
+        let after = applied(after, register(keyed("w4", "10.0.0.4:4240", "")));
+        assert!(!after.node_keys.contains_key(""));
+
+        // Both survive the snapshot format.
+        let decoded: ClusterState = codec::decode(&codec::encode(&after).unwrap()).unwrap();
+        assert_eq!(decoded.revoked, after.revoked);
+        assert_eq!(decoded.node_keys, after.node_keys);
+
+        // A refused removal (the last manager) revokes nothing.
+        let mut last = one_manager();
+        assert!(apply(&mut last, &Command::RemoveNode { id: 1, now_ms: T0 }).is_rejected());
+        assert!(last.revoked.is_empty());
     }
 }

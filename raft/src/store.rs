@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::codec::{self, CodecError};
-use crate::state::{ClusterState, Command, LogPayload, Response, Role};
+use crate::state::{AppliedRequests, ClusterState, Command, LogPayload, Response, Role};
 use crate::types::{
     Entry, LogId, Membership, NodeId, RaftNode, RaftStorageError, Snapshot, SnapshotMeta,
     StoredMembership, TypeConfig, Vote,
@@ -168,10 +168,20 @@ from_redb!(
 /// The snapshot as stored in redb and sent to followers, behind a version tag.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum SnapshotData {
+    /// Written before request ids existed: read as having applied none.
     V1 {
         last_applied: Option<LogId>,
         membership: StoredMembership,
         state: ClusterState,
+    },
+    /// `state` encodes without its request record (`ClusterState::requests`
+    /// is left out of the state's own encoding, so a V1 snapshot still
+    /// decodes); the record travels here, beside it.
+    V2 {
+        last_applied: Option<LogId>,
+        membership: StoredMembership,
+        state: ClusterState,
+        requests: AppliedRequests,
     },
 }
 
@@ -342,11 +352,22 @@ fn write_snapshot(
 }
 
 fn decode_snapshot(data: &[u8]) -> Result<Applied, StoreError> {
-    let SnapshotData::V1 {
-        last_applied,
-        membership,
-        state,
-    } = codec::decode(data)?;
+    let (last_applied, membership, state) = match codec::decode(data)? {
+        SnapshotData::V1 {
+            last_applied,
+            membership,
+            state,
+        } => (last_applied, membership, state),
+        SnapshotData::V2 {
+            last_applied,
+            membership,
+            mut state,
+            requests,
+        } => {
+            state.requests = requests;
+            (last_applied, membership, state)
+        }
+    };
     Ok(Applied {
         last_applied,
         membership,
@@ -1000,11 +1021,13 @@ impl StateMachineStore {
     }
 
     async fn build(&self) -> Result<Snapshot, StoreError> {
-        let applied = self.handle.lock_read().clone();
-        let data = codec::encode(&SnapshotData::V1 {
+        let mut applied = self.handle.lock_read().clone();
+        let requests = std::mem::take(&mut applied.state.requests);
+        let data = codec::encode(&SnapshotData::V2 {
             last_applied: applied.last_applied,
             membership: applied.membership.clone(),
             state: applied.state,
+            requests,
         })?;
         let meta = SnapshotMeta {
             last_log_id: applied.last_applied,
@@ -1398,6 +1421,7 @@ mod tests {
             role,
             resources: Resources::default(),
             version: "0.1.0".to_owned(),
+            key_fingerprint: String::new(),
         }
     }
 
@@ -1604,6 +1628,74 @@ mod tests {
         let labels: BTreeMap<String, String> =
             follower.state().read(|s| s.nodes[&2].labels.clone());
         assert!(labels.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn applied_request_ids_survive_a_snapshot_build_install_and_reopen() {
+        use crate::state::{Proposed, RequestId};
+        let id = RequestId::new(1, 42);
+        let join = |index: u64, name: &str, addr: &str| Entry {
+            log_id: log_id(1, 1, index),
+            payload: EntryPayload::Normal(LogPayload::V2(vec![Proposed {
+                request: Some(id),
+                command: register(name, addr),
+            }])),
+        };
+        let leader_dir = tempfile::tempdir().unwrap();
+        let (_leader_log, mut leader) = open(&leader_dir.path().join("raft.redb")).await.unwrap();
+        let mut entries = history();
+        entries.push(join(5, "w2", "127.0.0.5:4240"));
+        let responses = leader.apply(entries).await.unwrap();
+        let registered = Response::Batch(vec![Response::NodeRegistered { id: 3 }]);
+        assert_eq!(responses[4], registered);
+        let snapshot = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+
+        let follower_dir = tempfile::tempdir().unwrap();
+        let path = follower_dir.path().join("raft.redb");
+        {
+            let (_log, mut follower) = open(&path).await.unwrap();
+            follower
+                .install_snapshot(&snapshot.meta, snapshot.snapshot)
+                .await
+                .unwrap();
+            assert_eq!(
+                follower.state().read(|s| s.requests.clone()),
+                leader.state().read(|s| s.requests.clone())
+            );
+        }
+        // Restarted from the snapshot, the follower still knows the request:
+        // the same request again (a retry) registers nobody.
+        let (_log, mut follower) = open(&path).await.unwrap();
+        assert_eq!(
+            follower.state().read(|s| s.requests.outcome(id).cloned()),
+            Some(Response::NodeRegistered { id: 3 })
+        );
+        let responses = follower
+            .apply([join(6, "w3", "127.0.0.6:4240")])
+            .await
+            .unwrap();
+        assert_eq!(responses, [registered]);
+        assert_eq!(follower.state().read(|s| s.nodes.len()), 3);
+    }
+
+    #[test]
+    fn a_snapshot_written_before_request_ids_still_decodes() {
+        let mut state = ClusterState::default();
+        crate::state::apply(&mut state, &init(1));
+        let data = codec::encode(&SnapshotData::V1 {
+            last_applied: Some(log_id(1, 1, 2)),
+            membership: StoredMembership::default(),
+            state: state.clone(),
+        })
+        .unwrap();
+        let applied = decode_snapshot(&data).unwrap();
+        assert_eq!(applied.state, state);
+        assert!(applied.state.requests.is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

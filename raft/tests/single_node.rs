@@ -131,6 +131,7 @@ async fn writes_survive_a_restart_through_snapshot_and_log() {
             role: Role::Manager,
             resources: Resources::default(),
             version: "0.1.0".to_owned(),
+            key_fingerprint: "aa11".to_owned(),
         },
         now_ms: 1,
     };
@@ -157,6 +158,7 @@ async fn writes_survive_a_restart_through_snapshot_and_log() {
             role: Role::Worker,
             resources: Resources::default(),
             version: "0.1.0".to_owned(),
+            key_fingerprint: "bb22".to_owned(),
         },
         now_ms: 2,
     };
