@@ -307,6 +307,12 @@ impl Node {
         let outcome = tokio::select! {
             r = transport::call(&conn, &request, left) => r,
             () = self.leader_moves_from(leader) => return Err(replaced()),
+            () = until_silent(&conn, SILENT_PEER) => {
+                self.peers.forget(leader);
+                return Err(OpError::unavailable(format!(
+                    "leader {leader} at {addr} sent nothing for {SILENT_PEER:?} with the request in flight (a connection from before it restarted, or a cut path); trying a new connection"
+                )));
+            }
         };
         match outcome {
             Ok(PeerResponse::Leader(result)) => result,
@@ -486,6 +492,33 @@ impl Node {
 /// How long a connection may receive nothing before a timed-out request
 /// on it counts as a sign that the peer is gone.
 const QUIET_LIMIT: Duration = Duration::from_secs(1);
+
+/// How long a forwarded request waits with nothing at all arriving on its
+/// connection before the connection is given up. A live leader
+/// acknowledges the request's packets within a round trip and, however
+/// long the request takes, sends a keep-alive at least every
+/// `transport::KEEP_ALIVE_INTERVAL` (1 s), so this much silence means the
+/// process at the other end is gone — typically a connection cached from
+/// before the leader restarted, which QUIC would only notice at the 10 s
+/// idle timeout — or the path is cut. The request is then sent again on a
+/// new connection, under the same request id.
+const SILENT_PEER: Duration = Duration::from_millis(2_500);
+
+/// Completes once `conn` has received nothing for `limit` (from now).
+async fn until_silent(conn: &shoal_net::Connection, limit: Duration) {
+    let mut received = conn.stats().udp_rx.datagrams;
+    let mut since = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = conn.stats().udp_rx.datagrams;
+        if now != received {
+            received = now;
+            since = Instant::now();
+        } else if since.elapsed() >= limit {
+            return;
+        }
+    }
+}
 
 /// Whether `conn` received anything within [`QUIET_LIMIT`], judged from its
 /// datagram count at earlier calls (the first call counts as hearing).

@@ -44,8 +44,12 @@ pub const ALPN_NODE: &[u8] = b"shoal/1";
 pub const ALPN_JOIN: &[u8] = b"shoal-join/1";
 
 /// Keep-alives make a dead peer visible within the idle timeout even when no
-/// request is in flight.
-pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(3);
+/// request is in flight, and bound how long a live peer stays silent: a
+/// caller waiting on a slow answer hears at least a keep-alive this often,
+/// so longer silence means the peer is gone (see `SILENT_PEER` in the
+/// daemon). Connections that carry heartbeats or Raft traffic never need
+/// them; idle ones cost a packet each way per interval.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
 /// A connection with no packets from the peer for this long is dead.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent requests (bidirectional streams) a peer may have open on one connection.
