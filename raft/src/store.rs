@@ -54,6 +54,15 @@ const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 
+/// One AppendEntries carries entries up to about this many encoded bytes (always
+/// at least one entry). openraft gives an AppendEntries one Raft heartbeat
+/// (120 ms) to cross the wire and be made durable by the follower before it
+/// counts a timeout, and bounds a request only by its number of entries: 64
+/// batched entries of task reports can reach megabytes, which on a loaded
+/// machine missed that deadline again and again (the follower, never hearing
+/// from its leader, called elections), and could exceed the frame limit.
+pub const MAX_REPLICATION_BYTES: usize = 512 * 1024;
+
 const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
 const KEY_LAST_PURGED: &str = "last_purged_log_id";
@@ -449,6 +458,8 @@ struct Pending {
     /// the newer entry when the older one becomes durable.
     seq: u64,
     entry: Entry,
+    /// Its encoded size, for reads bounded in bytes.
+    bytes: usize,
 }
 
 /// What the log looks like to openraft right now, ahead of the file. Readers take
@@ -704,10 +715,15 @@ impl LogStore {
         lock_tail(&self.tail)
     }
 
+    /// The live entries in `range`, in order. With `max_bytes`, stops after the
+    /// entry that brings their encoded size to `max_bytes` or more (so at least
+    /// one entry comes back from a non-empty range).
     async fn read_entries(
         &self,
         range: (Bound<u64>, Bound<u64>),
+        max_bytes: Option<usize>,
     ) -> Result<Vec<Entry>, StoreError> {
+        let max_bytes = max_bytes.unwrap_or(usize::MAX);
         // Pending entries first: one that is committed after this point is in redb
         // by the time redb is read below.
         let (durable, pending) = {
@@ -717,31 +733,42 @@ impl LogStore {
             };
             let first_pending = tail.pending.keys().next().copied().unwrap_or(u64::MAX);
             let durable = (start < first_pending).then(|| (start, end.min(first_pending - 1)));
-            let pending: Vec<Entry> = tail
+            let pending: Vec<(Entry, usize)> = tail
                 .pending
                 .range(start..=end)
-                .map(|(_, p)| p.entry.clone())
+                .map(|(_, p)| (p.entry.clone(), p.bytes))
                 .collect();
             (durable, pending)
         };
-        let mut entries = match durable {
+        let (mut entries, mut total) = match durable {
             Some((start, end)) => {
                 let db = self.db.clone();
                 run_blocking(move || {
                     let txn = db.begin_read()?;
                     let log = txn.open_table(LOG)?;
                     let mut entries = Vec::new();
+                    let mut total = 0usize;
                     for row in log.range::<u64>(start..=end)? {
+                        if total >= max_bytes {
+                            break;
+                        }
                         let (_, bytes) = row?;
+                        total += bytes.value().len();
                         entries.push(codec::decode(bytes.value())?);
                     }
-                    Ok(entries)
+                    Ok((entries, total))
                 })
                 .await?
             }
-            None => Vec::new(),
+            None => (Vec::new(), 0),
         };
-        entries.extend(pending);
+        for (entry, bytes) in pending {
+            if total >= max_bytes {
+                break;
+            }
+            total += bytes;
+            entries.push(entry);
+        }
         Ok(entries)
     }
 
@@ -770,10 +797,13 @@ impl LogStore {
         let mut appended = Vec::new();
         for entry in entries {
             match codec::encode(&entry) {
-                Ok(bytes) => rows.push((entry.log_id.index, bytes)),
+                Ok(bytes) => {
+                    let len = bytes.len();
+                    rows.push((entry.log_id.index, bytes));
+                    appended.push((entry, len));
+                }
                 Err(error) => return Err(refuse(done, error.into())),
             }
-            appended.push(entry);
         }
         let permit = match self.writer.reserve().await {
             Ok(permit) => permit,
@@ -787,10 +817,10 @@ impl LogStore {
         }
         let seq = tail.next_seq;
         tail.next_seq += 1;
-        for entry in appended {
+        for (entry, bytes) in appended {
             tail.last_log_id = Some(entry.log_id);
             tail.pending
-                .insert(entry.log_id.index, Pending { seq, entry });
+                .insert(entry.log_id.index, Pending { seq, entry, bytes });
         }
         // Sent under the lock, so the queue has the order the tail saw.
         permit.send(LogOp::Append { seq, rows, done });
@@ -805,7 +835,10 @@ impl LogStore {
         let before = match index.checked_sub(1) {
             Some(before) => {
                 let range = (Bound::Included(before), Bound::Included(before));
-                self.read_entries(range).await?.first().map(|e| e.log_id)
+                self.read_entries(range, None)
+                    .await?
+                    .first()
+                    .map(|e| e.log_id)
             }
             None => None,
         };
@@ -884,7 +917,20 @@ impl RaftLogReader<TypeConfig> for LogStore {
             owned_bound(range.start_bound()),
             owned_bound(range.end_bound()),
         );
-        self.read_entries(range)
+        self.read_entries(range, None)
+            .await
+            .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))
+    }
+
+    /// What the leader sends a follower in one AppendEntries: bounded in bytes
+    /// as well as in entries (`max_payload_entries`).
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, RaftStorageError> {
+        let range = (Bound::Included(start), Bound::Excluded(end));
+        self.read_entries(range, Some(MAX_REPLICATION_BYTES))
             .await
             .map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Read, e))
     }
@@ -1247,7 +1293,7 @@ pub async fn plan_recovery(
     while last_index.is_some_and(|last| next <= last) {
         let end = next.saturating_add(RECOVERY_READ_CHUNK - 1);
         let entries = log
-            .read_entries((Bound::Included(next), Bound::Included(end)))
+            .read_entries((Bound::Included(next), Bound::Included(end)), None)
             .await?;
         if entries.is_empty() {
             break;
@@ -1777,6 +1823,49 @@ mod tests {
         indexes
             .map(|i| blank_ent::<TypeConfig>(term, 1, i))
             .collect()
+    }
+
+    /// What the leader sends in one AppendEntries stays near
+    /// [`MAX_REPLICATION_BYTES`], from durable entries and from pending ones.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replication_reads_are_bounded_in_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _sm) = open(&dir.path().join("raft.redb")).await.unwrap();
+        // Entries of about 100 KB: a register with a long name.
+        let big = |index: u64| normal(index, register(&"n".repeat(100_000), "127.0.0.2:4240"));
+        let (to, mut flushed) = tokio::sync::mpsc::unbounded_channel();
+        log.submit_append((1..=20).map(big), report(&to, 1))
+            .await
+            .unwrap();
+        assert_eq!(next_flushed(&mut flushed).await, Some((1, true)));
+        let resume = hold_writer(&log).await;
+        log.submit_append((21..=40).map(big), report(&to, 2))
+            .await
+            .unwrap();
+
+        let per_entry = codec::encode(&big(1)).unwrap().len();
+        let fit = MAX_REPLICATION_BYTES.div_ceil(per_entry);
+        assert!((2..20).contains(&fit), "{fit} entries per request");
+        for (start, source) in [(1, "durable"), (21, "pending"), (18, "both")] {
+            let got = log.limited_get_log_entries(start, 41).await.unwrap();
+            let indexes: Vec<u64> = got.iter().map(|e| e.log_id.index).collect();
+            let want: Vec<u64> = (start..start + fit as u64).collect();
+            assert_eq!(indexes, want, "{source}");
+        }
+        // A short range comes back whole; one entry over the bound still comes back.
+        assert_eq!(log.limited_get_log_entries(3, 5).await.unwrap().len(), 2);
+        let huge = normal(
+            41,
+            register(&"n".repeat(MAX_REPLICATION_BYTES * 2), "127.0.0.2:4240"),
+        );
+        log.submit_append([huge.clone()], report(&to, 3))
+            .await
+            .unwrap();
+        assert_eq!(log.limited_get_log_entries(41, 42).await.unwrap(), [huge]);
+        // Unbounded reads are unchanged.
+        assert_eq!(log.try_get_log_entries(1..=40).await.unwrap().len(), 40);
+        drop(resume);
+        assert_eq!(next_flushed(&mut flushed).await, Some((2, true)));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
