@@ -80,6 +80,20 @@ impl Timing {
         }
     }
 
+    /// The same, with the Raft election timeout `min` (campaigns after the leader
+    /// lease of `2 * min` plus a random `min..2 * min`) and a Raft heartbeat of
+    /// 4/5 of `min`. openraft also gives each AppendEntries one heartbeat to
+    /// complete, so a longer timeout is also more slack for replication on a
+    /// loaded machine.
+    pub fn with_election_timeout(self, min: Duration) -> Timing {
+        Timing {
+            raft_heartbeat: min * 4 / 5,
+            election_timeout_min: min,
+            election_timeout_max: min * 2,
+            ..self
+        }
+    }
+
     pub fn raft_config(&self, cluster_name: &str) -> Result<openraft::Config> {
         let snapshot_every = snapshot_every(std::env::var(SNAPSHOT_EVERY_ENV).ok().as_deref())?;
         let config = openraft::Config {
@@ -112,6 +126,37 @@ impl Default for Timing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_election_timeout_sets_the_raft_timings() {
+        let default = Timing::default();
+        let same = Timing::default().with_election_timeout(Duration::from_millis(150));
+        assert_eq!(
+            (
+                same.raft_heartbeat,
+                same.election_timeout_min,
+                same.election_timeout_max
+            ),
+            (
+                default.raft_heartbeat,
+                default.election_timeout_min,
+                default.election_timeout_max
+            )
+        );
+        let slow = Timing::default().with_election_timeout(Duration::from_secs(1));
+        assert_eq!(slow.raft_heartbeat, Duration::from_millis(800));
+        assert_eq!(slow.election_timeout_max, Duration::from_secs(2));
+        assert_eq!(slow.heartbeat_timeout, default.heartbeat_timeout);
+        let config = slow.raft_config("c").unwrap();
+        assert_eq!(
+            (
+                config.heartbeat_interval,
+                config.election_timeout_min,
+                config.election_timeout_max
+            ),
+            (800, 1000, 2000)
+        );
+    }
 
     #[test]
     fn the_snapshot_interval_is_a_bounded_whole_number() {

@@ -200,13 +200,15 @@ async fn run_hub(node: Arc<Node>) {
     let mut streams: HashMap<NodeId, Vec<Stream>> = HashMap::new();
     let mut prev: Vec<(TaskId, Sent)> = Vec::new();
     let mut by_node: HashMap<NodeId, BTreeSet<TaskId>> = HashMap::new();
+    // A scan of a large state is paced (see `pace`).
+    let mut pause = COALESCE;
     loop {
         tokio::select! {
             r = applied.changed() => if r.is_err() { return },
             () = hub.wake.notified() => {}
             () = tokio::time::sleep(IDLE_FRAME_EVERY) => {}
         }
-        tokio::time::sleep(COALESCE).await;
+        tokio::time::sleep(pause).await;
         let joining = std::mem::take(&mut *hub.joining.lock().unwrap());
         if !node.is_leader() {
             // Dropping the senders ends every stream: agents go and find
@@ -221,40 +223,44 @@ async fn run_hub(node: Arc<Node>) {
         if streams.is_empty() && joining.is_empty() {
             continue;
         }
-        node.state.read(|state| {
-            let (next, changes) = scan(std::mem::take(&mut prev), state);
-            prev = next;
-            for (peer, change) in changes {
-                let ids = by_node.entry(peer).or_default();
-                for t in &change.upserts {
-                    ids.insert(t.id.clone());
+        let ((), busy) = crate::pace::timed_pass(|| {
+            node.state.read(|state| {
+                let (next, changes) = scan(std::mem::take(&mut prev), state);
+                prev = next;
+                for (peer, change) in changes {
+                    let ids = by_node.entry(peer).or_default();
+                    for t in &change.upserts {
+                        ids.insert(t.id.clone());
+                    }
+                    for id in &change.removed {
+                        ids.remove(id);
+                    }
+                    if let Some(list) = streams.get_mut(&peer) {
+                        let out = frames(change.upserts, change.removed, false);
+                        list.retain(|s| offer(s, &out));
+                    }
                 }
-                for id in &change.removed {
-                    ids.remove(id);
+                for stream in joining {
+                    let tasks: Vec<Task> = by_node
+                        .get(&stream.node)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|id| state.tasks.get(id).cloned())
+                        .collect();
+                    if offer(&stream, &frames(tasks, Vec::new(), true)) {
+                        streams.entry(stream.node).or_default().push(stream);
+                    }
                 }
-                if let Some(list) = streams.get_mut(&peer) {
-                    let out = frames(change.upserts, change.removed, false);
-                    list.retain(|s| offer(s, &out));
-                }
-            }
-            for stream in joining {
-                let tasks: Vec<Task> = by_node
-                    .get(&stream.node)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|id| state.tasks.get(id).cloned())
-                    .collect();
-                if offer(&stream, &frames(tasks, Vec::new(), true)) {
-                    streams.entry(stream.node).or_default().push(stream);
-                }
-            }
+            })
         });
+        pause = crate::pace::pause_after(busy, COALESCE);
     }
 }
 
 /// Serves one agent's stream until this node stops leading or the agent
 /// goes away.
 pub async fn serve_watch(node: Arc<Node>, peer: NodeId, mut send: SendStream) {
+    shoal_net::transport::mark_bulk(&send);
     let mut frames = node.dispatch.join(&node, peer);
     loop {
         let frame = match tokio::time::timeout(IDLE_FRAME_EVERY, frames.recv()).await {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use shoal_raft::{ClusterState, Command, NodeId, NodeStatus, RaftNode, Role, TaskChange};
 
 use crate::node::{now_ms, Node};
+use crate::pace;
 use crate::wire::OpError;
 
 /// One change of the Raft membership towards what the cluster state says.
@@ -74,6 +75,9 @@ pub async fn run(node: Arc<Node>) {
     // When a rolling update can next move on by the clock alone (a monitor
     // window or a delay ends); waiting for the tick would add up to a tick per batch.
     let mut wake_at: Option<tokio::time::Instant> = None;
+    // After an applied entry: a short pause lets a burst land in one pass;
+    // a large state's slow passes are paced (see `pace`).
+    let mut pause = MIN_PASS_PAUSE;
     loop {
         // On a tick, as soon as something was applied (a deploy, a task
         // report) — a short pause lets a burst land in one pass — and at an
@@ -87,7 +91,7 @@ pub async fn run(node: Arc<Node>) {
         tokio::select! {
             _ = ticker.tick() => {}
             Ok(()) = applied.changed() => {
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                tokio::time::sleep(pause).await;
             }
             () = deadline => {}
         }
@@ -142,7 +146,8 @@ pub async fn run(node: Arc<Node>) {
                 tracing::warn!(error = %e, "cannot record node status changes");
             }
         }
-        orchestrate(&node).await;
+        let busy = orchestrate(&node).await;
+        pause = crate::pace::pause_after(busy, MIN_PASS_PAUSE);
         let now_wall = now_ms();
         wake_at = node
             .state
@@ -174,29 +179,38 @@ pub async fn run(node: Arc<Node>) {
 /// (scheduler): each a pure function of the state, each committed as
 /// batched proposals of at most [`MAX_CHANGES_PER_ENTRY`] changes and about
 /// [`MAX_CHANGE_BYTES_PER_ENTRY`] bytes (see [`split_changes`]).
-async fn orchestrate(node: &Node) {
-    let changes = node.state.read(|s| shoal_raft::reconcile(s, now_ms()));
+///
+/// Returns the time spent deciding (not waiting for commits), which paces
+/// the next pass.
+async fn orchestrate(node: &Node) -> Duration {
+    let (changes, reconciling) =
+        pace::timed_pass(|| node.state.read(|s| shoal_raft::reconcile(s, now_ms())));
     if !changes.is_empty() {
         tracing::debug!(count = changes.len(), "orchestrator changes");
         if let Err(e) = commit_changes(node, changes).await {
             tracing::warn!(error = %e, "cannot commit orchestrator changes");
-            return;
+            return reconciling;
         }
     }
-    let placements = node.state.read(shoal_raft::schedule);
+    let (placements, scheduling) = pace::timed_pass(|| node.state.read(shoal_raft::schedule));
     if !placements.is_empty() {
         tracing::debug!(count = placements.len(), "scheduler decisions");
         if let Err(e) = commit_changes(node, placements).await {
             tracing::warn!(error = %e, "cannot commit scheduler decisions");
         }
     }
+    reconciling + scheduling
 }
+
+/// The shortest pause between an applied entry and the pass it starts.
+const MIN_PASS_PAUSE: Duration = Duration::from_millis(2);
 
 /// Most task changes in one `ApplyTaskChanges` entry.
 pub const MAX_CHANGES_PER_ENTRY: usize = 10_000;
 /// Most bytes (by [`change_size_bound`]) of task changes in one entry.
-/// openraft sends up to 64 entries in one `AppendEntries` frame, and frames
-/// are capped at 16 MiB, so 64 entries this size still fit in one frame.
+/// An `AppendEntries` carries up to 64 entries and about 512 KiB of them
+/// (`shoal_raft::store::MAX_REPLICATION_BYTES`), at least one whatever its
+/// size, so entries this size go two at a time.
 pub const MAX_CHANGE_BYTES_PER_ENTRY: usize = 256 * 1024;
 
 /// Commits `changes` as consecutive entries, each awaited before the next:

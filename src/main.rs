@@ -13,6 +13,7 @@ mod liveness;
 mod mesh;
 mod node;
 mod ops;
+mod pace;
 mod peer_server;
 mod raft_network;
 mod services;
@@ -111,7 +112,8 @@ async fn run_daemon(cli: Cli) -> anyhow::Result<()> {
                 listen: Some(a.node.listen.to_string()),
                 advertise: a.node.advertise_addr.map(|s| s.to_string()),
                 name: Some(a.node.name),
-                timing: Timing::with_heartbeat_timeout(a.node.heartbeat_timeout),
+                timing: Timing::with_heartbeat_timeout(a.node.heartbeat_timeout)
+                    .with_election_timeout(a.node.election_timeout),
                 dns: a.node.dns_addr,
             })
             .await
@@ -123,7 +125,8 @@ async fn run_daemon(cli: Cli) -> anyhow::Result<()> {
                     listen: Some(a.node.listen.to_string()),
                     advertise: a.node.advertise_addr.map(|s| s.to_string()),
                     name: Some(a.node.name),
-                    timing: Timing::with_heartbeat_timeout(a.node.heartbeat_timeout),
+                    timing: Timing::with_heartbeat_timeout(a.node.heartbeat_timeout)
+                        .with_election_timeout(a.node.election_timeout),
                     dns: a.node.dns_addr,
                 },
                 a.addr.to_string(),
@@ -138,7 +141,8 @@ async fn run_daemon(cli: Cli) -> anyhow::Result<()> {
                     listen: a.listen.map(|s| s.to_string()),
                     advertise: a.advertise_addr.map(|s| s.to_string()),
                     name: None,
-                    timing: Timing::with_heartbeat_timeout(a.heartbeat_timeout),
+                    timing: Timing::with_heartbeat_timeout(a.heartbeat_timeout)
+                        .with_election_timeout(a.election_timeout),
                     dns: a.dns_addr,
                 },
                 a.force_new_cluster,

@@ -496,18 +496,25 @@ const QUIET_LIMIT: Duration = Duration::from_secs(1);
 /// How long a forwarded request waits with nothing at all arriving on its
 /// connection before the connection is given up. A live leader
 /// acknowledges the request's packets within a round trip and, however
-/// long the request takes, sends a keep-alive at least every
-/// `transport::KEEP_ALIVE_INTERVAL` (1 s), so this much silence means the
-/// process at the other end is gone — typically a connection cached from
-/// before the leader restarted, which QUIC would only notice at the 10 s
-/// idle timeout — or the path is cut. The request is then sent again on a
-/// new connection, under the same request id.
+/// long the request takes, answers the probes sent every [`PROBE_QUIET`]
+/// of quiet, so this much silence means the process at the other end is
+/// gone — typically a connection cached from before the leader restarted,
+/// which QUIC would only notice at the 10 s idle timeout — or the path is
+/// cut. The request is then sent again on a new connection, under the same
+/// request id.
 const SILENT_PEER: Duration = Duration::from_millis(2_500);
 
-/// Completes once `conn` has received nothing for `limit` (from now).
+/// Quiet on a connection with a request in flight after which
+/// [`until_silent`] asks the peer whether it is there (`transport::probe`).
+const PROBE_QUIET: Duration = Duration::from_millis(500);
+
+/// Completes once `conn` has received nothing for `limit` (from now),
+/// probing the peer every [`PROBE_QUIET`] of quiet so that a live one
+/// always answers within that.
 async fn until_silent(conn: &shoal_net::Connection, limit: Duration) {
     let mut received = conn.stats().udp_rx.datagrams;
     let mut since = Instant::now();
+    let mut probed = since;
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let now = conn.stats().udp_rx.datagrams;
@@ -516,6 +523,10 @@ async fn until_silent(conn: &shoal_net::Connection, limit: Duration) {
             since = Instant::now();
         } else if since.elapsed() >= limit {
             return;
+        }
+        if since.elapsed() >= PROBE_QUIET && probed.elapsed() >= PROBE_QUIET {
+            transport::probe(conn);
+            probed = Instant::now();
         }
     }
 }

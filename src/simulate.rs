@@ -120,6 +120,8 @@ pub struct Report {
     pub log_entries_kept: u64,
     pub last_log_index: u64,
     pub heartbeat_timeout_ms: u64,
+    /// The managers' Raft election timeout (the minimum).
+    pub election_timeout_ms: u64,
     /// The beat period and down timeout the leader decides for a cluster of
     /// this size (`liveness::cadence`).
     pub heartbeat_period_ms: u64,
@@ -308,6 +310,7 @@ async fn scenario(args: &SimulateArgs, cluster: &mut Managers) -> Result<Report>
         log_entries_kept: 0,
         last_log_index: 0,
         heartbeat_timeout_ms: args.heartbeat_timeout.as_millis() as u64,
+        election_timeout_ms: args.election_timeout.as_millis() as u64,
         heartbeat_period_ms: cadence.period.as_millis() as u64,
         down_timeout_ms: cadence.timeout.as_millis() as u64,
         start_delay_ms: args.start_delay.as_millis() as u64,
@@ -529,11 +532,17 @@ impl Agent {
     }
 
     fn set_leader(&self, leader: Option<(NodeId, SocketAddr)>) {
-        self.leader.send_if_modified(|l| {
+        let changed = self.leader.send_if_modified(|l| {
             let changed = *l != leader;
             *l = leader;
             changed
         });
+        // As a node's connection pool does with connections it no longer
+        // uses: links to former leaders are let go (calls in flight on them
+        // finish), so they close instead of being kept alive.
+        if let (true, Some((id, _))) = (changed, leader) {
+            self.links.lock().unwrap().retain(|peer, _| *peer == id);
+        }
     }
 }
 
@@ -916,6 +925,7 @@ struct Managers {
     ips: Vec<String>,
     port: u16,
     heartbeat_timeout: Duration,
+    election_timeout: Duration,
     log_level: String,
     children: Vec<Option<Child>>,
     /// Node id of each manager.
@@ -934,6 +944,7 @@ impl Managers {
             ips: (1..=3).map(|i| format!("127.0.0.{i}")).collect(),
             port,
             heartbeat_timeout: args.heartbeat_timeout,
+            election_timeout: args.election_timeout,
             log_level: std::env::var("SHOAL_LOG").unwrap_or_else(|_| "warn".into()),
             children: vec![None, None, None],
             ids: vec![0; 3],
@@ -1035,11 +1046,18 @@ impl Managers {
             .arg("--log-level")
             .arg(&self.log_level)
             .args(command);
+        // A restarted manager (`run`) keeps the timings too.
+        let heartbeat = format!("{}ms", self.heartbeat_timeout.as_millis());
+        let election = format!("{}ms", self.election_timeout.as_millis());
+        cmd.args(["--heartbeat-timeout", &heartbeat]).args([
+            "--election-timeout",
+            &election,
+            "--dns-addr",
+            "none",
+        ]);
         if command[0] != "run" {
             let listen = self.addr(i).to_string();
-            let timeout = format!("{}ms", self.heartbeat_timeout.as_millis());
-            cmd.args(["--listen", &listen, "--name", &self.names[i]])
-                .args(["--heartbeat-timeout", &timeout, "--dns-addr", "none"]);
+            cmd.args(["--listen", &listen, "--name", &self.names[i]]);
         }
         // The managers' own agents use the in-memory engine, with no image:
         // they are drained and run nothing.

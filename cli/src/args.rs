@@ -25,6 +25,13 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:4500";
 /// marks nodes down; above the upper one a lost node goes unnoticed for too long.
 pub const MIN_HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(10);
 pub const MAX_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Bounds for `--election-timeout`: below the lower one a loopback round trip
+/// under load misses the Raft heartbeat; above the upper one a dead leader
+/// leaves the cluster without writes for most of a minute.
+pub const MIN_ELECTION_TIMEOUT: Duration = Duration::from_millis(50);
+pub const MAX_ELECTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default `--election-timeout`, tuned for fast failover on a LAN.
+pub const DEFAULT_ELECTION_TIMEOUT: &str = "150ms";
 /// A Unix socket path must fit `sockaddr_un.sun_path` (108 bytes with the NUL).
 pub const MAX_SOCKET_PATH_LEN: usize = 107;
 /// Join tokens are short printable strings; anything longer is a paste mistake.
@@ -161,6 +168,9 @@ pub struct SimulateArgs {
     /// Heartbeat timeout of the managers; the agents beat four times per timeout
     #[arg(long, default_value = "2s", value_parser = parse_heartbeat_timeout)]
     pub heartbeat_timeout: Duration,
+    /// Raft election timeout of the managers (see `shoal init --help`)
+    #[arg(long, default_value = DEFAULT_ELECTION_TIMEOUT, value_parser = parse_election_timeout)]
+    pub election_timeout: Duration,
     /// Do not kill the leader while the tasks are starting
     #[arg(long)]
     pub no_failover: bool,
@@ -194,6 +204,10 @@ pub struct NewNodeArgs {
     /// How long a node may stay silent before it is marked down, when this node leads (e.g. 500ms, 2s)
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_heartbeat_timeout)]
     pub heartbeat_timeout: Duration,
+
+    /// Raft election timeout: a follower that hears nothing from its leader for twice this (the leader lease) plus a random one to two times this campaigns, and the Raft heartbeat is 4/5 of it. Longer rides out a loaded machine or a slow network; shorter fails over faster (e.g. 150ms, 1s)
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_ELECTION_TIMEOUT, value_parser = parse_election_timeout)]
+    pub election_timeout: Duration,
 
     /// Address to answer DNS for `*.shoal` on (repeatable; `none` disables) [default: the listen IP, or 127.0.0.1, port 53; port 5354 where 53 is taken]
     #[arg(long = "dns-addr", value_name = "ADDR:PORT|none", env = "SHOAL_DNS_ADDR", value_delimiter = ',', value_parser = parse_dns_addr)]
@@ -233,6 +247,10 @@ pub struct RunArgs {
     /// How long a node may stay silent before it is marked down, when this node leads (e.g. 500ms, 2s)
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_heartbeat_timeout)]
     pub heartbeat_timeout: Duration,
+
+    /// Raft election timeout: a follower that hears nothing from its leader for twice this (the leader lease) plus a random one to two times this campaigns, and the Raft heartbeat is 4/5 of it. Longer rides out a loaded machine or a slow network; shorter fails over faster (e.g. 150ms, 1s)
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_ELECTION_TIMEOUT, value_parser = parse_election_timeout)]
+    pub election_timeout: Duration,
 
     /// Address to answer DNS for `*.shoal` on (repeatable; `none` disables) [default: the listen IP, or 127.0.0.1, port 53; port 5354 where 53 is taken]
     #[arg(long = "dns-addr", value_name = "ADDR:PORT|none", env = "SHOAL_DNS_ADDR", value_delimiter = ',', value_parser = parse_dns_addr)]
@@ -1168,6 +1186,16 @@ fn parse_heartbeat_timeout(input: &str) -> Result<Duration, String> {
     Ok(timeout)
 }
 
+fn parse_election_timeout(input: &str) -> Result<Duration, String> {
+    let timeout = parse_duration(input)?;
+    if !(MIN_ELECTION_TIMEOUT..=MAX_ELECTION_TIMEOUT).contains(&timeout) {
+        return Err(format!(
+            "election timeout {input} is out of range; use 50ms to 10s"
+        ));
+    }
+    Ok(timeout)
+}
+
 /// Parses `unix:///absolute/path`, the only transport the control API uses.
 pub fn parse_host(input: &str) -> Result<PathBuf, String> {
     let Some(path) = input.strip_prefix("unix://") else {
@@ -1350,13 +1378,14 @@ mod tests {
                 args.node.listen == "0.0.0.0:4500".parse().unwrap()
                     && args.node.advertise_addr.is_none()
                     && args.node.heartbeat_timeout == Duration::from_secs(2)
+                    && args.node.election_timeout == Duration::from_millis(150)
                     && !args.node.name.is_empty()
                     && cli.command.is_daemon()
             }
             _ => false,
         });
         check_ok(
-            "init --listen 127.0.0.2:4600 --advertise-addr 127.0.0.2:4600 --name n2 --heartbeat-timeout 500ms",
+            "init --listen 127.0.0.2:4600 --advertise-addr 127.0.0.2:4600 --name n2 --heartbeat-timeout 500ms --election-timeout 1s",
             |cli| {
                 cli.command
                     == Command::Init(InitArgs {
@@ -1365,6 +1394,7 @@ mod tests {
                             advertise_addr: Some("127.0.0.2:4600".parse().unwrap()),
                             name: "n2".into(),
                             heartbeat_timeout: Duration::from_millis(500),
+                            election_timeout: Duration::from_secs(1),
                             dns_addr: Vec::new(),
                         },
                     })
@@ -1392,6 +1422,7 @@ mod tests {
                     listen: None,
                     advertise_addr: None,
                     heartbeat_timeout: Duration::from_secs(2),
+                    election_timeout: Duration::from_millis(150),
                     dns_addr: Vec::new(),
                     force_new_cluster: false,
                 })
@@ -1412,6 +1443,12 @@ mod tests {
         check_err("init --name=-bad", "starting with a letter or digit");
         check_err("init --name 42", "all digits");
         check_err("init --heartbeat-timeout 2", "has no unit");
+        check_err("init --election-timeout 10ms", "use 50ms to 10s");
+        check_err("run --election-timeout 11s", "use 50ms to 10s");
+        check_err(
+            "join 127.0.0.1:4500 --token t --election-timeout x",
+            "election",
+        );
         check_err("init --heartbeat-timeout 0s", "use 10ms to 1h");
         check_err(
             "init --heartbeat-timeout 2d",

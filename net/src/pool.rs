@@ -5,6 +5,11 @@
 //! node again (50 ms, doubling up to 2 s); until then it fails at once with a
 //! retryable error, so a node that is down costs its callers nothing and is not
 //! flooded with handshakes.
+//!
+//! A connection nobody has asked for in [`UNUSED_FOR`] is let go (its
+//! holders, such as a long-lived stream, keep it open for as long as they
+//! need it): otherwise every node would keep a connection, and its
+//! keep-alives, to every leader it ever had.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -32,6 +37,11 @@ pub fn backoff_after(failures: u32) -> Duration {
         .min(MAX_BACKOFF)
 }
 
+/// A cached connection not asked for in this long is let go.
+pub const UNUSED_FOR: Duration = Duration::from_secs(30);
+/// How often [`Peers::get`] looks for unused connections.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
 /// Connections to other nodes, shared by everything in this node that talks to
 /// peers.
 #[derive(Debug)]
@@ -40,12 +50,16 @@ pub struct Peers {
     connect_timeout: Duration,
     /// One slot per node; its async lock makes concurrent callers share one dial.
     slots: Mutex<BTreeMap<u64, Arc<tokio::sync::Mutex<Slot>>>>,
+    /// When unused connections were last looked for.
+    swept: Mutex<Instant>,
 }
 
 #[derive(Debug, Default)]
 struct Slot {
     addr: Option<SocketAddr>,
     conn: Option<quinn::Connection>,
+    /// When `conn` was last handed out.
+    used: Option<Instant>,
     failures: u32,
     retry_at: Option<Instant>,
     last_error: String,
@@ -58,12 +72,45 @@ impl Peers {
             endpoint,
             connect_timeout,
             slots: Mutex::new(BTreeMap::new()),
+            swept: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Lets go of connections not handed out in [`UNUSED_FOR`], at most once
+    /// per [`SWEEP_EVERY`]. A slot busy with a dial is skipped.
+    fn sweep_unused(&self, now: Instant) {
+        {
+            let mut swept = self.swept.lock().expect("peer sweep lock poisoned");
+            if now.duration_since(*swept) < SWEEP_EVERY {
+                return;
+            }
+            *swept = now;
+        }
+        let slots: Vec<_> = self
+            .slots
+            .lock()
+            .expect("peer table lock poisoned")
+            .values()
+            .cloned()
+            .collect();
+        for slot in slots {
+            let Ok(mut slot) = slot.try_lock() else {
+                continue;
+            };
+            if slot
+                .used
+                .is_some_and(|at| now.duration_since(at) >= UNUSED_FOR)
+            {
+                slot.conn = None;
+                slot.used = None;
+            }
         }
     }
 
     /// A live connection to `node_id` at `addr`: the cached one, or a new one.
     /// A changed address replaces the cached connection and clears the back-off.
     pub async fn get(&self, node_id: u64, addr: SocketAddr) -> Result<quinn::Connection, NetError> {
+        self.sweep_unused(Instant::now());
         let slot = self
             .slots
             .lock()
@@ -97,7 +144,9 @@ impl Peers {
         }
         if let Some(conn) = &slot.conn {
             if conn.close_reason().is_none() {
-                return Ok(conn.clone());
+                let conn = conn.clone();
+                slot.used = Some(Instant::now());
+                return Ok(conn);
             }
             slot.conn = None;
         }
@@ -118,6 +167,7 @@ impl Peers {
         {
             Ok(conn) => {
                 slot.conn = Some(conn.clone());
+                slot.used = Some(Instant::now());
                 slot.failures = 0;
                 slot.retry_at = None;
                 slot.last_error.clear();
@@ -199,6 +249,54 @@ mod tests {
                 });
             }
         });
+    }
+
+    #[tokio::test]
+    async fn a_connection_nobody_asks_for_is_let_go_and_one_in_use_is_kept() {
+        let ca = ClusterCa::generate("pool").unwrap();
+        let idle_server = Endpoint::bind(localhost(), &ca.issue_identity(2).unwrap()).unwrap();
+        let busy_server = Endpoint::bind(localhost(), &ca.issue_identity(3).unwrap()).unwrap();
+        let client = Endpoint::bind(localhost(), &ca.issue_identity(1).unwrap()).unwrap();
+        serve_increment(idle_server.clone());
+        serve_increment(busy_server.clone());
+        let peers = Peers::new(client, Duration::from_secs(5));
+        let idle = peers.get(2, idle_server.local_addr()).await.unwrap();
+        let busy = peers.get(3, busy_server.local_addr()).await.unwrap();
+        let idle_id = idle.stable_id();
+        drop(idle);
+
+        // Looked at too soon: nothing happens.
+        peers.sweep_unused(Instant::now());
+        assert_eq!(
+            peers
+                .get(2, idle_server.local_addr())
+                .await
+                .unwrap()
+                .stable_id(),
+            idle_id
+        );
+
+        // Later: node 3's connection was asked for since, node 2's was not.
+        let later = Instant::now() + UNUSED_FOR + SWEEP_EVERY;
+        {
+            let slots = peers.slots.lock().unwrap();
+            let mut slot = slots[&3].try_lock().unwrap();
+            slot.used = Some(later);
+        }
+        peers.sweep_unused(later);
+        let again = peers.get(2, idle_server.local_addr()).await.unwrap();
+        assert_ne!(
+            again.stable_id(),
+            idle_id,
+            "the unused connection was let go"
+        );
+        let n: u64 = call(&again, &1u64, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(n, 2);
+        let same = peers.get(3, busy_server.local_addr()).await.unwrap();
+        assert_eq!(same.stable_id(), busy.stable_id(), "the used one was kept");
+        // A holder keeps a let-go connection open until it is done.
+        let n: u64 = call(&busy, &5u64, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(n, 6);
     }
 
     #[tokio::test]

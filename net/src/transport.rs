@@ -43,13 +43,16 @@ pub const ALPN_NODE: &[u8] = b"shoal/1";
 /// ALPN of connections from nodes that are joining.
 pub const ALPN_JOIN: &[u8] = b"shoal-join/1";
 
-/// Keep-alives make a dead peer visible within the idle timeout even when no
-/// request is in flight, and bound how long a live peer stays silent: a
-/// caller waiting on a slow answer hears at least a keep-alive this often,
-/// so longer silence means the peer is gone (see `SILENT_PEER` in the
-/// daemon). Connections that carry heartbeats or Raft traffic never need
-/// them; idle ones cost a packet each way per interval.
-pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// Keep-alives, sent only by the side that dialed, keep a quiet connection
+/// someone still holds (a proxied client connection of the mesh, say) from
+/// reaching the idle timeout. The accepting side sends none: a leader
+/// accepts a connection from every node of the cluster, and keep-alives
+/// from its side too (at 1 s, both ways) were most of the datagrams a
+/// 5,000-node cluster exchanged. A caller that must know whether a peer is
+/// still there while it waits asks with [`probe`]; connections nobody uses
+/// are let go by the pool ([`crate::pool`]) and then close at the idle
+/// timeout.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(4);
 /// A connection with no packets from the peer for this long is dead.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent requests (bidirectional streams) a peer may have open on one connection.
@@ -59,6 +62,69 @@ pub const MAX_UNI_STREAMS: u32 = 64;
 /// Unread bytes one connection may have in flight towards us, across all its
 /// streams: QUIC flow control makes the peer wait beyond this.
 pub const CONNECTION_RECEIVE_WINDOW: u32 = 3 * MAX_FRAME_BYTES as u32;
+/// The kernel buffer asked for each endpoint's UDP socket, each way. One
+/// socket carries every connection of a node: a leader's receives the
+/// heartbeats, reports and acknowledgements of thousands of nodes, and with
+/// Linux's default (208 KiB) bursts overflowed it: in a simulated cluster of
+/// 5,000 nodes about one datagram in six was dropped, and Raft's appends and
+/// heartbeats, waiting on QUIC's loss recovery, missed their deadlines and
+/// set off elections. Linux caps the request at `net.core.rmem_max` /
+/// `wmem_max` (and reports twice what it grants); a smaller grant is logged.
+pub const UDP_BUFFER_BYTES: usize = 8 * 1024 * 1024;
+
+/// A UDP socket bound to `addr` with buffers of [`UDP_BUFFER_BYTES`] where
+/// the kernel allows.
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // The request is capped, not refused, beyond the system's limit.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER_BYTES);
+    let granted = (socket.recv_buffer_size(), socket.send_buffer_size());
+    if let (Ok(recv), Ok(send)) = granted {
+        if recv < UDP_BUFFER_BYTES || send < UDP_BUFFER_BYTES {
+            warn_small_buffers(recv, send);
+        }
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// Logs, once per process, that the kernel granted smaller UDP buffers.
+fn warn_small_buffers(recv: usize, send: usize) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        tracing::warn!(
+            recv_kib = recv / 1024,
+            send_kib = send / 1024,
+            wanted_kib = UDP_BUFFER_BYTES / 1024,
+            "the kernel granted smaller UDP buffers than wanted; under load datagrams may be dropped (raise the sysctls net.core.rmem_max and net.core.wmem_max to {UDP_BUFFER_BYTES})"
+        );
+    });
+}
+
+/// Makes the peer answer at once if it is there: a one-byte QUIC datagram,
+/// which the peer acknowledges (and otherwise ignores). A caller waiting on
+/// a slow answer probes a connection that has gone quiet; a live peer's
+/// acknowledgement arrives within a round trip, a dead one's never.
+pub fn probe(conn: &quinn::Connection) {
+    // Fails only where the peer takes no datagrams or the connection is
+    // closed: the caller then hears nothing, which is what it checks for.
+    let _ = conn.send_datagram(bytes::Bytes::from_static(b"?"));
+}
+
+/// Send priority of long-lived streams that carry bulk data (the task and
+/// endpoint feeds). A connection sends from higher-priority streams first,
+/// so a burst of feed frames never queues Raft's RPCs and heartbeats, whose
+/// deadlines are a fraction of a second; other streams keep priority 0.
+pub const BULK_STREAM_PRIORITY: i32 = -1;
+
+/// Marks `send` as a bulk stream ([`BULK_STREAM_PRIORITY`]).
+pub fn mark_bulk(send: &quinn::SendStream) {
+    // Fails only on a stream already closed, which the next write reports.
+    let _ = send.set_priority(BULK_STREAM_PRIORITY);
+}
+
 /// The frame limit for requests from joiners, who are not authenticated yet:
 /// they send a public key and a secret, not bulk data.
 pub const MAX_JOIN_FRAME_BYTES: usize = 64 * 1024;
@@ -331,9 +397,17 @@ fn crypto_provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn transport_config() -> Arc<quinn::TransportConfig> {
+/// Which side of a connection a configuration is for: only the dialer
+/// sends keep-alives.
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    Dialer,
+    Acceptor,
+}
+
+fn transport_config(side: Side) -> Arc<quinn::TransportConfig> {
     let mut config = quinn::TransportConfig::default();
-    config.keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
+    config.keep_alive_interval((side == Side::Dialer).then_some(KEEP_ALIVE_INTERVAL));
     config.max_idle_timeout(Some(
         IDLE_TIMEOUT
             .try_into()
@@ -395,7 +469,7 @@ impl TlsMaterial {
         tls.alpn_protocols = vec![ALPN_NODE.to_vec(), ALPN_JOIN.to_vec()];
         let quic = QuicServerConfig::try_from(tls).map_err(|e| tls_error(&e))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-        config.transport_config(transport_config());
+        config.transport_config(transport_config(Side::Acceptor));
         config.max_incoming(MAX_HANDSHAKES_IN_FLIGHT * 4);
         Ok(config)
     }
@@ -413,7 +487,7 @@ impl TlsMaterial {
         tls.alpn_protocols = vec![alpn.to_vec()];
         let quic = QuicClientConfig::try_from(tls).map_err(|e| tls_error(&e))?;
         let mut config = quinn::ClientConfig::new(Arc::new(quic));
-        config.transport_config(transport_config());
+        config.transport_config(transport_config(Side::Dialer));
         Ok(config)
     }
 }
@@ -624,7 +698,7 @@ impl Endpoint {
         let material = TlsMaterial::new(identity)?;
         let server_config = material.server_config()?;
         let client_config = material.client_config(ALPN_NODE)?;
-        let mut endpoint = quinn::Endpoint::server(server_config, listen).map_err(|source| {
+        let bind_error = |source: std::io::Error| {
             if source.kind() == std::io::ErrorKind::AddrInUse {
                 NetError::AddressInUse { addr: listen }
             } else {
@@ -633,7 +707,15 @@ impl Endpoint {
                     source,
                 }
             }
-        })?;
+        };
+        let socket = udp_socket(listen).map_err(bind_error)?;
+        let mut endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server_config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(bind_error)?;
         endpoint.set_default_client_config(client_config);
         let local_addr = endpoint.local_addr().map_err(|source| NetError::Bind {
             addr: listen,
@@ -664,10 +746,18 @@ impl Endpoint {
     /// socket then carries the connections of many node identities, which
     /// is how `shoal dev simulate` runs thousands of simulated nodes.
     pub fn client(local: SocketAddr) -> Result<Endpoint, NetError> {
-        let endpoint = quinn::Endpoint::client(local).map_err(|source| NetError::Bind {
+        let bind_error = |source| NetError::Bind {
             addr: local,
             source,
-        })?;
+        };
+        let socket = udp_socket(local).map_err(bind_error)?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            None,
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(bind_error)?;
         let local_addr = endpoint.local_addr().map_err(|source| NetError::Bind {
             addr: local,
             source,
@@ -1135,7 +1225,7 @@ async fn connect_for_join_with_alpn(
     tls.alpn_protocols = vec![alpn.to_vec()];
     let quic = QuicClientConfig::try_from(tls).map_err(|e| other(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(transport_config());
+    config.transport_config(transport_config(Side::Dialer));
 
     let local: SocketAddr = match addr.ip() {
         IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),

@@ -26,26 +26,53 @@ const FEED_SILENCE: Duration = Duration::from_secs(12);
 const MAX_BACKENDS_PER_FRAME: usize = 5_000;
 
 /// Splits `changes` into frames of at most [`MAX_BACKENDS_PER_FRAME`]
-/// backends each (a single larger service still travels alone).
+/// backends each (a single larger service still travels alone). Applied in
+/// order, the frames make the same change as `changes`.
 pub fn chunk(changes: TableChanges) -> Vec<TableChanges> {
+    let TableChanges {
+        nodes,
+        upserts,
+        backends_set,
+        backends_removed,
+        removed,
+    } = changes;
     let mut frames = vec![TableChanges {
-        nodes: changes.nodes,
-        upserts: Vec::new(),
-        removed: changes.removed,
+        nodes,
+        removed,
+        ..TableChanges::default()
     }];
     let mut size = 0;
-    for (name, service) in changes.upserts {
-        let n = service.backends.len() + 1;
+    // Starts a new frame when `n` more backends would overfill this one.
+    let mut room_for = |frames: &mut Vec<TableChanges>, n: usize| {
         if size + n > MAX_BACKENDS_PER_FRAME && size > 0 {
             frames.push(TableChanges::default());
             size = 0;
         }
         size += n;
+    };
+    for (name, service) in upserts {
+        room_for(&mut frames, service.backends.len() + 1);
         frames
             .last_mut()
             .expect("one frame")
             .upserts
             .push((name, service));
+    }
+    for change in backends_set {
+        room_for(&mut frames, 1);
+        frames
+            .last_mut()
+            .expect("one frame")
+            .backends_set
+            .push(change);
+    }
+    for change in backends_removed {
+        room_for(&mut frames, 1);
+        frames
+            .last_mut()
+            .expect("one frame")
+            .backends_removed
+            .push(change);
     }
     frames
 }
@@ -71,6 +98,8 @@ struct PublishedInner {
     table: Option<(u64, Arc<EndpointTable>)>,
     /// Frames from the table at one index to the table at another.
     changes: Option<(u64, u64, Arc<Vec<EndpointFeed>>)>,
+    /// What the last build of the table took, which paces the next.
+    last_build: Duration,
 }
 
 impl Published {
@@ -83,11 +112,20 @@ impl Published {
         match &inner.table {
             Some((at, table)) if *at == applied => (*at, table.clone()),
             _ => {
-                let table = Arc::new(node.state.read(table_from_state));
+                let (table, took) =
+                    crate::pace::timed_pass(|| Arc::new(node.state.read(table_from_state)));
                 inner.table = Some((applied, table.clone()));
+                inner.last_build = took;
                 (applied, table)
             }
         }
+    }
+
+    /// How long a stream waits after an applied entry before it asks for
+    /// the table again: [`COALESCE`], or longer once builds are slow.
+    pub fn pause(&self) -> Duration {
+        let last_build = self.inner.lock().unwrap().last_build;
+        crate::pace::pause_after(last_build, COALESCE)
     }
 
     /// The frames from `prev` (the table at `from`) to `now` (at `to`).
@@ -131,6 +169,7 @@ fn full_frames(now: &EndpointTable) -> Vec<EndpointFeed> {
 /// The leader's side: serves one node's endpoint stream until this node
 /// stops leading or the follower goes away.
 pub async fn serve(node: Arc<Node>, peer: NodeId, mut send: SendStream) {
+    shoal_net::transport::mark_bulk(&send);
     let mut applied = node.state.subscribe();
     let mut sent: Option<(u64, Arc<EndpointTable>)> = None;
     loop {
@@ -152,7 +191,7 @@ pub async fn serve(node: Arc<Node>, peer: NodeId, mut send: SendStream) {
         }
         sent = Some((index, now));
         match tokio::time::timeout(IDLE_FRAME_EVERY, applied.changed()).await {
-            Ok(Ok(())) => tokio::time::sleep(COALESCE).await,
+            Ok(Ok(())) => tokio::time::sleep(node.mesh.published.pause()).await,
             Ok(Err(_)) => return,
             Err(_) => {
                 if !write(&mut send, &EndpointFeed::Idle).await {
@@ -209,7 +248,7 @@ async fn follow_own_state(node: &Node) {
         if applied.changed().await.is_err() {
             return;
         }
-        tokio::time::sleep(COALESCE).await;
+        tokio::time::sleep(node.mesh.published.pause()).await;
     }
 }
 
@@ -289,6 +328,13 @@ mod tests {
                 ("c".into(), service(9_000)),
                 ("d".into(), service(1)),
             ],
+            // Backend changes fill frames too, one backend each.
+            backends_set: service(6_000)
+                .backends
+                .into_iter()
+                .map(|b| ("e".to_string(), b))
+                .collect(),
+            backends_removed: vec![("e".into(), "gone".into())],
             removed: vec!["z".into()],
         };
         let frames = chunk(changes.clone());
@@ -296,8 +342,17 @@ mod tests {
             .iter()
             .map(|f| f.upserts.iter().map(|(n, _)| n.as_str()).collect())
             .collect();
-        assert_eq!(names, vec![vec!["a"], vec!["b"], vec!["c"], vec!["d"]]);
+        assert_eq!(
+            names,
+            vec![vec!["a"], vec!["b"], vec!["c"], vec!["d"], vec![]]
+        );
         assert_eq!(frames[0].removed, vec!["z".to_string()]);
+        let backends: Vec<usize> = frames
+            .iter()
+            .map(|f| f.backends_set.len() + f.backends_removed.len())
+            .collect();
+        // "d" (one backend, one for the service) leaves room for 4,998 more.
+        assert_eq!(backends, vec![0, 0, 0, 4_998, 1_003]);
         let mut whole = EndpointTable::default();
         changes.clone().apply(&mut whole);
         let mut pieces = EndpointTable::default();

@@ -5,6 +5,7 @@
 //!
 //! These are wire types (they travel in [`crate::wire::EndpointFeed`]).
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
@@ -161,22 +162,72 @@ pub fn ingress_ports(
 }
 
 /// What changed from `sent` to `now`: nodes (the whole list, when it
-/// changed), services added or changed, services removed.
+/// changed), services new or with other ports (whole), backends added,
+/// changed or gone in the other services (one by one: in a large cluster a
+/// burst of task reports touches a few backends of many services, and
+/// resending those services whole sent megabytes per change to every node),
+/// services removed.
 pub fn diff(sent: &EndpointTable, now: &EndpointTable) -> TableChanges {
-    TableChanges {
+    let mut changes = TableChanges {
         nodes: (sent.nodes != now.nodes).then(|| now.nodes.clone()),
-        upserts: now
-            .services
-            .iter()
-            .filter(|(name, s)| sent.services.get(*name) != Some(*s))
-            .map(|(name, s)| (name.clone(), s.clone()))
-            .collect(),
         removed: sent
             .services
             .keys()
             .filter(|name| !now.services.contains_key(*name))
             .cloned()
             .collect(),
+        ..TableChanges::default()
+    };
+    for (name, service) in &now.services {
+        match sent.services.get(name) {
+            Some(old) if old == service => {}
+            Some(old) if old.ports == service.ports => {
+                diff_backends(name, &old.backends, &service.backends, &mut changes)
+            }
+            _ => changes.upserts.push((name.clone(), service.clone())),
+        }
+    }
+    changes
+}
+
+/// The backend changes from `old` to `new`, both sorted by task id.
+fn diff_backends(name: &str, old: &[Backend], new: &[Backend], changes: &mut TableChanges) {
+    let (mut o, mut n) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        match (o.peek(), n.peek()) {
+            (None, None) => return,
+            (Some(gone), None) => {
+                changes
+                    .backends_removed
+                    .push((name.to_owned(), gone.task_id.clone()));
+                o.next();
+            }
+            (None, Some(added)) => {
+                changes
+                    .backends_set
+                    .push((name.to_owned(), (*added).clone()));
+                n.next();
+            }
+            (Some(a), Some(b)) => match a.task_id.cmp(&b.task_id) {
+                Ordering::Less => {
+                    changes
+                        .backends_removed
+                        .push((name.to_owned(), a.task_id.clone()));
+                    o.next();
+                }
+                Ordering::Greater => {
+                    changes.backends_set.push((name.to_owned(), (*b).clone()));
+                    n.next();
+                }
+                Ordering::Equal => {
+                    if a != b {
+                        changes.backends_set.push((name.to_owned(), (*b).clone()));
+                    }
+                    o.next();
+                    n.next();
+                }
+            },
+        }
     }
 }
 
@@ -184,13 +235,22 @@ pub fn diff(sent: &EndpointTable, now: &EndpointTable) -> TableChanges {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TableChanges {
     pub nodes: Option<BTreeMap<NodeId, MeshNode>>,
+    /// Services new to the receiver, or whose ports changed: whole.
     pub upserts: Vec<(String, ServiceEndpoints)>,
+    /// Backends added or changed in services the receiver holds.
+    pub backends_set: Vec<(String, Backend)>,
+    /// Backends gone from services the receiver holds, by task id.
+    pub backends_removed: Vec<(String, TaskId)>,
     pub removed: Vec<String>,
 }
 
 impl TableChanges {
     pub fn is_empty(&self) -> bool {
-        self.nodes.is_none() && self.upserts.is_empty() && self.removed.is_empty()
+        self.nodes.is_none()
+            && self.upserts.is_empty()
+            && self.backends_set.is_empty()
+            && self.backends_removed.is_empty()
+            && self.removed.is_empty()
     }
 
     /// Applies the changes to `table`.
@@ -200,6 +260,28 @@ impl TableChanges {
         }
         for (name, service) in self.upserts {
             table.services.insert(name, service);
+        }
+        // Backends stay sorted by task id, as `table_from_state` lists them.
+        for (name, backend) in self.backends_set {
+            if let Some(service) = table.services.get_mut(&name) {
+                match service
+                    .backends
+                    .binary_search_by(|b| b.task_id.cmp(&backend.task_id))
+                {
+                    Ok(at) => service.backends[at] = backend,
+                    Err(at) => service.backends.insert(at, backend),
+                }
+            }
+        }
+        for (name, task_id) in self.backends_removed {
+            if let Some(service) = table.services.get_mut(&name) {
+                if let Ok(at) = service
+                    .backends
+                    .binary_search_by(|b| b.task_id.cmp(&task_id))
+                {
+                    service.backends.remove(at);
+                }
+            }
         }
         for name in self.removed {
             table.services.remove(&name);
@@ -343,7 +425,11 @@ mod tests {
         let after = table_from_state(&s);
         let changes = diff(&before, &after);
         assert!(changes.nodes.is_some());
-        assert_eq!(changes.upserts.len(), 2);
+        // `api` is new (whole); `web` keeps its ports, so its backends travel.
+        assert_eq!(changes.upserts.len(), 1);
+        assert_eq!(changes.upserts[0].0, "api");
+        assert_eq!(changes.backends_set.len(), 1);
+        assert_eq!(changes.backends_removed.len(), 1);
         let mut applied = before.clone();
         changes.apply(&mut applied);
         assert_eq!(applied, after);
@@ -354,5 +440,105 @@ mod tests {
         let changes = diff(&after, &fewer);
         assert_eq!(changes.removed, vec!["api".to_string()]);
         assert!(changes.nodes.is_none() && changes.upserts.is_empty());
+    }
+
+    fn backend(task: u32, node_id: NodeId) -> Backend {
+        Backend {
+            task_id: format!("t{task:05}"),
+            slot: u64::from(task),
+            node_id,
+            container_id: Some(format!("c{task}")),
+            health: None,
+            ports: Vec::new(),
+        }
+    }
+
+    fn table_of(services: &[(&str, u16, Vec<Backend>)]) -> EndpointTable {
+        EndpointTable {
+            nodes: BTreeMap::new(),
+            services: services
+                .iter()
+                .map(|(name, port, backends)| {
+                    let ports = vec![PortSpec::ingress(*port, 80, Protocol::Tcp)];
+                    let mut backends = backends.clone();
+                    backends.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+                    (name.to_string(), ServiceEndpoints { ports, backends })
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_changed_service_sends_only_its_changed_backends() {
+        let many = |node: NodeId| (0..1_000).map(|t| backend(t, node)).collect::<Vec<_>>();
+        let before = table_of(&[("web", 80, many(1)), ("api", 81, many(1))]);
+        let mut web = many(1);
+        web.retain(|b| b.slot != 7); // gone
+        web[10].node_id = 2; // moved
+        web.push(backend(5_000, 3)); // new
+        let after = table_of(&[("web", 80, web), ("api", 81, many(1))]);
+        let changes = diff(&before, &after);
+        assert!(changes.upserts.is_empty() && changes.removed.is_empty());
+        let set: Vec<(&str, &str)> = changes
+            .backends_set
+            .iter()
+            .map(|(s, b)| (s.as_str(), b.task_id.as_str()))
+            .collect();
+        assert_eq!(set, [("web", "t00011"), ("web", "t05000")]);
+        assert_eq!(
+            changes.backends_removed,
+            [("web".to_string(), "t00007".to_string())]
+        );
+        let mut applied = before.clone();
+        changes.apply(&mut applied);
+        assert_eq!(applied, after);
+
+        // New ports send the service whole.
+        let moved = table_of(&[("web", 8080, many(1)), ("api", 81, many(1))]);
+        let changes = diff(&before, &moved);
+        assert_eq!(changes.upserts.len(), 1);
+        assert!(changes.backends_set.is_empty() && changes.backends_removed.is_empty());
+    }
+
+    #[test]
+    fn diff_then_apply_reproduces_any_table() {
+        // A small deterministic generator: tables of 0-3 services with
+        // random ports and backends drawn from 40 task ids.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut random_table = || {
+            let mut services = Vec::new();
+            for name in ["a", "b", "c"] {
+                if next(4) == 0 {
+                    continue;
+                }
+                let port = 80 + next(2) as u16;
+                let mut backends = Vec::new();
+                for t in 0..40 {
+                    if next(2) == 0 {
+                        backends.push(backend(t, 1 + next(3)));
+                    }
+                }
+                services.push((name, port, backends));
+            }
+            table_of(&services)
+        };
+        for _ in 0..500 {
+            let (before, after) = (random_table(), random_table());
+            let changes = diff(&before, &after);
+            let mut applied = before.clone();
+            changes.clone().apply(&mut applied);
+            assert_eq!(applied, after, "{changes:?}");
+            let mut pieces = before.clone();
+            for frame in crate::mesh::feed::chunk(changes) {
+                frame.apply(&mut pieces);
+            }
+            assert_eq!(pieces, after);
+        }
     }
 }

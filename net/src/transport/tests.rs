@@ -630,3 +630,28 @@ fn refusals_are_logged_once_per_key_per_interval_with_a_count() {
     }
     assert_eq!(log.keys.len(), REVOKED_LOG_KEYS);
 }
+
+/// The socket under every endpoint asks for large buffers; Linux grants up
+/// to twice `net.core.rmem_max` / `wmem_max` (it reports double what it
+/// keeps for bookkeeping).
+#[test]
+fn endpoint_sockets_get_large_buffers_where_the_kernel_allows() {
+    let sysctl = |name: &str| -> usize {
+        std::fs::read_to_string(format!("/proc/sys/net/core/{name}"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let socket = socket2::Socket::from(udp_socket(localhost()).unwrap());
+    let recv = socket.recv_buffer_size().unwrap();
+    let send = socket.send_buffer_size().unwrap();
+    assert!(
+        recv >= UDP_BUFFER_BYTES.min(2 * sysctl("rmem_max")),
+        "receive buffer {recv}"
+    );
+    assert!(
+        send >= UDP_BUFFER_BYTES.min(2 * sysctl("wmem_max")),
+        "send buffer {send}"
+    );
+}
