@@ -377,8 +377,15 @@ async fn wait_converged(
             seen.set((seen.get().0, engines));
             return Ok(None);
         }
+        let asked = Instant::now();
         let services = api.services().await?;
         let running: u64 = services.iter().map(|s| s.replicas_running).sum();
+        if asked.elapsed() >= Duration::from_secs(1) {
+            say(format!(
+                "the leader counted {running} running tasks; `service ls` took {:.2} s",
+                asked.elapsed().as_secs_f64()
+            ));
+        }
         seen.set((running, engines));
         let all = services
             .iter()
