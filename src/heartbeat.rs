@@ -23,11 +23,50 @@ use crate::wire::{Heartbeat, HeartbeatReply, OpError, OpErrorKind, PeerRequest, 
 const MIN_PERIOD: Duration = Duration::from_millis(50);
 const MAX_PERIOD: Duration = Duration::from_secs(300);
 
+/// The wait before the next beat of a node that knows no leader, after
+/// `misses` beats in a row that found none: the configured period `base`
+/// at first, doubling up to the period the last leader named, jittered by
+/// ±25 % (`unit` in 0..1). After a failover in a large cluster thousands
+/// of nodes look for the new leader at once; at the configured pace (500
+/// ms each) their beats were more than the new leader could answer in
+/// time, which sent them looking again. A small cluster, whose leader
+/// names the configured period, keeps it.
+pub fn leaderless_period(base: Duration, last_named: Duration, misses: u32, unit: f64) -> Duration {
+    let grown = base.saturating_mul(1u32 << misses.min(16));
+    jittered(grown.min(last_named.max(base)), unit)
+}
+
+/// With a beat in flight, a connection that receives nothing for this long
+/// (quiet connections are probed, see `node::until_silent`) means the
+/// leader is gone: the node looks for the next one without waiting out
+/// the period, which in a large cluster is several seconds.
+pub const BEAT_SILENCE: Duration = Duration::from_millis(2_500);
+
+/// How a beat that got no reply ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unanswered {
+    /// The period ran out while the leader's side of the connection was
+    /// still sending (it acknowledged the beat): a loaded leader.
+    Slow,
+    /// Nothing came back: a dead or unreachable leader, or any other error.
+    Lost,
+}
+
+/// Whether a node keeps the leader it beats to after a beat went
+/// unanswered, given how many unanswered beats came before it in a row.
+/// A slow leader is given one more period (dropping it tears down the
+/// node's task stream and sends the node round the managers, load a
+/// loaded leader does not need); a lost beat, or a second slow one, and
+/// the node looks for the leader elsewhere.
+pub fn keeps_leader(unanswered: Unanswered, before_in_a_row: u32) -> bool {
+    unanswered == Unanswered::Slow && before_in_a_row == 0
+}
+
 pub async fn run(node: Arc<Node>) {
     let base = node.timing.heartbeat_interval;
     // The period the leader last named; the configured one until a leader
-    // has answered, and again after a beat fails, so a node that lost its
-    // leader finds the next one at the configured pace.
+    // has answered; after a beat that found no leader, the configured one
+    // growing back to the named one (`leaderless_period`).
     let mut period = base;
     // Index into the known managers, advanced whenever no leader is known,
     // so a worker asks each manager in turn.
@@ -35,6 +74,12 @@ pub async fn run(node: Arc<Node>) {
     // Whether the warning that a peer refused this node as removed was
     // logged; once is enough.
     let mut told_removed = false;
+    // Unanswered beats in a row to the current target.
+    let mut unanswered = 0u32;
+    // The period the last leader named, and the beats in a row since that
+    // found no leader (see `leaderless_period`).
+    let mut named = base;
+    let mut misses = 0u32;
     loop {
         if node.is_leader() {
             period = base;
@@ -69,21 +114,29 @@ pub async fn run(node: Arc<Node>) {
             engine_error: node.engine_error.lock().unwrap().clone(),
             revoked_known: node.endpoint.revoked_count() as u64,
         });
-        // A beat not answered within one period counts as lost: a worker
-        // then asks the next manager where the leader is, instead of
-        // waiting on a leader that may be dead.
-        match node.call_peer(target.0, &target.1, &beat, period).await {
+        // A beat not answered within one period (or sooner, on a silent
+        // connection) is unanswered: a worker then asks the next manager
+        // where the leader is, instead of waiting on a leader that may be
+        // dead; one slow beat to a leader that is still there is let pass.
+        let outcome = beat_once(&node, &target, &beat, period).await;
+        if !matches!(outcome, Err(BeatError::Unanswered(_))) {
+            unanswered = 0;
+        }
+        match outcome {
             Ok(PeerResponse::Heartbeat(Ok(reply))) => {
                 period = named_period(reply.period_ms);
+                named = period;
+                misses = 0;
                 learn(&node, target.0, reply);
             }
             Ok(PeerResponse::Heartbeat(Err(e))) => {
                 tracing::debug!(peer = target.0, error = %e, "heartbeat refused");
                 node.leader_hint.lock().unwrap().take();
-                period = base;
+                period = leaderless_period(base, named, misses, rand::random());
+                misses += 1;
             }
             Ok(_) => tracing::warn!(peer = target.0, "unexpected reply to a heartbeat"),
-            Err(e @ NetError::RevokedByPeer { .. }) => {
+            Err(BeatError::Net(e @ NetError::RevokedByPeer { .. })) => {
                 // This node was removed: take the refusing node for the
                 // leader, so what it forwards (`shoal status`) meets the
                 // same refusal and the operator reads why.
@@ -94,13 +147,77 @@ pub async fn run(node: Arc<Node>) {
                 }
                 period = base;
             }
-            Err(e) => {
+            Err(BeatError::Unanswered(how)) => {
+                if keeps_leader(how, unanswered) {
+                    tracing::debug!(peer = target.0, "heartbeat unanswered within the period, but the leader is there; keeping it");
+                    unanswered += 1;
+                } else {
+                    tracing::debug!(peer = target.0, ?how, "heartbeat unanswered");
+                    node.leader_hint.lock().unwrap().take();
+                    period = leaderless_period(base, named, misses, rand::random());
+                    misses += 1;
+                    unanswered = 0;
+                }
+            }
+            Err(BeatError::Net(e)) => {
                 tracing::debug!(peer = target.0, error = %e, "heartbeat failed");
                 node.leader_hint.lock().unwrap().take();
-                period = base;
+                period = leaderless_period(base, named, misses, rand::random());
+                misses += 1;
             }
         }
         tokio::time::sleep(period).await;
+    }
+}
+
+/// Why a beat got no reply.
+enum BeatError {
+    Unanswered(Unanswered),
+    Net(NetError),
+}
+
+/// Sends one beat to `target` and waits for the reply, at most `period`,
+/// and less if the connection goes silent for [`BEAT_SILENCE`].
+async fn beat_once(
+    node: &Node,
+    target: &(NodeId, String),
+    beat: &PeerRequest,
+    period: Duration,
+) -> Result<PeerResponse, BeatError> {
+    let sock = crate::node::resolve(&target.1)
+        .await
+        .map_err(BeatError::Net)?;
+    let conn = node
+        .peers
+        .get(target.0, sock)
+        .await
+        .map_err(BeatError::Net)?;
+    let before = conn.stats().udp_rx.datagrams;
+    let reply = tokio::select! {
+        r = shoal_net::transport::call(&conn, beat, period) => r,
+        () = crate::node::until_silent(&conn, BEAT_SILENCE) => {
+            node.peers.forget(target.0);
+            return Err(BeatError::Unanswered(Unanswered::Lost));
+        }
+    };
+    match reply {
+        Ok(r) => Ok(r),
+        Err(NetError::Timeout { .. }) => {
+            // Something arrived after the beat went out: the leader's QUIC
+            // stack acknowledged it, so the process is there.
+            if conn.stats().udp_rx.datagrams > before {
+                Err(BeatError::Unanswered(Unanswered::Slow))
+            } else {
+                node.peers.forget(target.0);
+                Err(BeatError::Unanswered(Unanswered::Lost))
+            }
+        }
+        Err(e) => {
+            if e.is_retryable() {
+                node.peers.forget(target.0);
+            }
+            Err(BeatError::Net(e))
+        }
     }
 }
 
@@ -265,6 +382,42 @@ pub fn handle(node: &Arc<Node>, from: u64, beat: Heartbeat) -> Result<HeartbeatR
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_without_a_leader_backs_off_to_the_period_it_was_named() {
+        let ms = Duration::from_millis;
+        let mid = 0.5; // no jitter
+                       // A large cluster's node (named 5 s): 0.5, 1, 2, 4, then 5 s.
+        let waits: Vec<Duration> = (0..6)
+            .map(|m| leaderless_period(ms(500), ms(5_000), m, mid))
+            .collect();
+        assert_eq!(
+            waits,
+            [
+                ms(500),
+                ms(1_000),
+                ms(2_000),
+                ms(4_000),
+                ms(5_000),
+                ms(5_000)
+            ]
+        );
+        // A small cluster's node keeps the configured period.
+        for misses in [0, 1, 7, 40] {
+            assert_eq!(leaderless_period(ms(500), ms(500), misses, mid), ms(500));
+        }
+        // Jittered by a quarter either way.
+        assert_eq!(leaderless_period(ms(400), ms(400), 0, 0.0), ms(300));
+        assert_eq!(leaderless_period(ms(400), ms(400), 0, 1.0), ms(500));
+    }
+
+    #[test]
+    fn a_slow_leader_gets_one_more_period_and_a_lost_one_none() {
+        assert!(keeps_leader(Unanswered::Slow, 0));
+        assert!(!keeps_leader(Unanswered::Slow, 1));
+        assert!(!keeps_leader(Unanswered::Lost, 0));
+        assert!(!keeps_leader(Unanswered::Lost, 3));
+    }
 
     #[test]
     fn a_leader_without_its_quorum_records_beats_but_refuses_them() {

@@ -511,7 +511,7 @@ const PROBE_QUIET: Duration = Duration::from_millis(500);
 /// Completes once `conn` has received nothing for `limit` (from now),
 /// probing the peer every [`PROBE_QUIET`] of quiet so that a live one
 /// always answers within that.
-async fn until_silent(conn: &shoal_net::Connection, limit: Duration) {
+pub async fn until_silent(conn: &shoal_net::Connection, limit: Duration) {
     let mut received = conn.stats().udp_rx.datagrams;
     let mut since = Instant::now();
     let mut probed = since;

@@ -13,8 +13,9 @@
 //! driven by the real executor and plan (`agent::Executor`), and take
 //! `--start-delay` to start.
 //!
-//! All workers dial from one UDP socket (a dial-only endpoint; each
-//! connection presents its own worker's certificate). Each worker
+//! Workers dial from a few UDP sockets (dial-only endpoints, one per
+//! `WORKERS_PER_SOCKET` workers; each connection presents its own worker's
+//! certificate). Each worker
 //! advertises a distinct address in 127.2.0.0/16 that nothing dials:
 //! workers are dialed only by the routing mesh, and the simulated services
 //! publish no ports.
@@ -26,7 +27,7 @@
 //! and their tasks are rescheduled (the exact count running again). The
 //! last line printed is one JSON object with the figures.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -43,13 +44,14 @@ use shoal_net::pki::{NodeIdentity, NodeKey};
 use shoal_net::token;
 use shoal_net::transport::{self, Dialer, Endpoint, NetError};
 use shoal_net::Connection;
-use shoal_raft::{NodeId, Task, TaskId, TaskStatusUpdate};
+use shoal_raft::{DesiredState, NodeId, Task, TaskId, TaskStatusUpdate};
 use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::agent::driver::{desired_task, update_of};
 use crate::agent::fake::FakeRuntime;
-use crate::agent::runtime::ContainerState;
+use crate::agent::runtime::{ContainerState, LABEL_TASK};
 use crate::agent::{ContainerRuntime, DesiredTask, Executor, ExecutorConfig, Scope, TaskStatus};
+use crate::heartbeat::{leaderless_period, Unanswered};
 use crate::node::VERSION;
 use crate::wire::{
     Heartbeat, JoinAccepted, JoinRequest, OpError, PeerRequest, PeerResponse, TaskFeed, TaskReport,
@@ -73,6 +75,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const FEED_SILENCE: Duration = Duration::from_secs(12);
 /// A worker's pass runs at least this often, as the real agent's.
 const RESYNC_EVERY: Duration = Duration::from_secs(10);
+/// Simulated workers that share one UDP socket. One socket for 5,000
+/// workers (one quinn endpoint, whose driver reads every datagram on one
+/// task) overflowed and dropped the managers' acknowledgements, so workers
+/// took live leaders for dead; a real node has a socket of its own.
+const WORKERS_PER_SOCKET: usize = 500;
 /// Unsent reports kept while no leader answers, as the real agent.
 const MAX_UNSENT_REPORTS: usize = 10_000;
 /// How often progress is checked (counting 100,000 containers in the
@@ -129,6 +136,8 @@ pub struct Report {
     pub start_delay_ms: u64,
     /// Every worker has one QUIC connection of its own (not multiplexed).
     pub connections_per_agent: u32,
+    /// UDP sockets the simulated workers' connections are spread over.
+    pub worker_sockets: usize,
 }
 
 /// Runs the whole simulation and prints its report.
@@ -167,9 +176,12 @@ async fn scenario(args: &SimulateArgs, cluster: &mut Managers) -> Result<Report>
     let api = cluster.api()?;
     let token_text = api.token("worker").await?.token;
     let token = token::parse(&token_text).map_err(|e| anyhow!("the worker token: {e}"))?;
-    let endpoint = Endpoint::client("127.0.0.1:0".parse().expect("an address"))?;
+    let sockets = (args.agents as usize).div_ceil(WORKERS_PER_SOCKET).max(1);
+    let endpoints = (0..sockets)
+        .map(|_| Endpoint::client("127.0.0.1:0".parse().expect("an address")))
+        .collect::<Result<Vec<_>, _>>()?;
     let shared = Arc::new(Shared {
-        endpoint,
+        endpoints,
         handshakes: Semaphore::new(HANDSHAKES_IN_FLIGHT),
         heartbeat_interval,
         start_delay: args.start_delay,
@@ -315,6 +327,7 @@ async fn scenario(args: &SimulateArgs, cluster: &mut Managers) -> Result<Report>
         down_timeout_ms: cadence.timeout.as_millis() as u64,
         start_delay_ms: args.start_delay.as_millis() as u64,
         connections_per_agent: 1,
+        worker_sockets: shared.endpoints.len(),
     })
 }
 
@@ -369,8 +382,10 @@ async fn wait_converged(
         let engines = running_in(agents);
         if said.get().elapsed() >= Duration::from_secs(5) {
             said.set(Instant::now());
+            let w = waiting_in(agents);
             say(format!(
-                "{engines} of {expected} tasks running in the workers' engines"
+                "{engines} of {expected} tasks running in the workers' engines; {} streamed to workers and meant to run (not running yet: {}); {} workers know no leader",
+                w.meant_to_run, w.not_running, w.without_leader
             ));
         }
         if engines != expected {
@@ -399,6 +414,46 @@ async fn wait_converged(
             "the leader counted {leader} running tasks, the workers' engines {engines}; expected {expected}"
         )
     })
+}
+
+/// Where the tasks not running yet are, across the live workers.
+struct Waiting {
+    /// Tasks the leader has streamed to a worker with desired state running.
+    meant_to_run: u64,
+    /// Of those, the ones whose container does not run (yet).
+    not_running: u64,
+    /// Workers that know no leader right now (their beats go round the
+    /// managers until one names it).
+    without_leader: u64,
+}
+
+fn waiting_in(agents: &[Arc<Agent>]) -> Waiting {
+    let mut w = Waiting {
+        meant_to_run: 0,
+        not_running: 0,
+        without_leader: 0,
+    };
+    for agent in agents.iter().filter(|a| !a.is_killed()) {
+        if agent.leader.borrow().is_none() {
+            w.without_leader += 1;
+        }
+        let running: BTreeSet<String> = agent
+            .runtime
+            .containers()
+            .iter()
+            .filter(|c| c.state == ContainerState::Running)
+            .filter_map(|c| c.labels.get(LABEL_TASK).cloned())
+            .collect();
+        for task in agent.desired.lock().unwrap().values() {
+            if task.desired_state == DesiredState::Running {
+                w.meant_to_run += 1;
+                if !running.contains(&task.id) {
+                    w.not_running += 1;
+                }
+            }
+        }
+    }
+    w
 }
 
 /// Running containers in the engines of the workers that are alive.
@@ -469,7 +524,8 @@ async fn deploy(api: &ApiClient, services: u32, tasks: u64) -> Result<()> {
 
 /// What every simulated worker shares.
 struct Shared {
-    endpoint: Endpoint,
+    /// Dial-only endpoints, one per [`WORKERS_PER_SOCKET`] workers.
+    endpoints: Vec<Endpoint>,
     handshakes: Semaphore,
     heartbeat_interval: Duration,
     start_delay: Duration,
@@ -526,8 +582,7 @@ impl Agent {
             }
         }
         let _permit = shared.handshakes.acquire().await;
-        let conn = shared
-            .endpoint
+        let conn = shared.endpoints[self.id as usize % shared.endpoints.len()]
             .connect_as(&self.dialer, target.1, target.0, CONNECT_TIMEOUT)
             .await?;
         *link = Some(conn.clone());
@@ -692,6 +747,12 @@ async fn heartbeats(shared: Arc<Shared>, agent: Arc<Agent>) {
     // Spread the workers' first beats over the interval.
     tokio::time::sleep(base.mul_f64(rand::random::<f64>())).await;
     let mut next_manager = 0usize;
+    // Unanswered beats in a row (see `heartbeat::keeps_leader`), the
+    // period the last leader named and the beats in a row that found no
+    // leader (see `heartbeat::leaderless_period`).
+    let mut unanswered = 0u32;
+    let mut named = base;
+    let mut misses = 0u32;
     loop {
         if agent.is_killed() {
             return;
@@ -711,7 +772,17 @@ async fn heartbeats(shared: Arc<Shared>, agent: Arc<Agent>) {
             }
         };
         if let Some(target) = target {
-            period = beat(&shared, &agent, target, period).await;
+            period = match beat(&shared, &agent, target, period, &mut unanswered).await {
+                Some(next) => {
+                    named = next;
+                    misses = 0;
+                    next
+                }
+                None => {
+                    misses += 1;
+                    leaderless_period(base, named, misses - 1, rand::random())
+                }
+            };
         }
         tokio::select! {
             () = tokio::time::sleep(period) => {}
@@ -720,13 +791,15 @@ async fn heartbeats(shared: Arc<Shared>, agent: Arc<Agent>) {
     }
 }
 
-/// One beat to `target`; returns the period to wait before the next.
+/// One beat to `target`; returns the period to wait before the next, or
+/// `None` when it found no leader.
 async fn beat(
     shared: &Shared,
     agent: &Agent,
     target: (NodeId, SocketAddr),
     period: Duration,
-) -> Duration {
+    unanswered: &mut u32,
+) -> Option<Duration> {
     let beat = PeerRequest::Heartbeat(Heartbeat {
         node_id: agent.id,
         version: VERSION.to_string(),
@@ -737,12 +810,45 @@ async fn beat(
     });
     // As on a real node: the dial has its own timeout (a handshake cut
     // short by the beat's would never complete under load, and every
-    // beat would start another), and a beat not answered within one
-    // period counts as lost, so the next one asks another manager.
-    let reply = match agent.link(shared, target).await {
-        Ok(conn) => transport::call::<_, PeerResponse>(&conn, &beat, period).await,
-        Err(e) => Err(e),
+    // beat would start another); a beat not answered within one period,
+    // or on a connection silent for `BEAT_SILENCE`, is unanswered, and
+    // only a slow leader that is still there is kept for one more period.
+    let conn = match agent.link(shared, target).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::debug!(node = agent.id, error = %e, "heartbeat failed");
+            agent.set_leader(None);
+            *unanswered = 0;
+            return None;
+        }
     };
+    let before = conn.stats().udp_rx.datagrams;
+    let reply = tokio::select! {
+        r = transport::call::<_, PeerResponse>(&conn, &beat, period) => r,
+        () = crate::node::until_silent(&conn, crate::heartbeat::BEAT_SILENCE) => {
+            Err(NetError::Timeout {
+                peer: target.0.to_string(),
+                what: "heartbeat",
+                after: crate::heartbeat::BEAT_SILENCE,
+            })
+        }
+    };
+    if let Err(NetError::Timeout { .. }) = reply {
+        let how = if conn.stats().udp_rx.datagrams > before {
+            Unanswered::Slow
+        } else {
+            Unanswered::Lost
+        };
+        if crate::heartbeat::keeps_leader(how, *unanswered) {
+            *unanswered += 1;
+            return Some(period);
+        }
+        agent.set_leader(None);
+        agent.forget_link(target.0);
+        *unanswered = 0;
+        return None;
+    }
+    *unanswered = 0;
     match reply {
         Ok(PeerResponse::Heartbeat(Ok(reply))) => {
             let leader = reply
@@ -755,11 +861,11 @@ async fn beat(
             if !reply.managers.is_empty() {
                 *agent.managers.lock().unwrap() = reply.managers;
             }
-            crate::heartbeat::named_period(reply.period_ms)
+            Some(crate::heartbeat::named_period(reply.period_ms))
         }
         Ok(_) => {
             agent.set_leader(None);
-            shared.heartbeat_interval
+            None
         }
         Err(e) => {
             tracing::debug!(node = agent.id, error = %e, "heartbeat failed");
@@ -767,7 +873,7 @@ async fn beat(
             if e.is_retryable() {
                 agent.forget_link(target.0);
             }
-            shared.heartbeat_interval
+            None
         }
     }
 }
