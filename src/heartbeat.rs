@@ -171,9 +171,19 @@ pub async fn run(node: Arc<Node>) {
 }
 
 /// Why a beat got no reply.
-enum BeatError {
+pub enum BeatError {
     Unanswered(Unanswered),
     Net(NetError),
+}
+
+impl BeatError {
+    /// Whether the connection the beat went on should be let go.
+    pub fn drops_connection(&self) -> bool {
+        match self {
+            BeatError::Unanswered(how) => *how == Unanswered::Lost,
+            BeatError::Net(e) => e.is_retryable(),
+        }
+    }
 }
 
 /// Sends one beat to `target` and waits for the reply, at most `period`,
@@ -192,32 +202,37 @@ async fn beat_once(
         .get(target.0, sock)
         .await
         .map_err(BeatError::Net)?;
+    let reply = exchange(&conn, beat, period).await;
+    if reply.as_ref().is_err_and(BeatError::drops_connection) {
+        node.peers.forget(target.0);
+    }
+    reply
+}
+
+/// One beat on `conn`: the reply, or how it went unanswered — within
+/// `period`, or sooner when the connection is silent for
+/// [`BEAT_SILENCE`]. Shared by nodes and `shoal dev simulate`.
+pub async fn exchange(
+    conn: &shoal_net::Connection,
+    beat: &PeerRequest,
+    period: Duration,
+) -> Result<PeerResponse, BeatError> {
     let before = conn.stats().udp_rx.datagrams;
     let reply = tokio::select! {
-        r = shoal_net::transport::call(&conn, beat, period) => r,
-        () = crate::node::until_silent(&conn, BEAT_SILENCE) => {
-            node.peers.forget(target.0);
+        r = shoal_net::transport::call(conn, beat, period) => r,
+        () = crate::node::until_silent(conn, BEAT_SILENCE) => {
             return Err(BeatError::Unanswered(Unanswered::Lost));
         }
     };
     match reply {
         Ok(r) => Ok(r),
-        Err(NetError::Timeout { .. }) => {
-            // Something arrived after the beat went out: the leader's QUIC
-            // stack acknowledged it, so the process is there.
-            if conn.stats().udp_rx.datagrams > before {
-                Err(BeatError::Unanswered(Unanswered::Slow))
-            } else {
-                node.peers.forget(target.0);
-                Err(BeatError::Unanswered(Unanswered::Lost))
-            }
+        // Something arrived after the beat went out: the leader's QUIC
+        // stack acknowledged it, so the process is there.
+        Err(NetError::Timeout { .. }) if conn.stats().udp_rx.datagrams > before => {
+            Err(BeatError::Unanswered(Unanswered::Slow))
         }
-        Err(e) => {
-            if e.is_retryable() {
-                node.peers.forget(target.0);
-            }
-            Err(BeatError::Net(e))
-        }
+        Err(NetError::Timeout { .. }) => Err(BeatError::Unanswered(Unanswered::Lost)),
+        Err(e) => Err(BeatError::Net(e)),
     }
 }
 

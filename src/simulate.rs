@@ -51,7 +51,7 @@ use crate::agent::driver::{desired_task, update_of};
 use crate::agent::fake::FakeRuntime;
 use crate::agent::runtime::{ContainerState, LABEL_TASK};
 use crate::agent::{ContainerRuntime, DesiredTask, Executor, ExecutorConfig, Scope, TaskStatus};
-use crate::heartbeat::{leaderless_period, Unanswered};
+use crate::heartbeat::{leaderless_period, BeatError};
 use crate::node::VERSION;
 use crate::wire::{
     Heartbeat, JoinAccepted, JoinRequest, OpError, PeerRequest, PeerResponse, TaskFeed, TaskReport,
@@ -822,32 +822,20 @@ async fn beat(
             return None;
         }
     };
-    let before = conn.stats().udp_rx.datagrams;
-    let reply = tokio::select! {
-        r = transport::call::<_, PeerResponse>(&conn, &beat, period) => r,
-        () = crate::node::until_silent(&conn, crate::heartbeat::BEAT_SILENCE) => {
-            Err(NetError::Timeout {
-                peer: target.0.to_string(),
-                what: "heartbeat",
-                after: crate::heartbeat::BEAT_SILENCE,
-            })
+    let reply = match crate::heartbeat::exchange(&conn, &beat, period).await {
+        Ok(reply) => Ok(reply),
+        Err(BeatError::Unanswered(how)) => {
+            if crate::heartbeat::keeps_leader(how, *unanswered) {
+                *unanswered += 1;
+                return Some(period);
+            }
+            agent.set_leader(None);
+            agent.forget_link(target.0);
+            *unanswered = 0;
+            return None;
         }
+        Err(BeatError::Net(e)) => Err(e),
     };
-    if let Err(NetError::Timeout { .. }) = reply {
-        let how = if conn.stats().udp_rx.datagrams > before {
-            Unanswered::Slow
-        } else {
-            Unanswered::Lost
-        };
-        if crate::heartbeat::keeps_leader(how, *unanswered) {
-            *unanswered += 1;
-            return Some(period);
-        }
-        agent.set_leader(None);
-        agent.forget_link(target.0);
-        *unanswered = 0;
-        return None;
-    }
     *unanswered = 0;
     match reply {
         Ok(PeerResponse::Heartbeat(Ok(reply))) => {

@@ -1177,23 +1177,35 @@ fn parse_dns_addr(input: &str) -> Result<String, String> {
 }
 
 fn parse_heartbeat_timeout(input: &str) -> Result<Duration, String> {
-    let timeout = parse_duration(input)?;
-    if !(MIN_HEARTBEAT_TIMEOUT..=MAX_HEARTBEAT_TIMEOUT).contains(&timeout) {
-        return Err(format!(
-            "heartbeat timeout {input} is out of range; use 10ms to 1h"
-        ));
-    }
-    Ok(timeout)
+    parse_duration_within(
+        input,
+        "heartbeat timeout",
+        MIN_HEARTBEAT_TIMEOUT..=MAX_HEARTBEAT_TIMEOUT,
+        "10ms to 1h",
+    )
 }
 
 fn parse_election_timeout(input: &str) -> Result<Duration, String> {
-    let timeout = parse_duration(input)?;
-    if !(MIN_ELECTION_TIMEOUT..=MAX_ELECTION_TIMEOUT).contains(&timeout) {
-        return Err(format!(
-            "election timeout {input} is out of range; use 50ms to 10s"
-        ));
+    parse_duration_within(
+        input,
+        "election timeout",
+        MIN_ELECTION_TIMEOUT..=MAX_ELECTION_TIMEOUT,
+        "50ms to 10s",
+    )
+}
+
+/// A duration within `allowed` (described as `range` in the error).
+fn parse_duration_within(
+    input: &str,
+    what: &str,
+    allowed: std::ops::RangeInclusive<Duration>,
+    range: &str,
+) -> Result<Duration, String> {
+    let value = parse_duration(input)?;
+    if !allowed.contains(&value) {
+        return Err(format!("{what} {input} is out of range; use {range}"));
     }
-    Ok(timeout)
+    Ok(value)
 }
 
 /// Parses `unix:///absolute/path`, the only transport the control API uses.
