@@ -302,7 +302,7 @@ mod tests {
             slot: 1,
             node_id: Some(2),
             spec_version: 1,
-            spec: shoal_raft::ServiceSpec::default_for("web", "img:1"),
+            spec: shoal_raft::ServiceSpec::default_for("web", "img:1").into(),
             desired_state: shoal_raft::DesiredState::Running,
             state,
             message: String::new(),

@@ -128,7 +128,7 @@ pub async fn execute(
                     replicas_running: services::running_count(s, &name),
                     replicas_desired: s.desired_task_count(svc),
                     update: services::update_status_view(s, svc, now),
-                    previous_spec: svc.previous_spec.as_ref().map(services::doc_from_spec),
+                    previous_spec: svc.previous_spec.as_deref().map(services::doc_from_spec),
                 }))
             })
         }

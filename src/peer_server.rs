@@ -20,18 +20,24 @@ use crate::wire::{
 };
 
 /// Concurrent streams served per connection; more wait in QUIC flow control.
-const MAX_STREAMS_IN_FLIGHT: usize = 256;
+const MAX_STREAMS_IN_FLIGHT: usize = transport::MAX_BIDI_STREAMS as usize;
+
+/// A connection starts with [`transport::INITIAL_BIDI_STREAMS`] streams
+/// granted; once this many are in flight at once it is granted all
+/// [`transport::MAX_BIDI_STREAMS`] (before the peer runs out of credit).
+const GRANT_ALL_AT: usize = transport::INITIAL_BIDI_STREAMS as usize * 3 / 4;
 
 pub async fn run(node: Arc<Node>) {
     tokio::spawn(follow_revocations(node.clone()));
     while let Some(accepted) = node.endpoint.accept().await {
-        let node = node.clone();
-        tokio::spawn(async move {
-            match accepted {
-                Accepted::Node { node_id, conn } => serve_member(node, node_id, conn).await,
-                Accepted::Joiner { conn } => serve_joiner(node, conn).await,
+        // Each connection's task holds only its own kind of future: a
+        // leader keeps one per node for as long as the node is up.
+        match accepted {
+            Accepted::Node { node_id, conn } => {
+                tokio::spawn(serve_member(node.clone(), node_id, conn))
             }
-        });
+            Accepted::Joiner { conn } => tokio::spawn(serve_joiner(node.clone(), conn)),
+        };
     }
 }
 
@@ -57,6 +63,7 @@ async fn follow_revocations(node: Arc<Node>) {
 
 async fn serve_member(node: Arc<Node>, peer: NodeId, conn: shoal_net::Connection) {
     let limit = Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS_IN_FLIGHT));
+    let mut granted_all = false;
     let mut revocations = node.endpoint.revocations();
     loop {
         let accepted = tokio::select! {
@@ -89,6 +96,10 @@ async fn serve_member(node: Arc<Node>, peer: NodeId, conn: shoal_net::Connection
         let Ok(permit) = limit.clone().acquire_owned().await else {
             return;
         };
+        if !granted_all && MAX_STREAMS_IN_FLIGHT - limit.available_permits() >= GRANT_ALL_AT {
+            transport::grant_all_streams(&conn);
+            granted_all = true;
+        }
         let node = node.clone();
         let conn = conn.clone();
         tokio::spawn(async move {
@@ -105,29 +116,38 @@ async fn serve_member(node: Arc<Node>, peer: NodeId, conn: shoal_net::Connection
                 node.endpoint.refuse_revoked(&conn, peer);
                 return;
             }
-            if let PeerRequest::WatchEndpoints { node_id } = req {
-                if node_id == peer && node.is_leader() {
-                    crate::mesh::feed::serve(node, peer, send).await;
+            // Each kind of stream is served by its own boxed future, so a
+            // long-lived stream (a leader holds two per node) holds only
+            // what it needs, not the largest of all the handlers.
+            match req {
+                PeerRequest::WatchEndpoints { node_id } => {
+                    if node_id == peer && node.is_leader() {
+                        Box::pin(crate::mesh::feed::serve(node, peer, send)).await;
+                    }
                 }
-                return;
-            }
-            if let PeerRequest::MeshConnect(request) = req {
-                // Client connections are capped by the mesh, not by the
-                // request limit: a long connection must not hold Raft back.
-                drop(_permit);
-                crate::mesh::ingress::serve_remote(node, peer, request, send, recv).await;
-                return;
-            }
-            if let PeerRequest::WatchTasks { node_id } = req {
-                // A long-lived stream: the leader pushes this node's tasks.
-                if node_id == peer && node.is_leader() {
-                    crate::dispatcher::serve_watch(node, peer, send).await;
+                PeerRequest::MeshConnect(request) => {
+                    // Client connections are capped by the mesh, not by the
+                    // request limit: a long connection must not hold Raft
+                    // back. A link carrying them may need every stream.
+                    drop(_permit);
+                    transport::grant_all_streams(&conn);
+                    Box::pin(crate::mesh::ingress::serve_remote(
+                        node, peer, request, send, recv,
+                    ))
+                    .await;
                 }
-                return;
-            }
-            let resp = handle(&node, peer, req).await;
-            if let Err(e) = transport::write_response(send, &resp).await {
-                tracing::debug!(peer, error = %e, "cannot answer peer");
+                PeerRequest::WatchTasks { node_id } => {
+                    // The leader pushes this node's tasks.
+                    if node_id == peer && node.is_leader() {
+                        Box::pin(crate::dispatcher::serve_watch(node, peer, send)).await;
+                    }
+                }
+                req => {
+                    let resp = Box::pin(handle(&node, peer, req)).await;
+                    if let Err(e) = transport::write_response(send, &resp).await {
+                        tracing::debug!(peer, error = %e, "cannot answer peer");
+                    }
+                }
             }
         });
     }

@@ -55,10 +55,16 @@ pub const ALPN_JOIN: &[u8] = b"shoal-join/1";
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(4);
 /// A connection with no packets from the peer for this long is dead.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Concurrent requests (bidirectional streams) a peer may have open on one connection.
+/// Concurrent requests (bidirectional streams) a peer may have open on a
+/// new connection. QUIC keeps a slot for every stream it grants (about
+/// 80 bytes each way), so a leader with 5,000 connections granting 256
+/// apiece held 108 MB of slots; most connections (a worker's heartbeats,
+/// task stream, endpoint stream and reports) use a handful.
+pub const INITIAL_BIDI_STREAMS: u32 = 32;
+/// Concurrent requests a peer may have open on a connection that has
+/// been granted more with [`grant_all_streams`] (a manager forwarding its
+/// clients' operations, a mesh link carrying client connections).
 pub const MAX_BIDI_STREAMS: u32 = 256;
-/// Concurrent unidirectional streams a peer may have open on one connection.
-pub const MAX_UNI_STREAMS: u32 = 64;
 /// Unread bytes one connection may have in flight towards us, across all its
 /// streams: QUIC flow control makes the peer wait beyond this.
 pub const CONNECTION_RECEIVE_WINDOW: u32 = 3 * MAX_FRAME_BYTES as u32;
@@ -405,6 +411,12 @@ enum Side {
     Acceptor,
 }
 
+/// Lets the peer open up to [`MAX_BIDI_STREAMS`] concurrent streams on
+/// `conn` (it starts with [`INITIAL_BIDI_STREAMS`]). Idempotent.
+pub fn grant_all_streams(conn: &quinn::Connection) {
+    conn.set_max_concurrent_bi_streams(VarInt::from_u32(MAX_BIDI_STREAMS));
+}
+
 fn transport_config(side: Side) -> Arc<quinn::TransportConfig> {
     let mut config = quinn::TransportConfig::default();
     config.keep_alive_interval((side == Side::Dialer).then_some(KEEP_ALIVE_INTERVAL));
@@ -413,8 +425,9 @@ fn transport_config(side: Side) -> Arc<quinn::TransportConfig> {
             .try_into()
             .expect("the idle timeout fits in a QUIC varint"),
     ));
-    config.max_concurrent_bidi_streams(VarInt::from_u32(MAX_BIDI_STREAMS));
-    config.max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS));
+    config.max_concurrent_bidi_streams(VarInt::from_u32(INITIAL_BIDI_STREAMS));
+    // shoal opens no unidirectional streams.
+    config.max_concurrent_uni_streams(VarInt::from_u32(0));
     config.receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW));
     Arc::new(config)
 }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use shoal_net::transport::{MAX_BIDI_STREAMS, MAX_CONNECTIONS};
+use shoal_net::transport::{INITIAL_BIDI_STREAMS, MAX_BIDI_STREAMS, MAX_CONNECTIONS};
 use shoal_net::{ClusterCa, Endpoint};
 
 const T: Duration = Duration::from_secs(5);
@@ -23,17 +23,12 @@ fn hold_connections(endpoint: Endpoint) {
     });
 }
 
-#[tokio::test]
-async fn a_peer_cannot_open_more_streams_than_the_cap() {
-    let ca = ClusterCa::generate("t").unwrap();
-    let server = Endpoint::bind(localhost(), &ca.issue_identity(1).unwrap()).unwrap();
-    let client = Endpoint::bind(localhost(), &ca.issue_identity(2).unwrap()).unwrap();
-    hold_connections(server.clone());
-    let conn = client.connect(server.local_addr(), 1, T).await.unwrap();
-
-    // Thousands of attempts; every stream is used (a byte sent) and kept open.
-    let mut open = Vec::new();
-    let mut refused_at = None;
+/// Opens streams on `conn` until the peer grants no more (each is used, a
+/// byte sent, and kept open in `open`); returns how many were granted.
+async fn streams_granted(
+    conn: &shoal_net::Connection,
+    open: &mut Vec<(shoal_net::SendStream, shoal_net::RecvStream)>,
+) -> u32 {
     for i in 0..4000u32 {
         match tokio::time::timeout(Duration::from_millis(500), conn.open_bi()).await {
             Ok(Ok((mut send, recv))) => {
@@ -41,16 +36,46 @@ async fn a_peer_cannot_open_more_streams_than_the_cap() {
                 open.push((send, recv));
             }
             Ok(Err(e)) => panic!("opening stream {i} failed: {e}"),
-            Err(_) => {
-                refused_at = Some(i);
-                break;
-            }
+            Err(_) => return open.len() as u32,
         }
     }
+    panic!("4,000 streams granted");
+}
+
+#[tokio::test]
+async fn a_peer_cannot_open_more_streams_than_the_cap() {
+    let ca = ClusterCa::generate("t").unwrap();
+    let server = Endpoint::bind(localhost(), &ca.issue_identity(1).unwrap()).unwrap();
+    let client = Endpoint::bind(localhost(), &ca.issue_identity(2).unwrap()).unwrap();
+    let (accepted_tx, mut accepted_rx) = tokio::sync::mpsc::channel(1);
+    {
+        let server = server.clone();
+        tokio::spawn(async move {
+            let accepted = server.accept().await.unwrap();
+            let _ = accepted_tx.send(accepted).await;
+            std::future::pending::<()>().await;
+        });
+    }
+    let conn = client.connect(server.local_addr(), 1, T).await.unwrap();
+    let accepted = accepted_rx.recv().await.unwrap();
+    let shoal_net::Accepted::Node {
+        conn: server_side, ..
+    } = &accepted
+    else {
+        panic!("a member's connection was accepted as a joiner's");
+    };
+
+    let mut open = Vec::new();
     assert_eq!(
-        refused_at,
-        Some(MAX_BIDI_STREAMS),
-        "the peer must grant exactly {MAX_BIDI_STREAMS} concurrent streams"
+        streams_granted(&conn, &mut open).await,
+        INITIAL_BIDI_STREAMS,
+        "a new connection must grant exactly {INITIAL_BIDI_STREAMS} concurrent streams"
+    );
+    shoal_net::transport::grant_all_streams(server_side);
+    assert_eq!(
+        streams_granted(&conn, &mut open).await,
+        MAX_BIDI_STREAMS,
+        "after grant_all_streams exactly {MAX_BIDI_STREAMS} in all"
     );
 }
 

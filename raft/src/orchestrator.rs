@@ -408,6 +408,7 @@ mod tests {
     use super::*;
     use crate::service::{ServiceMode, ServiceSpec};
     use crate::testing::{add_service, cluster, put_task, render, running};
+    use std::sync::Arc;
 
     const NOW: u64 = 100_000;
 
@@ -601,7 +602,9 @@ mod tests {
         );
         // A longer restart delay still holds.
         let mut slow = rejected(0, 2_000);
-        slow.services.get_mut("web").unwrap().spec.restart.delay_ms = 5_000;
+        Arc::make_mut(&mut slow.services.get_mut("web").unwrap().spec)
+            .restart
+            .delay_ms = 5_000;
         check(&slow, NOW, &[]);
         // A failure after running is not a rejection: the policy's delay (0).
         check(
@@ -676,11 +679,11 @@ mod tests {
         let mut s = web_running(2, 2);
         let web = s.services.get_mut("web").unwrap();
         web.version = 2;
-        web.spec.image = "nginx:2".to_owned();
+        Arc::make_mut(&mut web.spec).image = "nginx:2".to_owned();
         check(&s, NOW, &[]);
         // A node that stops satisfying a constraint loses its tasks.
         let mut s = web_running(1, 1);
-        s.services.get_mut("web").unwrap().spec.constraints =
+        Arc::make_mut(&mut s.services.get_mut("web").unwrap().spec).constraints =
             vec!["node.labels.zone==eu".parse().unwrap()];
         check(
             &s,

@@ -105,7 +105,7 @@ pub fn plan(
     for spec in &specs {
         let change = match state.services.get(&spec.name) {
             None => Change::Create,
-            Some(existing) if existing.spec == **spec => Change::Unchanged,
+            Some(existing) if *existing.spec == **spec => Change::Unchanged,
             Some(existing) if !existing.spec.same_template(spec) => Change::Update {
                 from_image: existing.spec.image.clone(),
                 to_image: spec.image.clone(),

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -950,14 +951,16 @@ fn valid_signal(signal: &str) -> bool {
 /// The replicated record of a service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Service {
-    pub spec: ServiceSpec,
+    /// Shared with the tasks made from it (a state of 100,000 tasks held
+    /// a copy per task).
+    pub spec: Arc<ServiceSpec>,
     /// Bumped on every change of the task template (not on scaling).
     pub version: u64,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
     /// The spec before the last change of the task template: what a rollback
     /// returns to.
-    pub previous_spec: Option<ServiceSpec>,
+    pub previous_spec: Option<Arc<ServiceSpec>>,
     /// The rolling update (or rollback) in progress, or the last one.
     pub update: Option<UpdateStatus>,
 }
@@ -1123,8 +1126,9 @@ pub struct Task {
     /// Set when assigned; for global tasks set at creation.
     pub node_id: Option<NodeId>,
     pub spec_version: u64,
-    /// A copy of the spec the task runs.
-    pub spec: ServiceSpec,
+    /// The spec the task runs, shared with its service while it is the
+    /// service's current (or previous) spec.
+    pub spec: Arc<ServiceSpec>,
     pub desired_state: DesiredState,
     pub state: TaskState,
     /// Why the task is where it is, e.g. why it is still pending.

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -1036,7 +1037,7 @@ fn apply_or_refuse(state: &mut ClusterState, cmd: &Command) -> Result<Response, 
                     let pruned = *prune && s.spec.stack.as_deref() == Some(stack.as_str());
                     !pruned && !names.contains(s.spec.name.as_str())
                 })
-                .map(|s| &s.spec);
+                .map(|s| &*s.spec);
             let after: Vec<&ServiceSpec> = specs.iter().chain(staying).collect();
             for spec in specs {
                 check_ports(spec, after.iter().copied())?;
@@ -1116,7 +1117,7 @@ fn apply_or_refuse(state: &mut ClusterState, cmd: &Command) -> Result<Response, 
                 ));
             }
             if current != *replicas {
-                service.spec.mode = ServiceMode::Replicated {
+                Arc::make_mut(&mut service.spec).mode = ServiceMode::Replicated {
                     replicas: *replicas,
                 };
                 service.updated_at_ms = *now_ms;
@@ -1420,7 +1421,7 @@ impl ClusterState {
     /// Why `spec` cannot be created, if it cannot.
     fn check_create(&self, spec: &ServiceSpec) -> Result<(), String> {
         self.check_create_alone(spec)?;
-        check_ports(spec, self.services.values().map(|s| &s.spec))
+        check_ports(spec, self.services.values().map(|s| &*s.spec))
     }
 
     /// [`Self::check_create`] without the published ports.
@@ -1435,11 +1436,31 @@ impl ClusterState {
         Ok(())
     }
 
+    /// Points every task whose spec equals its service's current or
+    /// previous spec at the service's copy. Tasks created by `apply` share
+    /// it already; a decoded state (a snapshot) holds one copy per task.
+    pub fn share_task_specs(&mut self) {
+        let ClusterState {
+            services, tasks, ..
+        } = self;
+        for task in tasks.values_mut() {
+            let Some(service) = services.get(&task.service) else {
+                continue;
+            };
+            let shared = std::iter::once(&service.spec)
+                .chain(service.previous_spec.as_ref())
+                .find(|spec| **spec == task.spec);
+            if let Some(spec) = shared {
+                task.spec = Arc::clone(spec);
+            }
+        }
+    }
+
     fn create_service(&mut self, spec: &ServiceSpec, now_ms: u64) {
         self.services.insert(
             spec.name.clone(),
             Service {
-                spec: spec.clone(),
+                spec: Arc::new(spec.clone()),
                 version: 1,
                 created_at_ms: now_ms,
                 updated_at_ms: now_ms,
@@ -1452,7 +1473,7 @@ impl ClusterState {
     /// Why the existing service cannot take `spec`, if it cannot.
     fn check_update(&self, spec: &ServiceSpec) -> Result<(), String> {
         self.check_update_alone(spec)?;
-        check_ports(spec, self.services.values().map(|s| &s.spec))
+        check_ports(spec, self.services.values().map(|s| &*s.spec))
     }
 
     /// [`Self::check_update`] without the published ports.
@@ -1481,11 +1502,11 @@ impl ClusterState {
     /// a rolling update.
     fn update_service(&mut self, spec: &ServiceSpec, now_ms: u64) {
         let service = self.services.get_mut(&spec.name).expect("checked");
-        if service.spec == *spec {
+        if *service.spec == *spec {
             return;
         }
         let template_changed = !service.spec.same_template(spec);
-        let old = std::mem::replace(&mut service.spec, spec.clone());
+        let old = std::mem::replace(&mut service.spec, Arc::new(spec.clone()));
         service.updated_at_ms = now_ms;
         if template_changed {
             service.version += 1;
@@ -1542,9 +1563,9 @@ impl ClusterState {
             mode: service.spec.mode,
             update: service.spec.update,
             rollback: service.spec.rollback,
-            ..previous
+            ..Arc::unwrap_or_clone(previous)
         };
-        let old = std::mem::replace(&mut service.spec, restored);
+        let old = std::mem::replace(&mut service.spec, Arc::new(restored));
         service.previous_spec = Some(old);
         service.version += 1;
         service.updated_at_ms = now_ms;
@@ -1847,7 +1868,7 @@ mod tests {
             slot: 1,
             node_id: None,
             spec_version: 1,
-            spec: web_spec(),
+            spec: web_spec().into(),
             desired_state: DesiredState::Running,
             state: TaskState::Pending,
             message: "created".to_owned(),
@@ -1906,7 +1927,7 @@ mod tests {
                     s.services.insert(
                         "web".to_owned(),
                         Service {
-                            spec: web_spec(),
+                            spec: web_spec().into(),
                             version: 1,
                             created_at_ms: NOW,
                             updated_at_ms: NOW,
@@ -2069,7 +2090,7 @@ mod tests {
                 change: |s| {
                     let web = s.services.get_mut("web").unwrap();
                     web.previous_spec = Some(web.spec.clone());
-                    web.spec.image = "nginx:1.28".to_owned();
+                    Arc::make_mut(&mut web.spec).image = "nginx:1.28".to_owned();
                     web.version = 2;
                     web.updated_at_ms = NOW;
                     web.update = Some(UpdateStatus {
@@ -2099,7 +2120,7 @@ mod tests {
                 expect: Expect::Ok,
                 change: |s| {
                     let web = s.services.get_mut("web").unwrap();
-                    web.spec.update.parallelism = 3;
+                    Arc::make_mut(&mut web.spec).update.parallelism = 3;
                     web.updated_at_ms = NOW;
                 },
             },
@@ -2317,7 +2338,7 @@ mod tests {
                 change: |s| {
                     let web = s.services.get_mut("web").unwrap();
                     web.previous_spec = Some(web.spec.clone());
-                    web.spec.image = web_spec().image;
+                    Arc::make_mut(&mut web.spec).image = web_spec().image;
                     web.version = 3;
                     web.updated_at_ms = NOW;
                     web.update = Some(UpdateStatus {
@@ -2354,7 +2375,7 @@ mod tests {
                 expect: Expect::Ok,
                 change: |s| {
                     let web = s.services.get_mut("web").unwrap();
-                    web.spec.mode = ServiceMode::Replicated { replicas: 7 };
+                    Arc::make_mut(&mut web.spec).mode = ServiceMode::Replicated { replicas: 7 };
                     web.updated_at_ms = NOW;
                 },
             },
@@ -2400,7 +2421,7 @@ mod tests {
                 expect: Expect::Ok,
                 change: |s| {
                     let web = s.services.get_mut("web").unwrap();
-                    web.spec.mode = ServiceMode::Replicated { replicas: 10 };
+                    Arc::make_mut(&mut web.spec).mode = ServiceMode::Replicated { replicas: 10 };
                     web.updated_at_ms = NOW;
                 },
             },

@@ -361,7 +361,7 @@ fn write_snapshot(
 }
 
 fn decode_snapshot(data: &[u8]) -> Result<Applied, StoreError> {
-    let (last_applied, membership, state) = match codec::decode(data)? {
+    let (last_applied, membership, mut state) = match codec::decode(data)? {
         SnapshotData::V1 {
             last_applied,
             membership,
@@ -377,6 +377,7 @@ fn decode_snapshot(data: &[u8]) -> Result<Applied, StoreError> {
             (last_applied, membership, state)
         }
     };
+    state.share_task_specs();
     Ok(Applied {
         last_applied,
         membership,
@@ -1742,6 +1743,43 @@ mod tests {
         let applied = decode_snapshot(&data).unwrap();
         assert_eq!(applied.state, state);
         assert!(applied.state.requests.is_empty());
+    }
+
+    #[test]
+    fn a_decoded_snapshot_shares_each_service_spec_among_its_tasks() {
+        use crate::service::ServiceSpec;
+        use crate::testing::{add_service, cluster, running};
+        use std::sync::Arc;
+        let mut state = cluster(2);
+        add_service(&mut state, ServiceSpec::default_for("web", "nginx:1"));
+        add_service(&mut state, ServiceSpec::default_for("db", "pg:1"));
+        for slot in 1..=3 {
+            running(&mut state, "web", slot, 1);
+        }
+        running(&mut state, "db", 1, 2);
+        // A task whose spec is neither its service's current nor previous
+        // one keeps its own copy.
+        let odd = running(&mut state, "web", 4, 2);
+        Arc::make_mut(&mut state.tasks.get_mut(&odd).unwrap().spec).image = "nginx:0".into();
+        let data = codec::encode(&SnapshotData::V2 {
+            last_applied: Some(log_id(1, 1, 2)),
+            membership: StoredMembership::default(),
+            state: state.clone(),
+            requests: Default::default(),
+        })
+        .unwrap();
+        let decoded = decode_snapshot(&data).unwrap().state;
+        assert_eq!(decoded, state, "sharing changes no value");
+        for task in decoded.tasks.values() {
+            let service = &decoded.services[&task.service];
+            assert_eq!(
+                Arc::ptr_eq(&task.spec, &service.spec),
+                task.id != odd,
+                "task {} of {}",
+                task.id,
+                task.service
+            );
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

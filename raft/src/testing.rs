@@ -57,7 +57,7 @@ pub fn add_service(state: &mut ClusterState, spec: ServiceSpec) {
     state.services.insert(
         spec.name.clone(),
         Service {
-            spec,
+            spec: spec.into(),
             version: 1,
             created_at_ms: 0,
             updated_at_ms: 0,

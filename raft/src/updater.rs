@@ -418,6 +418,7 @@ pub fn progress(state: &ClusterState, name: &str, now_ms: u64) -> Option<UpdateP
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::Arc;
 
     use super::*;
     use crate::orchestrator::reconcile;
@@ -496,7 +497,7 @@ mod tests {
         }
 
         fn update(&mut self, edit: impl FnOnce(&mut ServiceSpec)) {
-            let mut spec = self.service().spec.clone();
+            let mut spec = (*self.service().spec).clone();
             edit(&mut spec);
             let now_ms = self.now;
             self.commit(Command::UpdateService { spec, now_ms });
@@ -686,11 +687,7 @@ mod tests {
     fn the_next_batch_waits_for_the_monitor_window_and_the_delay() {
         for (monitor, delay) in [(1_000, 0), (200, 1_500)] {
             let mut sim = Sim::new(2, config(1, UpdateOrder::StopFirst, monitor));
-            sim.state
-                .services
-                .get_mut("web")
-                .unwrap()
-                .spec
+            Arc::make_mut(&mut sim.state.services.get_mut("web").unwrap().spec)
                 .update
                 .delay_ms = delay;
             sim.update(|s| s.image = "app:2".to_owned());
@@ -815,7 +812,7 @@ mod tests {
         let mut sim = Sim::new(4, config(0, UpdateOrder::StopFirst, 200));
         sim.update(|s| s.image = "app:2".to_owned());
         sim.until_final();
-        sim.state.services.get_mut("web").unwrap().spec.rollback =
+        Arc::make_mut(&mut sim.state.services.get_mut("web").unwrap().spec).rollback =
             config(1, UpdateOrder::StartFirst, 200);
         sim.min_running = u64::MAX;
         let now_ms = sim.now;
@@ -865,11 +862,7 @@ mod tests {
     #[test]
     fn the_leader_wakes_when_a_monitor_window_or_delay_ends() {
         let mut sim = Sim::new(2, config(1, UpdateOrder::StopFirst, 1_000));
-        sim.state
-            .services
-            .get_mut("web")
-            .unwrap()
-            .spec
+        Arc::make_mut(&mut sim.state.services.get_mut("web").unwrap().spec)
             .update
             .delay_ms = 500;
         assert_eq!(next_deadline(&sim.state, sim.now), None, "no run");

@@ -521,7 +521,7 @@ mod tests {
             slot: 1,
             node_id: Some(1),
             spec_version: 1,
-            spec: ServiceSpec::default_for("web", "shoal-test:latest"),
+            spec: ServiceSpec::default_for("web", "shoal-test:latest").into(),
             desired_state: DesiredState::Running,
             state: TaskState::Assigned,
             message: String::new(),

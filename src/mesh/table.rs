@@ -324,7 +324,7 @@ mod tests {
             slot: 1,
             node_id: Some(node),
             spec_version: 1,
-            spec,
+            spec: spec.into(),
             desired_state: DesiredState::Running,
             state,
             message: String::new(),
@@ -350,7 +350,7 @@ mod tests {
         state.services.insert(
             "web".into(),
             Service {
-                spec,
+                spec: spec.into(),
                 version: 1,
                 created_at_ms: 0,
                 updated_at_ms: 0,

@@ -269,7 +269,7 @@ pub fn insert_service(state: &mut ClusterState, spec: ServiceSpec) {
     state.services.insert(
         spec.name.clone(),
         Service {
-            spec,
+            spec: spec.into(),
             version: 1,
             created_at_ms: 0,
             updated_at_ms: 0,
