@@ -1320,14 +1320,15 @@ fn status_kb(pid: u32, key: &str) -> Option<u64> {
         .ok()
 }
 
-/// Sizes of the final leader's store, read once its process has stopped.
+/// Sizes of the final leader's store, read once its process has stopped:
+/// the state is the latest snapshot's with the log after it applied.
 async fn store_figures(dir: &Path, report: &mut Report) -> Result<()> {
-    use openraft::storage::RaftLogStorage;
+    use openraft::storage::{RaftLogReader, RaftLogStorage, RaftStateMachine};
     let path = dir.join("raft.redb");
     let bytes = std::fs::metadata(&path)
         .with_context(|| format!("cannot read {}", path.display()))?
         .len();
-    let (mut log, sm) = shoal_raft::store::open(&path)
+    let (mut log, mut sm) = shoal_raft::store::open(&path)
         .await
         .with_context(|| format!("cannot open {}", path.display()))?;
     let state = log
@@ -1336,6 +1337,19 @@ async fn store_figures(dir: &Path, report: &mut Report) -> Result<()> {
         .map_err(|e| anyhow!("cannot read the log of {}: {e}", path.display()))?;
     let last = state.last_log_id.map_or(0, |id| id.index);
     let purged = state.last_purged_log_id.map_or(0, |id| id.index);
+    let applied = sm
+        .applied_state()
+        .await
+        .map_err(|e| anyhow!("cannot read the state of {}: {e}", path.display()))?
+        .0
+        .map_or(0, |id| id.index);
+    let entries = log
+        .try_get_log_entries(applied + 1..last + 1)
+        .await
+        .map_err(|e| anyhow!("cannot read the log of {}: {e}", path.display()))?;
+    sm.apply(entries)
+        .await
+        .map_err(|e| anyhow!("cannot apply the log of {}: {e}", path.display()))?;
     report.raft_file_mb = round(bytes as f64 / 1e6);
     report.snapshot_mb = round(sm.state().snapshot_len() as f64 / 1e6);
     let state_bytes = sm

@@ -66,6 +66,9 @@ fn fifty_workers_run_two_thousand_tasks_through_a_failover_and_an_agent_loss() {
     assert_eq!(report["down_timeout_ms"], 2000, "{report}");
     assert!(num("leader_rss_mb") > 0.0, "{report}");
     assert!(num("last_log_index") > 0.0, "{report}");
+    // The final state (snapshot plus the log after it) holds 2,000 tasks:
+    // far more than the 0.01 MB the report rounds to.
+    assert!(num("state_mb") > 0.1, "{report}");
     eprintln!(
         "simulate: {report} ({:.1} s in all)",
         started.elapsed().as_secs_f64()
