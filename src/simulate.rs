@@ -119,9 +119,11 @@ pub struct Report {
     pub leader_cpu_s: BTreeMap<String, f64>,
     /// The final leader's Raft store (redb file: log, vote, snapshot).
     pub raft_file_mb: f64,
-    /// The latest snapshot (0 when none was taken: one is taken every
-    /// 5,000 log entries).
+    /// A snapshot of the final state, built once the run is over (a run
+    /// may take none: one is taken every 5,000 log entries).
     pub snapshot_mb: f64,
+    /// How long building that snapshot took (encoding and writing it).
+    pub snapshot_build_s: f64,
     /// The replicated state as a snapshot would encode it now.
     pub state_mb: f64,
     pub log_entries_kept: u64,
@@ -318,6 +320,7 @@ async fn scenario(args: &SimulateArgs, cluster: &mut Managers) -> Result<Report>
         leader_cpu_s: cpu.into_iter().map(|(k, v)| (k, round(v))).collect(),
         raft_file_mb: 0.0,
         snapshot_mb: 0.0,
+        snapshot_build_s: 0.0,
         state_mb: 0.0,
         log_entries_kept: 0,
         last_log_index: 0,
@@ -1321,9 +1324,10 @@ fn status_kb(pid: u32, key: &str) -> Option<u64> {
 }
 
 /// Sizes of the final leader's store, read once its process has stopped:
-/// the state is the latest snapshot's with the log after it applied.
+/// the state is the latest snapshot's with the log after it applied, and
+/// a snapshot of it is built (into that store, which is the run's own).
 async fn store_figures(dir: &Path, report: &mut Report) -> Result<()> {
-    use openraft::storage::{RaftLogReader, RaftLogStorage, RaftStateMachine};
+    use openraft::storage::{RaftLogReader, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
     let path = dir.join("raft.redb");
     let bytes = std::fs::metadata(&path)
         .with_context(|| format!("cannot read {}", path.display()))?
@@ -1351,7 +1355,15 @@ async fn store_figures(dir: &Path, report: &mut Report) -> Result<()> {
         .await
         .map_err(|e| anyhow!("cannot apply the log of {}: {e}", path.display()))?;
     report.raft_file_mb = round(bytes as f64 / 1e6);
-    report.snapshot_mb = round(sm.state().snapshot_len() as f64 / 1e6);
+    let started = Instant::now();
+    let snapshot = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .map_err(|e| anyhow!("cannot build a snapshot in {}: {e}", path.display()))?;
+    report.snapshot_build_s = round(started.elapsed().as_secs_f64());
+    report.snapshot_mb = round(snapshot.snapshot.get_ref().len() as f64 / 1e6);
     let state_bytes = sm
         .state()
         .read(|s| shoal_raft::codec::encode(s).map(|b| b.len()))

@@ -69,6 +69,10 @@ fn fifty_workers_run_two_thousand_tasks_through_a_failover_and_an_agent_loss() {
     // The final state (snapshot plus the log after it) holds 2,000 tasks:
     // far more than the 0.01 MB the report rounds to.
     assert!(num("state_mb") > 0.1, "{report}");
+    // The snapshot built from it holds that state (and the recent request
+    // ids besides).
+    assert!(num("snapshot_mb") >= num("state_mb"), "{report}");
+    assert!(num("snapshot_build_s") < 30.0, "{report}");
     eprintln!(
         "simulate: {report} ({:.1} s in all)",
         started.elapsed().as_secs_f64()
