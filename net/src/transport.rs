@@ -57,8 +57,8 @@ pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(4);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent requests (bidirectional streams) a peer may have open on a
 /// new connection. QUIC keeps a slot for every stream it grants (about
-/// 80 bytes each way), so a leader with 5,000 connections granting 256
-/// apiece held 108 MB of slots; most connections (a worker's heartbeats,
+/// 70 bytes each, in two maps), so a leader with 5,000 connections
+/// granting 256 + 64 apiece held 108 MB of slots; most connections (a worker's heartbeats,
 /// task stream, endpoint stream and reports) use a handful.
 pub const INITIAL_BIDI_STREAMS: u32 = 32;
 /// Concurrent requests a peer may have open on a connection that has
