@@ -8,8 +8,10 @@
 //! joins with the worker token through the real join handshake (its own key
 //! and certificate), then holds a mutually authenticated QUIC connection to
 //! the leader on which it sends what a real node sends: heartbeats, the
-//! task stream (`WatchTasks`, `TaskFeed` frames back) and batched task
-//! reports (`ReportTasks`). Its containers run in its own `FakeRuntime`,
+//! task stream (`WatchTasks`, `TaskFeed` frames back), batched task
+//! reports (`ReportTasks`) and, unless `--no-endpoint-feed`, the endpoint
+//! stream (`WatchEndpoints`; its frames are counted, not decoded). Its
+//! containers run in its own `FakeRuntime`,
 //! driven by the real executor and plan (`agent::Executor`), and take
 //! `--start-delay` to start.
 //!
@@ -31,6 +33,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -140,6 +143,11 @@ pub struct Report {
     pub connections_per_agent: u32,
     /// UDP sockets the simulated workers' connections are spread over.
     pub worker_sockets: usize,
+    /// Endpoint-table frames the workers received in all (each follows
+    /// the leader's endpoint stream, as a real node does for its mesh
+    /// and DNS, unless `--no-endpoint-feed`; the frames are counted, not
+    /// decoded).
+    pub endpoint_feed_mb: f64,
 }
 
 /// Runs the whole simulation and prints its report.
@@ -187,6 +195,8 @@ async fn scenario(args: &SimulateArgs, cluster: &mut Managers) -> Result<Report>
         handshakes: Semaphore::new(HANDSHAKES_IN_FLIGHT),
         heartbeat_interval,
         start_delay: args.start_delay,
+        endpoint_feed: !args.no_endpoint_feed,
+        endpoint_feed_bytes: AtomicU64::new(0),
     });
     let mut cpu: BTreeMap<String, f64> = BTreeMap::new();
     let rss = RssPeak::default();
@@ -331,6 +341,7 @@ async fn scenario(args: &SimulateArgs, cluster: &mut Managers) -> Result<Report>
         start_delay_ms: args.start_delay.as_millis() as u64,
         connections_per_agent: 1,
         worker_sockets: shared.endpoints.len(),
+        endpoint_feed_mb: round(shared.endpoint_feed_bytes.load(Ordering::Relaxed) as f64 / 1e6),
     })
 }
 
@@ -532,6 +543,10 @@ struct Shared {
     handshakes: Semaphore,
     heartbeat_interval: Duration,
     start_delay: Duration,
+    /// Whether workers follow the endpoint stream (`--no-endpoint-feed`).
+    endpoint_feed: bool,
+    /// Bytes of endpoint-table frames the workers received in all.
+    endpoint_feed_bytes: AtomicU64,
 }
 
 /// One simulated worker.
@@ -736,7 +751,10 @@ fn jitter(d: Duration) -> Duration {
 
 fn start_agent(shared: Arc<Shared>, agent: Arc<Agent>) {
     tokio::spawn(heartbeats(shared.clone(), agent.clone()));
-    tokio::spawn(follow_feed(shared.clone(), agent.clone()));
+    tokio::spawn(follow_feed(shared.clone(), agent.clone(), Feed::Tasks));
+    if shared.endpoint_feed {
+        tokio::spawn(follow_feed(shared.clone(), agent.clone(), Feed::Endpoints));
+    }
     tokio::spawn(work(shared, agent));
 }
 
@@ -869,9 +887,17 @@ async fn beat(
     }
 }
 
-/// As the real agent's `follow_feed`: keeps a task stream open to
-/// whichever manager leads.
-async fn follow_feed(shared: Arc<Shared>, agent: Arc<Agent>) {
+/// The two streams a node keeps open to the leader.
+#[derive(Clone, Copy)]
+enum Feed {
+    /// Its tasks (`WatchTasks`), as the real agent's `follow_feed`.
+    Tasks,
+    /// The endpoint table (`WatchEndpoints`), as `mesh::feed::follow`.
+    Endpoints,
+}
+
+/// Keeps `feed` open to whichever manager leads.
+async fn follow_feed(shared: Arc<Shared>, agent: Arc<Agent>, feed: Feed) {
     let mut backoff = Duration::from_millis(50);
     let mut leader_rx = agent.leader.subscribe();
     loop {
@@ -883,8 +909,14 @@ async fn follow_feed(shared: Arc<Shared>, agent: Arc<Agent>) {
             () = agent.until_killed() => return,
         };
         let mut moved = agent.leader.subscribe();
+        let read = async {
+            match feed {
+                Feed::Tasks => read_feed(&shared, &agent, target).await,
+                Feed::Endpoints => count_endpoint_feed(&shared, &agent, target).await,
+            }
+        };
         let outcome = tokio::select! {
-            r = read_feed(&shared, &agent, target) => r,
+            r = read => r,
             _ = moved.wait_for(|l| *l != Some(target)) => Ok(()),
             () = agent.until_killed() => return,
         };
@@ -896,6 +928,40 @@ async fn follow_feed(shared: Arc<Shared>, agent: Arc<Agent>) {
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
+    }
+}
+
+/// Reads the endpoint stream and counts its bytes. One process holds all
+/// the workers, so it does not decode 5,000 copies of the table; the
+/// leader's side, what the simulation is about, is the real one.
+async fn count_endpoint_feed(
+    shared: &Shared,
+    agent: &Agent,
+    target: (NodeId, SocketAddr),
+) -> Result<(), String> {
+    let conn = agent
+        .link(shared, target)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    codec::send_msg(
+        &mut send,
+        &PeerRequest::WatchEndpoints { node_id: agent.id },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let _ = send.finish();
+    loop {
+        let chunk = tokio::time::timeout(FEED_SILENCE, recv.read_chunk(usize::MAX, true))
+            .await
+            .map_err(|_| format!("no endpoint frame for {FEED_SILENCE:?}"))?
+            .map_err(|e| e.to_string())?;
+        let Some(chunk) = chunk else {
+            return Ok(());
+        };
+        shared
+            .endpoint_feed_bytes
+            .fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
     }
 }
 

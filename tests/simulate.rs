@@ -73,6 +73,9 @@ fn fifty_workers_run_two_thousand_tasks_through_a_failover_and_an_agent_loss() {
     // ids besides).
     assert!(num("snapshot_mb") >= num("state_mb"), "{report}");
     assert!(num("snapshot_build_s") < 30.0, "{report}");
+    // Every worker follows the endpoint table, as a real node does: 50
+    // of them, each with at least the 2,000 backends, are well over 1 MB.
+    assert!(num("endpoint_feed_mb") > 1.0, "{report}");
     eprintln!(
         "simulate: {report} ({:.1} s in all)",
         started.elapsed().as_secs_f64()

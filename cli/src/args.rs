@@ -174,6 +174,9 @@ pub struct SimulateArgs {
     /// Do not kill the leader while the tasks are starting
     #[arg(long)]
     pub no_failover: bool,
+    /// Workers do not follow the leader's endpoint stream (which real nodes follow for the routing mesh and DNS)
+    #[arg(long)]
+    pub no_endpoint_feed: bool,
     /// UDP port the managers listen on, on 127.0.0.1-3 [default: a free one]
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,
