@@ -939,18 +939,8 @@ async fn count_endpoint_feed(
     agent: &Agent,
     target: (NodeId, SocketAddr),
 ) -> Result<(), String> {
-    let conn = agent
-        .link(shared, target)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-    codec::send_msg(
-        &mut send,
-        &PeerRequest::WatchEndpoints { node_id: agent.id },
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let _ = send.finish();
+    let request = PeerRequest::WatchEndpoints { node_id: agent.id };
+    let mut recv = open_watch(shared, agent, target, &request).await?;
     loop {
         let chunk = tokio::time::timeout(FEED_SILENCE, recv.read_chunk(usize::MAX, true))
             .await
@@ -965,20 +955,33 @@ async fn count_endpoint_feed(
     }
 }
 
+/// Opens a long-lived stream to `target` with `request` (a `Watch…`)
+/// and returns its receiving side.
+async fn open_watch(
+    shared: &Shared,
+    agent: &Agent,
+    target: (NodeId, SocketAddr),
+    request: &PeerRequest,
+) -> Result<shoal_net::RecvStream, String> {
+    let conn = agent
+        .link(shared, target)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    codec::send_msg(&mut send, request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = send.finish();
+    Ok(recv)
+}
+
 async fn read_feed(
     shared: &Shared,
     agent: &Agent,
     target: (NodeId, SocketAddr),
 ) -> Result<(), String> {
-    let conn = agent
-        .link(shared, target)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-    codec::send_msg(&mut send, &PeerRequest::WatchTasks { node_id: agent.id })
-        .await
-        .map_err(|e| e.to_string())?;
-    let _ = send.finish();
+    let request = PeerRequest::WatchTasks { node_id: agent.id };
+    let mut recv = open_watch(shared, agent, target, &request).await?;
     loop {
         let frame = tokio::time::timeout(
             FEED_SILENCE,
