@@ -43,9 +43,10 @@ pub enum PeerRequest {
     },
     /// An agent's batch of task state changes.
     ReportTasks(TaskReport),
-    /// Opens the stream of the endpoint table (every service's published
-    /// ports and tasks taking connections): one [`EndpointFeed::Full`],
-    /// then [`EndpointFeed::Changes`], for as long as the leader leads.
+    /// Opens the stream of the endpoint table (every node, every service's
+    /// published ports, tasks taking connections and their nodes): one
+    /// [`EndpointFeed::Full`], then [`EndpointFeed::Changes`], for as long
+    /// as the leader leads.
     WatchEndpoints {
         node_id: NodeId,
     },
@@ -67,8 +68,16 @@ pub enum PeerRequest {
 /// Frames of the endpoint stream from the leader to every node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum EndpointFeed {
-    Full(crate::mesh::table::EndpointTable),
-    Changes(crate::mesh::table::TableChanges),
+    /// Starts the receiver's table over: an empty table, then these changes.
+    Full {
+        changes: crate::mesh::table::TableChanges,
+        /// The table is whole after this frame (a large one takes several).
+        complete: bool,
+    },
+    Changes {
+        changes: crate::mesh::table::TableChanges,
+        complete: bool,
+    },
     /// Nothing changed; keeps the stream's liveness visible.
     Idle,
 }

@@ -73,9 +73,11 @@ fn fifty_workers_run_two_thousand_tasks_through_a_failover_and_an_agent_loss() {
     // ids besides).
     assert!(num("snapshot_mb") >= num("state_mb"), "{report}");
     assert!(num("snapshot_build_s") < 30.0, "{report}");
-    // Every worker follows the endpoint table, as a real node does: 50
-    // of them, each with at least the 2,000 backends, are well over 1 MB.
-    assert!(num("endpoint_feed_mb") > 1.0, "{report}");
+    // Every worker follows the endpoint table, as a real node does. The
+    // services publish no ports, so it carries the nodes of each service,
+    // not its tasks: 50 workers, each sent 53 nodes (about 30 bytes each)
+    // and the 10 services' nodes, are over 0.1 MB.
+    assert!(num("endpoint_feed_mb") > 0.1, "{report}");
     eprintln!(
         "simulate: {report} ({:.1} s in all)",
         started.elapsed().as_secs_f64()

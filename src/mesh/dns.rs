@@ -134,7 +134,7 @@ pub fn answer(table: &EndpointTable, qname: &str, qtype: RecordType) -> Answer {
         }
         ["tasks", service] => match table.services.get(*service) {
             Some(s) => {
-                let nodes = s.backends.iter().map(|b| b.node_id).collect();
+                let nodes = s.task_nodes.iter().copied().collect();
                 records(addrs(&name, &nodes), Vec::new())
             }
             None => Answer::NxDomain,
@@ -167,7 +167,7 @@ pub fn answer(table: &EndpointTable, qname: &str, qtype: RecordType) -> Answer {
                     continue;
                 }
                 let port_nodes: BTreeSet<NodeId> = if port.is_host() {
-                    s.backends.iter().map(|b| b.node_id).collect()
+                    s.task_nodes.iter().copied().collect()
                 } else {
                     nodes.clone()
                 };
@@ -217,7 +217,7 @@ fn serving_nodes(table: &EndpointTable, service: &str) -> Option<BTreeSet<NodeId
             .map(|n| n.id)
             .collect()
     } else {
-        s.backends.iter().map(|b| b.node_id).collect()
+        s.task_nodes.iter().copied().collect()
     })
 }
 
@@ -407,6 +407,7 @@ mod tests {
             ServiceEndpoints {
                 ports: vec![PortSpec::ingress(8080, 80, Protocol::Tcp)],
                 backends: vec![backend("a", 2), backend("b", 2)],
+                task_nodes: vec![2],
             },
         );
         t.services.insert(
@@ -414,6 +415,7 @@ mod tests {
             ServiceEndpoints {
                 ports: vec![PortSpec::host(5432, 5432, Protocol::Tcp)],
                 backends: vec![backend("c", 1)],
+                task_nodes: vec![1],
             },
         );
         t

@@ -1,17 +1,31 @@
-//! How the endpoint table reaches every node: the leader derives it from
-//! the replicated state and streams it (full table, then changes) to each
-//! node that asks; the leader itself reads its own state. The leader
-//! builds the table once per burst of applied entries and the changes once
-//! for every stream that was sent the same table ([`Published`]).
+//! How the endpoint table reaches every node.
+//!
+//! While a node leads, one publisher ([`publish`]) derives the table from
+//! the replicated state after each burst of applied entries, works out what
+//! changed since the table it published before, and encodes those changes
+//! once, as frames kept in a short log ([`Published`]). Each node's stream
+//! ([`serve`]) sends the encoded frames that bring it from the table it was
+//! last sent to the newest one, or the whole table (also encoded once per
+//! table) when it has none or has fallen out of the log. So a change costs
+//! one diff and one encoding however many nodes follow, and the bytes each
+//! node receives are the changes themselves.
+//!
+//! With thousands of streams, each publication is a write on every stream:
+//! the publisher waits longer between publications the more streams there
+//! are ([`Published::pause`]), so a burst of changes travels in fewer,
+//! larger frames.
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal_net::codec;
 use shoal_net::SendStream;
 use shoal_raft::NodeId;
+use tokio::sync::watch;
 
-use super::table::{diff, table_from_state, EndpointTable, TableChanges};
+use super::table::{diff, table_from_state, EndpointTable, ServiceChanges, TableChanges};
 use crate::node::{resolve, Node};
 use crate::wire::{EndpointFeed, PeerRequest};
 
@@ -22,179 +36,337 @@ const IDLE_FRAME_EVERY: Duration = Duration::from_secs(5);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A stream silent for this long (the leader sends `Idle` every 5 s) is dead.
 const FEED_SILENCE: Duration = Duration::from_secs(12);
-/// Most backends described in one frame: keeps frames far below the frame limit.
-const MAX_BACKENDS_PER_FRAME: usize = 5_000;
+/// Most entries (nodes, backends, task nodes, services) in one frame:
+/// keeps frames far below the frame limit.
+pub const MAX_ENTRIES_PER_FRAME: usize = 5_000;
+/// Publications kept as changes; a stream further behind is sent the
+/// whole table again.
+const MAX_LOG_STEPS: usize = 64;
+/// Bytes of encoded changes kept, whatever their number.
+const MAX_LOG_BYTES: usize = 32 * 1024 * 1024;
+/// The shortest wait between publications, so a burst of entries (task
+/// reports arrive in a steady flow in a large cluster) costs one build of
+/// the table, not one per entry.
+const COALESCE: Duration = Duration::from_millis(20);
+/// What one publication costs per stream (a frame written, a QUIC packet
+/// sealed and sent), as the wait between publications grows with streams.
+const COST_PER_STREAM: Duration = Duration::from_micros(50);
+/// The longest wait between publications: a task that stops must leave
+/// every node's table within a second.
+const MAX_PAUSE: Duration = Duration::from_millis(500);
 
-/// Splits `changes` into frames of at most [`MAX_BACKENDS_PER_FRAME`]
-/// backends each (a single larger service still travels alone). Applied in
-/// order, the frames make the same change as `changes`.
-pub fn chunk(changes: TableChanges) -> Vec<TableChanges> {
-    let TableChanges {
-        nodes,
-        upserts,
-        backends_set,
-        backends_removed,
-        removed,
-    } = changes;
-    let mut frames = vec![TableChanges {
-        nodes,
-        removed,
-        ..TableChanges::default()
-    }];
-    let mut size = 0;
-    // Starts a new frame when `n` more backends would overfill this one.
-    let mut room_for = |frames: &mut Vec<TableChanges>, n: usize| {
-        if size + n > MAX_BACKENDS_PER_FRAME && size > 0 {
-            frames.push(TableChanges::default());
-            size = 0;
-        }
-        size += n;
+/// Splits `changes` into frames of at most `max_entries` entries each.
+/// Applied in order, the frames make the same change as `changes`: each
+/// holds a run of the entries in the order [`TableChanges::apply`] applies
+/// them, and a service's changes may continue in the next frame.
+pub fn chunk(changes: TableChanges, max_entries: usize) -> Vec<TableChanges> {
+    let mut chunks = Chunks {
+        frames: vec![TableChanges::default()],
+        room: max_entries.max(1),
+        max: max_entries.max(1),
     };
-    for (name, service) in upserts {
-        room_for(&mut frames, service.backends.len() + 1);
-        frames
-            .last_mut()
-            .expect("one frame")
-            .upserts
-            .push((name, service));
+    for node in changes.nodes_set {
+        chunks.entry().nodes_set.push(node);
     }
-    for change in backends_set {
-        room_for(&mut frames, 1);
-        frames
-            .last_mut()
-            .expect("one frame")
-            .backends_set
-            .push(change);
+    for id in changes.nodes_removed {
+        chunks.entry().nodes_removed.push(id);
     }
-    for change in backends_removed {
-        room_for(&mut frames, 1);
-        frames
-            .last_mut()
-            .expect("one frame")
-            .backends_removed
-            .push(change);
+    for name in changes.services_removed {
+        chunks.entry().services_removed.push(name);
     }
-    frames
+    for reset in changes.services_reset {
+        chunks.entry().services_reset.push(reset);
+    }
+    for (name, service) in changes.services_changed {
+        let ServiceChanges {
+            backends_set,
+            backends_removed,
+            task_nodes_added,
+            task_nodes_removed,
+        } = service;
+        for b in backends_set {
+            chunks.service(&name).backends_set.push(b);
+        }
+        for t in backends_removed {
+            chunks.service(&name).backends_removed.push(t);
+        }
+        for n in task_nodes_added {
+            chunks.service(&name).task_nodes_added.push(n);
+        }
+        for n in task_nodes_removed {
+            chunks.service(&name).task_nodes_removed.push(n);
+        }
+    }
+    chunks.frames
 }
 
-/// After an applied entry, streams wait this long before they look at the
-/// table again, so a burst of entries (task reports arrive in a steady
-/// flow in a large cluster) costs one build of the table, not one per entry.
-const COALESCE: Duration = Duration::from_millis(20);
+struct Chunks {
+    frames: Vec<TableChanges>,
+    room: usize,
+    max: usize,
+}
 
-/// The leader's endpoint table and the frames that bring a stream from the
-/// previous table to it, built once however many streams ask: with every
-/// stream building its own, each applied entry cost one walk of every task
-/// and one compare of every backend per node (BENCHMARKS.md, "Simulated
-/// cluster").
-#[derive(Default)]
+impl Chunks {
+    /// The frame with room for one more entry.
+    fn entry(&mut self) -> &mut TableChanges {
+        if self.room == 0 {
+            self.frames.push(TableChanges::default());
+            self.room = self.max;
+        }
+        self.room -= 1;
+        self.frames.last_mut().expect("one frame")
+    }
+
+    /// `name`'s changes in the frame with room for one more entry.
+    fn service(&mut self, name: &str) -> &mut ServiceChanges {
+        let frame = self.entry();
+        if frame.services_changed.last().map(|(n, _)| n.as_str()) != Some(name) {
+            frame
+                .services_changed
+                .push((name.to_string(), ServiceChanges::default()));
+        }
+        &mut frame.services_changed.last_mut().expect("pushed").1
+    }
+}
+
+/// Encoded frames, shared by every stream that sends them.
+type Frames = Arc<Vec<Arc<[u8]>>>;
+
+/// Encodes `changes` as frames; the first starts the receiver's table over
+/// when `full`, and the last marks the table complete.
+fn encode_frames(changes: TableChanges, full: bool) -> Frames {
+    let parts = chunk(changes, MAX_ENTRIES_PER_FRAME);
+    let last = parts.len() - 1;
+    let frames = parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, changes)| {
+            let complete = i == last;
+            let frame = if full && i == 0 {
+                EndpointFeed::Full { changes, complete }
+            } else {
+                EndpointFeed::Changes { changes, complete }
+            };
+            let payload = codec::encode(&frame).expect("endpoint frames encode");
+            Arc::<[u8]>::from(payload)
+        })
+        .collect();
+    Arc::new(frames)
+}
+
+/// The tables this node published while leading, as encoded frames.
 pub struct Published {
     inner: Mutex<PublishedInner>,
+    /// The number of the newest table; 0 while none is published.
+    version: watch::Sender<u64>,
+    /// Streams being served, which pace the publications.
+    streams: AtomicUsize,
 }
 
 #[derive(Default)]
 struct PublishedInner {
-    /// The table and the applied index it was built at.
+    /// The newest table and its publication number.
     table: Option<(u64, Arc<EndpointTable>)>,
-    /// Frames from the table at one index to the table at another.
-    changes: Option<(u64, u64, Arc<Vec<EndpointFeed>>)>,
-    /// What the last build of the table took, which paces the next.
-    last_build: Duration,
+    /// The number of the last publication, counted from 1 over the node's
+    /// life (not reset when it stops leading), so a stream's table is
+    /// never mistaken for another.
+    last_seq: u64,
+    /// The newest table whole, encoded when a stream first asks.
+    full: Option<(u64, Frames)>,
+    /// The changes between consecutive tables, oldest first.
+    log: VecDeque<Step>,
+    log_bytes: usize,
+}
+
+/// The frames from the table at `from` to the table at `to`.
+struct Step {
+    from: u64,
+    to: u64,
+    frames: Frames,
+    bytes: usize,
+}
+
+impl Default for Published {
+    fn default() -> Self {
+        Published {
+            inner: Mutex::new(PublishedInner::default()),
+            version: watch::Sender::new(0),
+            streams: AtomicUsize::new(0),
+        }
+    }
 }
 
 impl Published {
-    /// The table as of the last applied entry (built now if it is older).
-    pub fn table(&self, node: &Node) -> (u64, Arc<EndpointTable>) {
+    /// Makes `table` the newest, and records the changes from the one
+    /// before.
+    pub fn publish(&self, table: Arc<EndpointTable>) {
         let mut inner = self.inner.lock().unwrap();
-        // Read before the state, so a table is never labelled newer than
-        // what it holds.
-        let applied = node.state.last_applied_index();
-        match &inner.table {
-            Some((at, table)) if *at == applied => (*at, table.clone()),
+        if inner.table.as_ref().is_some_and(|(_, prev)| *prev == table) {
+            return;
+        }
+        inner.last_seq += 1;
+        let at = inner.last_seq;
+        if let Some((prev_at, prev)) = &inner.table {
+            let frames = encode_frames(diff(prev, &table), false);
+            let bytes = frames.iter().map(|f| f.len()).sum();
+            let step = Step {
+                from: *prev_at,
+                to: at,
+                frames,
+                bytes,
+            };
+            inner.log_bytes += step.bytes;
+            inner.log.push_back(step);
+            while inner.log.len() > MAX_LOG_STEPS || inner.log_bytes > MAX_LOG_BYTES {
+                let dropped = inner.log.pop_front().expect("log is not empty");
+                inner.log_bytes -= dropped.bytes;
+            }
+        }
+        inner.table = Some((at, table));
+        inner.full = None;
+        drop(inner);
+        self.version.send_replace(at);
+    }
+
+    /// Forgets everything published (this node stopped leading) and wakes
+    /// the streams, which then end.
+    pub fn clear(&self) {
+        let mut inner = self.inner.lock().unwrap();
+        *inner = PublishedInner {
+            last_seq: inner.last_seq,
+            ..PublishedInner::default()
+        };
+        drop(inner);
+        self.version.send_replace(0);
+    }
+
+    /// The newest table, if one is published.
+    #[cfg(test)]
+    fn table(&self) -> Option<Arc<EndpointTable>> {
+        let inner = self.inner.lock().unwrap();
+        inner.table.as_ref().map(|(_, t)| t.clone())
+    }
+
+    /// The frames that bring a stream from the table at `sent` (none yet:
+    /// `None`) to the newest, and the newest table's index; `None` while
+    /// nothing is published.
+    fn frames_since(&self, sent: Option<u64>) -> Option<(u64, Vec<Frames>)> {
+        let mut inner = self.inner.lock().unwrap();
+        let (at, table) = inner.table.clone()?;
+        if sent == Some(at) {
+            return Some((at, Vec::new()));
+        }
+        if let Some(sent) = sent {
+            if let Some(first) = inner.log.iter().position(|s| s.from == sent) {
+                let steps: Vec<Frames> = inner
+                    .log
+                    .iter()
+                    .skip(first)
+                    .map(|s| s.frames.clone())
+                    .collect();
+                debug_assert_eq!(inner.log.back().map(|s| s.to), Some(at));
+                return Some((at, steps));
+            }
+        }
+        let full = match &inner.full {
+            Some((full_at, frames)) if *full_at == at => frames.clone(),
             _ => {
-                let (table, took) =
-                    crate::pace::timed_pass(|| Arc::new(node.state.read(table_from_state)));
-                inner.table = Some((applied, table.clone()));
-                inner.last_build = took;
-                (applied, table)
+                let frames = encode_frames(diff(&EndpointTable::default(), &table), true);
+                inner.full = Some((at, frames.clone()));
+                frames
             }
-        }
+        };
+        Some((at, vec![full]))
     }
 
-    /// How long a stream waits after an applied entry before it asks for
-    /// the table again: [`COALESCE`], or longer once builds are slow.
-    pub fn pause(&self) -> Duration {
-        let last_build = self.inner.lock().unwrap().last_build;
-        crate::pace::pause_after(last_build, COALESCE)
+    /// How long the publisher waits after a publication that took `busy`:
+    /// at least [`COALESCE`], longer the more streams each publication is
+    /// written to, and paced by its own cost (`pace`), up to [`MAX_PAUSE`].
+    pub fn pause(&self, busy: Duration) -> Duration {
+        let streams = self.streams.load(Ordering::Relaxed) as u32;
+        let per_streams = (COST_PER_STREAM * streams).min(MAX_PAUSE);
+        crate::pace::pause_after(busy, COALESCE.max(per_streams)).min(MAX_PAUSE)
     }
 
-    /// The frames from `prev` (the table at `from`) to `now` (at `to`).
-    fn changes(
-        &self,
-        (from, prev): (u64, &EndpointTable),
-        (to, now): (u64, &EndpointTable),
-    ) -> Arc<Vec<EndpointFeed>> {
-        let mut inner = self.inner.lock().unwrap();
-        if let Some((f, t, frames)) = &inner.changes {
-            if (*f, *t) == (from, to) {
-                return frames.clone();
-            }
-        }
-        let changes = diff(prev, now);
-        let frames: Arc<Vec<EndpointFeed>> = Arc::new(if changes.is_empty() {
-            Vec::new()
-        } else {
-            chunk(changes)
-                .into_iter()
-                .map(EndpointFeed::Changes)
-                .collect()
-        });
-        inner.changes = Some((from, to, frames.clone()));
-        frames
+    fn count_stream(&self) -> StreamGuard<'_> {
+        self.streams.fetch_add(1, Ordering::Relaxed);
+        StreamGuard(&self.streams)
     }
 }
 
-/// The frames that carry a whole table to a stream that has none.
-fn full_frames(now: &EndpointTable) -> Vec<EndpointFeed> {
-    let mut parts = chunk(diff(&EndpointTable::default(), now)).into_iter();
-    let mut first = EndpointTable::default();
-    if let Some(part) = parts.next() {
-        part.apply(&mut first);
+struct StreamGuard<'a>(&'a AtomicUsize);
+
+impl Drop for StreamGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
-    std::iter::once(EndpointFeed::Full(first))
-        .chain(parts.map(EndpointFeed::Changes))
-        .collect()
+}
+
+/// Every node runs this; while the node leads, it publishes the endpoint
+/// table after each burst of applied entries, and keeps the node's own
+/// mesh on it.
+pub async fn publish(node: Arc<Node>) {
+    let published = &node.mesh.published;
+    let mut applied = node.state.subscribe();
+    let mut metrics = node.raft.server_metrics();
+    loop {
+        if !node.is_leader() {
+            published.clear();
+            let _ = tokio::time::timeout(Duration::from_millis(500), metrics.changed()).await;
+            continue;
+        }
+        let (table, build) =
+            crate::pace::timed_pass(|| Arc::new(node.state.read(table_from_state)));
+        let ((), encode) = crate::pace::timed_pass(|| published.publish(table.clone()));
+        node.mesh.set_shared_table(table);
+        let pause = published.pause(build + encode);
+        // Wait for an entry, looking up now and then whether this node
+        // still leads.
+        loop {
+            match tokio::time::timeout(Duration::from_millis(500), applied.changed()).await {
+                Ok(Ok(())) => {
+                    tokio::time::sleep(pause).await;
+                    break;
+                }
+                Ok(Err(_)) => return,
+                Err(_) if !node.is_leader() => break,
+                Err(_) => {}
+            }
+        }
+    }
 }
 
 /// The leader's side: serves one node's endpoint stream until this node
 /// stops leading or the follower goes away.
 pub async fn serve(node: Arc<Node>, peer: NodeId, mut send: SendStream) {
     shoal_net::transport::mark_bulk(&send);
-    let mut applied = node.state.subscribe();
-    let mut sent: Option<(u64, Arc<EndpointTable>)> = None;
+    let published = &node.mesh.published;
+    let _counted = published.count_stream();
+    let mut version = published.version.subscribe();
+    let idle: Arc<[u8]> = codec::encode(&EndpointFeed::Idle)
+        .expect("idle frame encodes")
+        .into();
+    let mut sent: Option<u64> = None;
     loop {
         if !node.is_leader() {
             let _ = send.finish();
             return;
         }
-        let (index, now) = node.mesh.published.table(&node);
-        let frames: Arc<Vec<EndpointFeed>> = match &sent {
-            None => Arc::new(full_frames(&now)),
-            Some((at, _)) if *at == index => Arc::new(Vec::new()),
-            Some((at, prev)) => node.mesh.published.changes((*at, prev), (index, &now)),
-        };
-        for frame in frames.iter() {
-            if !write(&mut send, frame).await {
-                tracing::debug!(peer, "endpoint stream closed");
-                return;
+        version.mark_unchanged();
+        if let Some((at, steps)) = published.frames_since(sent) {
+            for frame in steps.iter().flat_map(|frames| frames.iter()) {
+                if !write(&mut send, frame).await {
+                    tracing::debug!(peer, "endpoint stream closed");
+                    return;
+                }
             }
+            sent = Some(at);
         }
-        sent = Some((index, now));
-        match tokio::time::timeout(IDLE_FRAME_EVERY, applied.changed()).await {
-            Ok(Ok(())) => tokio::time::sleep(node.mesh.published.pause()).await,
+        match tokio::time::timeout(IDLE_FRAME_EVERY, version.changed()).await {
+            Ok(Ok(())) => {}
             Ok(Err(_)) => return,
             Err(_) => {
-                if !write(&mut send, &EndpointFeed::Idle).await {
+                if !write(&mut send, &idle).await {
                     return;
                 }
             }
@@ -202,15 +374,16 @@ pub async fn serve(node: Arc<Node>, peer: NodeId, mut send: SendStream) {
     }
 }
 
-async fn write(send: &mut SendStream, frame: &EndpointFeed) -> bool {
+async fn write(send: &mut SendStream, payload: &[u8]) -> bool {
     matches!(
-        tokio::time::timeout(WRITE_TIMEOUT, codec::send_msg(send, frame)).await,
+        tokio::time::timeout(WRITE_TIMEOUT, codec::write_frame(send, payload)).await,
         Ok(Ok(()))
     )
 }
 
 /// Every node's side: keeps the mesh's table following whichever node
-/// leads. While no leader answers, the last table stays in use.
+/// leads (the leader's own publisher keeps it while this node leads).
+/// While no leader answers, the last table stays in use.
 pub async fn follow(node: Arc<Node>) {
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -219,10 +392,8 @@ pub async fn follow(node: Arc<Node>) {
             continue;
         };
         let outcome = if leader == node.id {
-            tokio::select! {
-                () = follow_own_state(&node) => Ok(()),
-                () = leader_changes(&node, leader) => Ok(()),
-            }
+            leader_changes(&node, leader).await;
+            Ok(())
         } else {
             tokio::select! {
                 r = read_feed(&node, leader, &addr) => r,
@@ -237,18 +408,6 @@ pub async fn follow(node: Arc<Node>) {
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
-    }
-}
-
-async fn follow_own_state(node: &Node) {
-    let mut applied = node.state.subscribe();
-    loop {
-        let (_, now) = node.mesh.published.table(node);
-        node.mesh.set_shared_table(now);
-        if applied.changed().await.is_err() {
-            return;
-        }
-        tokio::time::sleep(node.mesh.published.pause()).await;
     }
 }
 
@@ -284,17 +443,24 @@ async fn read_feed(node: &Node, leader: NodeId, addr: &str) -> Result<(), String
         .await
         .map_err(|_| format!("no endpoint frame from leader {leader} for {FEED_SILENCE:?}"))?
         .map_err(|e| e.to_string())?;
-        match frame {
-            EndpointFeed::Full(full) => table = Some(full),
-            EndpointFeed::Changes(changes) => {
+        let complete = match frame {
+            EndpointFeed::Full { changes, complete } => {
+                let mut fresh = EndpointTable::default();
+                changes.apply(&mut fresh);
+                table = Some(fresh);
+                complete
+            }
+            EndpointFeed::Changes { changes, complete } => {
                 let Some(t) = table.as_mut() else {
                     return Err("the endpoint stream sent changes before the full table".into());
                 };
                 changes.apply(t);
+                complete
             }
-            EndpointFeed::Idle => continue,
-        }
-        if let Some(t) = &table {
+            EndpointFeed::Idle => false,
+        };
+        // A table split over frames is used once its last frame is in.
+        if let (true, Some(t)) = (complete, &table) {
             node.mesh.set_table(t.clone());
         }
     }
@@ -303,62 +469,152 @@ async fn read_feed(node: &Node, leader: NodeId, addr: &str) -> Result<(), String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh::table::{Backend, ServiceEndpoints};
+    use crate::mesh::table::{Backend, MeshNode, ServiceEndpoints};
+    use shoal_raft::{PortSpec, Protocol};
+
+    fn backend(i: usize) -> Backend {
+        Backend {
+            task_id: format!("t{i:05}"),
+            slot: i as u64,
+            node_id: 1 + (i % 7) as u64,
+            container_id: None,
+            health: None,
+            ports: Vec::new(),
+        }
+    }
+
+    fn table(nodes: u64, backends: usize) -> EndpointTable {
+        let mut t = EndpointTable::default();
+        for id in 1..=nodes {
+            let node = MeshNode {
+                id,
+                name: format!("n{id}"),
+                addr: format!("127.0.0.1:{}", 4000 + id),
+                ready: true,
+            };
+            t.nodes.insert(id, node);
+        }
+        let service = ServiceEndpoints {
+            ports: vec![PortSpec::ingress(80, 80, Protocol::Tcp)],
+            backends: (0..backends).map(backend).collect(),
+            task_nodes: (1..=nodes.min(7)).collect(),
+        };
+        t.services.insert("web".into(), service);
+        t
+    }
 
     #[test]
-    fn chunks_bound_the_backends_per_frame() {
-        let service = |n: usize| ServiceEndpoints {
-            ports: Vec::new(),
-            backends: (0..n)
-                .map(|i| Backend {
-                    task_id: format!("t{i}"),
-                    slot: i as u64,
-                    node_id: 1,
-                    container_id: None,
-                    health: None,
-                    ports: Vec::new(),
-                })
-                .collect(),
-        };
-        let changes = TableChanges {
-            nodes: None,
-            upserts: vec![
-                ("a".into(), service(3_000)),
-                ("b".into(), service(3_000)),
-                ("c".into(), service(9_000)),
-                ("d".into(), service(1)),
-            ],
-            // Backend changes fill frames too, one backend each.
-            backends_set: service(6_000)
-                .backends
-                .into_iter()
-                .map(|b| ("e".to_string(), b))
-                .collect(),
-            backends_removed: vec![("e".into(), "gone".into())],
-            removed: vec!["z".into()],
-        };
-        let frames = chunk(changes.clone());
-        let names: Vec<Vec<&str>> = frames
+    fn chunks_bound_the_entries_per_frame_and_keep_their_order() {
+        let changes = diff(&EndpointTable::default(), &table(12_000, 9_000));
+        let frames = chunk(changes.clone(), MAX_ENTRIES_PER_FRAME);
+        let sizes: Vec<usize> = frames
             .iter()
-            .map(|f| f.upserts.iter().map(|(n, _)| n.as_str()).collect())
+            .map(|f| {
+                f.nodes_set.len()
+                    + f.services_reset.len()
+                    + f.services_changed
+                        .iter()
+                        .map(|(_, c)| c.len())
+                        .sum::<usize>()
+            })
             .collect();
-        assert_eq!(
-            names,
-            vec![vec!["a"], vec!["b"], vec!["c"], vec!["d"], vec![]]
-        );
-        assert_eq!(frames[0].removed, vec!["z".to_string()]);
-        let backends: Vec<usize> = frames
-            .iter()
-            .map(|f| f.backends_set.len() + f.backends_removed.len())
-            .collect();
-        // "d" (one backend, one for the service) leaves room for 4,998 more.
-        assert_eq!(backends, vec![0, 0, 0, 4_998, 1_003]);
-        let mut whole = EndpointTable::default();
-        changes.clone().apply(&mut whole);
+        // 12,000 nodes, one service reset, 9,000 backends and 7 task nodes.
+        assert_eq!(sizes, vec![5_000, 5_000, 5_000, 5_000, 1_008]);
+        // The service's changes continue over three frames.
+        let parts: usize = frames.iter().map(|f| f.services_changed.len()).sum();
+        assert_eq!(parts, 3);
         let mut pieces = EndpointTable::default();
         for f in frames {
             f.apply(&mut pieces);
         }
-        assert_eq!(whole, pieces);
+        assert_eq!(pieces, table(12_000, 9_000));
+    }
+
+    /// Applies `frames` as a follower does; the table once complete.
+    fn follow_frames(table: &mut Option<EndpointTable>, frames: &[Frames]) -> bool {
+        let mut complete = false;
+        for payload in frames.iter().flat_map(|f| f.iter()) {
+            match codec::decode::<EndpointFeed>(payload).unwrap() {
+                EndpointFeed::Full {
+                    changes,
+                    complete: c,
+                } => {
+                    let mut fresh = EndpointTable::default();
+                    changes.apply(&mut fresh);
+                    *table = Some(fresh);
+                    complete = c;
+                }
+                EndpointFeed::Changes {
+                    changes,
+                    complete: c,
+                } => {
+                    changes.apply(table.as_mut().expect("full table first"));
+                    complete = c;
+                }
+                EndpointFeed::Idle => {}
+            }
+        }
+        complete
+    }
+
+    #[test]
+    fn streams_get_the_changes_since_their_table_or_the_whole_table() {
+        let published = Published::default();
+        assert!(published.frames_since(None).is_none());
+        published.publish(Arc::new(table(30, 100)));
+        let (at, frames) = published.frames_since(None).unwrap();
+        assert_eq!(at, 1);
+        let mut follower = None;
+        assert!(follow_frames(&mut follower, &frames));
+        assert_eq!(follower.as_ref(), Some(&table(30, 100)));
+
+        // Two publications later, a stream at 10 gets both steps, each
+        // only its change.
+        published.publish(Arc::new(table(31, 100)));
+        published.publish(Arc::new(table(31, 101)));
+        let (at, frames) = published.frames_since(Some(1)).unwrap();
+        assert_eq!((at, frames.len()), (3, 2));
+        let step: usize = frames.iter().flat_map(|f| f.iter()).map(|p| p.len()).sum();
+        let (_, whole) = published.frames_since(None).unwrap();
+        let full: usize = whole.iter().flat_map(|f| f.iter()).map(|p| p.len()).sum();
+        assert!(step * 5 < full, "changes {step} B, whole table {full} B");
+        assert!(follow_frames(&mut follower, &frames));
+        assert_eq!(follower.as_ref(), Some(&table(31, 101)));
+        assert!(published.frames_since(Some(3)).unwrap().1.is_empty());
+
+        // The same table again is no publication.
+        published.publish(Arc::new(table(31, 101)));
+        assert_eq!(published.frames_since(Some(3)).unwrap().0, 3);
+
+        // A stream that fell out of the log gets the whole table again.
+        for i in 0..MAX_LOG_STEPS + 1 {
+            published.publish(Arc::new(table(31, 102 + i)));
+        }
+        let (_, frames) = published.frames_since(Some(3)).unwrap();
+        assert_eq!(frames.len(), 1);
+        let mut stale = Some(table(1, 1));
+        assert!(follow_frames(&mut stale, &frames));
+        assert_eq!(stale, published.table().map(|t| (*t).clone()));
+
+        published.clear();
+        assert!(published.frames_since(Some(3)).is_none());
+        // Numbers go on after a clear: a stream from before never matches.
+        published.publish(Arc::new(table(1, 1)));
+        assert_eq!(
+            published.frames_since(None).unwrap().0,
+            MAX_LOG_STEPS as u64 + 5
+        );
+    }
+
+    #[test]
+    fn publications_wait_longer_with_more_streams() {
+        let published = Published::default();
+        assert_eq!(published.pause(Duration::ZERO), COALESCE);
+        let guards: Vec<_> = (0..2_000).map(|_| published.count_stream()).collect();
+        assert_eq!(published.pause(Duration::ZERO), Duration::from_millis(100));
+        let more: Vec<_> = (0..8_000).map(|_| published.count_stream()).collect();
+        assert_eq!(published.pause(Duration::ZERO), MAX_PAUSE);
+        drop((guards, more));
+        assert_eq!(published.pause(Duration::ZERO), COALESCE);
     }
 }

@@ -92,8 +92,8 @@ pub struct Mesh {
     /// so client traffic never takes their streams or flow-control window).
     links: Mutex<BTreeMap<NodeId, Connection>>,
     link_streams: Mutex<BTreeMap<NodeId, Arc<Semaphore>>>,
-    /// While this node leads: its endpoint table and the latest changes,
-    /// built once for all endpoint streams.
+    /// While this node leads: its endpoint tables, encoded once for all
+    /// endpoint streams.
     pub published: feed::Published,
 }
 
@@ -251,9 +251,11 @@ pub fn endpoint_views(
     Some(views)
 }
 
-/// Starts the mesh's loops: the endpoint table's feed, the listeners of
-/// published ports, and the DNS server.
+/// Starts the mesh's loops: the endpoint table's publisher (while this
+/// node leads) and feed, the listeners of published ports, and the DNS
+/// server.
 pub fn start(node: Arc<Node>) {
+    tokio::spawn(feed::publish(node.clone()));
     tokio::spawn(feed::follow(node.clone()));
     tokio::spawn(ingress::run_listeners(node.clone()));
     if !node.mesh.config.dns.is_empty() {

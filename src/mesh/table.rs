@@ -1,7 +1,15 @@
-//! The endpoint table: for every service, its published ports and the tasks
-//! that may take new connections, with the nodes they run on. Derived from
-//! the replicated state by a pure function on the leader, and sent to every
-//! node (workers do not hold the state) as a full table, then changes.
+//! The endpoint table: for every service, its published ports, the tasks
+//! that may take new connections (for services that publish ports: the
+//! mesh routes to them) and the nodes those tasks run on (what DNS
+//! answers from). Derived from the replicated state by a pure function on
+//! the leader, and sent to every node (workers do not hold the state) as a
+//! full table, then changes ([`diff`]).
+//!
+//! A service without published ports carries only its nodes: no node
+//! routes to its tasks, and DNS names nodes, not tasks. In a cluster of
+//! thousands of nodes this is what keeps the feed small: a task's every
+//! state change no longer travels to every node, only a node joining or
+//! leaving a service's set does.
 //!
 //! These are wire types (they travel in [`crate::wire::EndpointFeed`]).
 
@@ -58,8 +66,11 @@ impl Backend {
 pub struct ServiceEndpoints {
     /// The service's current published ports.
     pub ports: Vec<PortSpec>,
-    /// Tasks that take new connections, by task id.
+    /// Tasks that take new connections, sorted by task id; empty for a
+    /// service without published ports.
     pub backends: Vec<Backend>,
+    /// The nodes running a task that takes connections, sorted.
+    pub task_nodes: Vec<NodeId>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,11 +118,12 @@ pub fn table_from_state(state: &ClusterState) -> EndpointTable {
                 name.clone(),
                 ServiceEndpoints {
                     ports: s.spec.ports.clone(),
-                    backends: Vec::new(),
+                    ..ServiceEndpoints::default()
                 },
             )
         })
         .collect();
+    // Tasks are walked in task-id order, so backends come out sorted.
     for task in state.tasks.values() {
         let Some(node_id) = task.node_id else {
             continue;
@@ -119,7 +131,11 @@ pub fn table_from_state(state: &ClusterState) -> EndpointTable {
         if !is_endpoint(state, task) {
             continue;
         }
-        if let Some(entry) = services.get_mut(&task.service) {
+        let Some(entry) = services.get_mut(&task.service) else {
+            continue;
+        };
+        entry.task_nodes.push(node_id);
+        if !entry.ports.is_empty() {
             entry.backends.push(Backend {
                 task_id: task.id.clone(),
                 slot: task.slot,
@@ -129,6 +145,10 @@ pub fn table_from_state(state: &ClusterState) -> EndpointTable {
                 ports: task.spec.ports.clone(),
             });
         }
+    }
+    for entry in services.values_mut() {
+        entry.task_nodes.sort_unstable();
+        entry.task_nodes.dedup();
     }
     EndpointTable { nodes, services }
 }
@@ -161,130 +181,193 @@ pub fn ingress_ports(
     (ports, conflicts)
 }
 
-/// What changed from `sent` to `now`: nodes (the whole list, when it
-/// changed), services new or with other ports (whole), backends added,
-/// changed or gone in the other services (one by one: in a large cluster a
-/// burst of task reports touches a few backends of many services, and
-/// resending those services whole sent megabytes per change to every node),
-/// services removed.
-pub fn diff(sent: &EndpointTable, now: &EndpointTable) -> TableChanges {
-    let mut changes = TableChanges {
-        nodes: (sent.nodes != now.nodes).then(|| now.nodes.clone()),
-        removed: sent
-            .services
-            .keys()
-            .filter(|name| !now.services.contains_key(*name))
-            .cloned()
-            .collect(),
-        ..TableChanges::default()
-    };
-    for (name, service) in &now.services {
-        match sent.services.get(name) {
-            Some(old) if old == service => {}
-            Some(old) if old.ports == service.ports => {
-                diff_backends(name, &old.backends, &service.backends, &mut changes)
+/// What changes a table: nodes one by one, services removed, services new
+/// or with other ports (`reset`: they start empty), and per service the
+/// backends and task nodes added, changed or gone. Everything travels as
+/// the smallest change, never a whole list: in a large cluster a burst of
+/// task reports touches a few entries of many services, and one node's
+/// join is one entry, where a whole list would be sent to every node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableChanges {
+    pub nodes_set: Vec<MeshNode>,
+    pub nodes_removed: Vec<NodeId>,
+    pub services_removed: Vec<String>,
+    /// Services new to the receiver, or whose ports changed: they hold
+    /// these ports and nothing else until `services_changed` fills them.
+    pub services_reset: Vec<(String, Vec<PortSpec>)>,
+    pub services_changed: Vec<(String, ServiceChanges)>,
+}
+
+/// The changes to one service's backends and task nodes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceChanges {
+    /// Backends added or changed.
+    pub backends_set: Vec<Backend>,
+    /// Backends gone, by task id.
+    pub backends_removed: Vec<TaskId>,
+    pub task_nodes_added: Vec<NodeId>,
+    pub task_nodes_removed: Vec<NodeId>,
+}
+
+impl ServiceChanges {
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many entries the changes carry.
+    pub fn len(&self) -> usize {
+        self.backends_set.len()
+            + self.backends_removed.len()
+            + self.task_nodes_added.len()
+            + self.task_nodes_removed.len()
+    }
+
+    fn apply(self, service: &mut ServiceEndpoints) {
+        // Both lists stay sorted, as `table_from_state` makes them.
+        for backend in self.backends_set {
+            match service
+                .backends
+                .binary_search_by(|b| b.task_id.cmp(&backend.task_id))
+            {
+                Ok(at) => service.backends[at] = backend,
+                Err(at) => service.backends.insert(at, backend),
             }
-            _ => changes.upserts.push((name.clone(), service.clone())),
+        }
+        for task_id in self.backends_removed {
+            if let Ok(at) = service
+                .backends
+                .binary_search_by(|b| b.task_id.cmp(&task_id))
+            {
+                service.backends.remove(at);
+            }
+        }
+        for node in self.task_nodes_added {
+            if let Err(at) = service.task_nodes.binary_search(&node) {
+                service.task_nodes.insert(at, node);
+            }
+        }
+        for node in self.task_nodes_removed {
+            if let Ok(at) = service.task_nodes.binary_search(&node) {
+                service.task_nodes.remove(at);
+            }
+        }
+    }
+}
+
+/// What changed from `sent` to `now`.
+pub fn diff(sent: &EndpointTable, now: &EndpointTable) -> TableChanges {
+    let mut changes = TableChanges::default();
+    merge_sorted(
+        sent.nodes.values(),
+        now.nodes.values(),
+        |a, b| a.id.cmp(&b.id),
+        |gone| changes.nodes_removed.push(gone.id),
+        |new| changes.nodes_set.push(new.clone()),
+    );
+    changes.services_removed = sent
+        .services
+        .keys()
+        .filter(|name| !now.services.contains_key(*name))
+        .cloned()
+        .collect();
+    let empty = ServiceEndpoints::default();
+    for (name, service) in &now.services {
+        let old = match sent.services.get(name) {
+            Some(old) if old == service => continue,
+            Some(old) if old.ports == service.ports => old,
+            _ => {
+                changes
+                    .services_reset
+                    .push((name.clone(), service.ports.clone()));
+                &empty
+            }
+        };
+        let mut one = ServiceChanges::default();
+        merge_sorted(
+            old.backends.iter(),
+            service.backends.iter(),
+            |a, b| a.task_id.cmp(&b.task_id),
+            |gone| one.backends_removed.push(gone.task_id.clone()),
+            |new| one.backends_set.push(new.clone()),
+        );
+        merge_sorted(
+            old.task_nodes.iter(),
+            service.task_nodes.iter(),
+            Ord::cmp,
+            |gone| one.task_nodes_removed.push(*gone),
+            |new| one.task_nodes_added.push(*new),
+        );
+        if !one.is_empty() {
+            changes.services_changed.push((name.clone(), one));
         }
     }
     changes
 }
 
-/// The backend changes from `old` to `new`, both sorted by task id.
-fn diff_backends(name: &str, old: &[Backend], new: &[Backend], changes: &mut TableChanges) {
-    let (mut o, mut n) = (old.iter().peekable(), new.iter().peekable());
+/// Walks two lists sorted by `cmp` and reports entries of `old` missing
+/// from `new` (`gone`) and entries of `new` that are missing from `old`
+/// or differ there (`set`).
+fn merge_sorted<'a, T: PartialEq + 'a>(
+    old: impl Iterator<Item = &'a T>,
+    new: impl Iterator<Item = &'a T>,
+    cmp: impl Fn(&T, &T) -> Ordering,
+    mut gone: impl FnMut(&'a T),
+    mut set: impl FnMut(&'a T),
+) {
+    let (mut o, mut n) = (old.peekable(), new.peekable());
     loop {
         match (o.peek(), n.peek()) {
             (None, None) => return,
-            (Some(gone), None) => {
-                changes
-                    .backends_removed
-                    .push((name.to_owned(), gone.task_id.clone()));
-                o.next();
-            }
-            (None, Some(added)) => {
-                changes
-                    .backends_set
-                    .push((name.to_owned(), (*added).clone()));
-                n.next();
-            }
-            (Some(a), Some(b)) => match a.task_id.cmp(&b.task_id) {
-                Ordering::Less => {
-                    changes
-                        .backends_removed
-                        .push((name.to_owned(), a.task_id.clone()));
-                    o.next();
-                }
-                Ordering::Greater => {
-                    changes.backends_set.push((name.to_owned(), (*b).clone()));
-                    n.next();
-                }
+            (Some(_), None) => gone(o.next().expect("peeked")),
+            (None, Some(_)) => set(n.next().expect("peeked")),
+            (Some(a), Some(b)) => match cmp(a, b) {
+                Ordering::Less => gone(o.next().expect("peeked")),
+                Ordering::Greater => set(n.next().expect("peeked")),
                 Ordering::Equal => {
+                    let (a, b) = (o.next().expect("peeked"), n.next().expect("peeked"));
                     if a != b {
-                        changes.backends_set.push((name.to_owned(), (*b).clone()));
+                        set(b);
                     }
-                    o.next();
-                    n.next();
                 }
             },
         }
     }
 }
 
-/// The difference between two tables, as [`diff`] finds it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TableChanges {
-    pub nodes: Option<BTreeMap<NodeId, MeshNode>>,
-    /// Services new to the receiver, or whose ports changed: whole.
-    pub upserts: Vec<(String, ServiceEndpoints)>,
-    /// Backends added or changed in services the receiver holds.
-    pub backends_set: Vec<(String, Backend)>,
-    /// Backends gone from services the receiver holds, by task id.
-    pub backends_removed: Vec<(String, TaskId)>,
-    pub removed: Vec<String>,
-}
-
 impl TableChanges {
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
-        self.nodes.is_none()
-            && self.upserts.is_empty()
-            && self.backends_set.is_empty()
-            && self.backends_removed.is_empty()
-            && self.removed.is_empty()
+        self.nodes_set.is_empty()
+            && self.nodes_removed.is_empty()
+            && self.services_removed.is_empty()
+            && self.services_reset.is_empty()
+            && self.services_changed.is_empty()
     }
 
-    /// Applies the changes to `table`.
+    /// Applies the changes to `table`, in the order the fields are listed.
     pub fn apply(self, table: &mut EndpointTable) {
-        if let Some(nodes) = self.nodes {
-            table.nodes = nodes;
+        for node in self.nodes_set {
+            table.nodes.insert(node.id, node);
         }
-        for (name, service) in self.upserts {
-            table.services.insert(name, service);
+        for id in self.nodes_removed {
+            table.nodes.remove(&id);
         }
-        // Backends stay sorted by task id, as `table_from_state` lists them.
-        for (name, backend) in self.backends_set {
-            if let Some(service) = table.services.get_mut(&name) {
-                match service
-                    .backends
-                    .binary_search_by(|b| b.task_id.cmp(&backend.task_id))
-                {
-                    Ok(at) => service.backends[at] = backend,
-                    Err(at) => service.backends.insert(at, backend),
-                }
-            }
-        }
-        for (name, task_id) in self.backends_removed {
-            if let Some(service) = table.services.get_mut(&name) {
-                if let Ok(at) = service
-                    .backends
-                    .binary_search_by(|b| b.task_id.cmp(&task_id))
-                {
-                    service.backends.remove(at);
-                }
-            }
-        }
-        for name in self.removed {
+        for name in self.services_removed {
             table.services.remove(&name);
+        }
+        for (name, ports) in self.services_reset {
+            table.services.insert(
+                name,
+                ServiceEndpoints {
+                    ports,
+                    ..ServiceEndpoints::default()
+                },
+            );
+        }
+        for (name, changes) in self.services_changed {
+            if let Some(service) = table.services.get_mut(&name) {
+                changes.apply(service);
+            }
         }
     }
 }
@@ -417,6 +500,25 @@ mod tests {
     }
 
     #[test]
+    fn services_without_ports_carry_their_nodes_not_their_tasks() {
+        let mut s = state(vec![
+            task("a", 1, TaskState::Running),
+            task("b", 2, TaskState::Running),
+            task("c", 2, TaskState::Running),
+            task("d", 3, TaskState::Running),
+        ]);
+        let table = table_from_state(&s);
+        assert_eq!(table.services["web"].backends.len(), 3);
+        assert_eq!(table.services["web"].task_nodes, vec![1, 2]);
+        let mut spec = (*s.services["web"].spec).clone();
+        spec.ports.clear();
+        s.services.get_mut("web").unwrap().spec = spec.into();
+        let table = table_from_state(&s);
+        assert!(table.services["web"].backends.is_empty());
+        assert_eq!(table.services["web"].task_nodes, vec![1, 2]);
+    }
+
+    #[test]
     fn diff_then_apply_reproduces_the_new_table() {
         let before = table_from_state(&state(vec![task("a", 1, TaskState::Running)]));
         let mut s = state(vec![task("b", 2, TaskState::Running)]);
@@ -424,12 +526,24 @@ mod tests {
         s.services.insert("api".into(), s.services["web"].clone());
         let after = table_from_state(&s);
         let changes = diff(&before, &after);
-        assert!(changes.nodes.is_some());
-        // `api` is new (whole); `web` keeps its ports, so its backends travel.
-        assert_eq!(changes.upserts.len(), 1);
-        assert_eq!(changes.upserts[0].0, "api");
-        assert_eq!(changes.backends_set.len(), 1);
-        assert_eq!(changes.backends_removed.len(), 1);
+        // One node changed: only it travels.
+        assert_eq!(changes.nodes_set.len(), 1);
+        assert_eq!(changes.nodes_set[0].id, 3);
+        // `api` is new (reset); `web` keeps its ports, so its backends travel.
+        assert_eq!(changes.services_reset.len(), 1);
+        assert_eq!(changes.services_reset[0].0, "api");
+        let web = &changes
+            .services_changed
+            .iter()
+            .find(|(n, _)| n == "web")
+            .unwrap()
+            .1;
+        assert_eq!(web.backends_set.len(), 1);
+        assert_eq!(web.backends_removed, vec!["a".to_string()]);
+        assert_eq!(
+            (web.task_nodes_added.clone(), web.task_nodes_removed.clone()),
+            (vec![2], vec![1])
+        );
         let mut applied = before.clone();
         changes.apply(&mut applied);
         assert_eq!(applied, after);
@@ -437,9 +551,11 @@ mod tests {
 
         let mut fewer = after.clone();
         fewer.services.remove("api");
+        fewer.nodes.remove(&1);
         let changes = diff(&after, &fewer);
-        assert_eq!(changes.removed, vec!["api".to_string()]);
-        assert!(changes.nodes.is_none() && changes.upserts.is_empty());
+        assert_eq!(changes.services_removed, vec!["api".to_string()]);
+        assert_eq!(changes.nodes_removed, vec![1]);
+        assert!(changes.nodes_set.is_empty() && changes.services_changed.is_empty());
     }
 
     fn backend(task: u32, node_id: NodeId) -> Backend {
@@ -453,57 +569,82 @@ mod tests {
         }
     }
 
-    fn table_of(services: &[(&str, u16, Vec<Backend>)]) -> EndpointTable {
+    /// A table of `services` (name, port or none, backends) as
+    /// `table_from_state` would build it.
+    fn table_of(services: &[(&str, Option<u16>, Vec<Backend>)]) -> EndpointTable {
         EndpointTable {
             nodes: BTreeMap::new(),
             services: services
                 .iter()
                 .map(|(name, port, backends)| {
-                    let ports = vec![PortSpec::ingress(*port, 80, Protocol::Tcp)];
+                    let ports: Vec<PortSpec> = port
+                        .iter()
+                        .map(|p| PortSpec::ingress(*p, 80, Protocol::Tcp))
+                        .collect();
                     let mut backends = backends.clone();
                     backends.sort_by(|a, b| a.task_id.cmp(&b.task_id));
-                    (name.to_string(), ServiceEndpoints { ports, backends })
+                    let mut task_nodes: Vec<NodeId> = backends.iter().map(|b| b.node_id).collect();
+                    task_nodes.sort_unstable();
+                    task_nodes.dedup();
+                    if ports.is_empty() {
+                        backends.clear();
+                    }
+                    let service = ServiceEndpoints {
+                        ports,
+                        backends,
+                        task_nodes,
+                    };
+                    (name.to_string(), service)
                 })
                 .collect(),
         }
     }
 
     #[test]
-    fn a_changed_service_sends_only_its_changed_backends() {
+    fn a_changed_service_sends_only_its_changed_entries() {
         let many = |node: NodeId| (0..1_000).map(|t| backend(t, node)).collect::<Vec<_>>();
-        let before = table_of(&[("web", 80, many(1)), ("api", 81, many(1))]);
+        let before = table_of(&[("web", Some(80), many(1)), ("api", Some(81), many(1))]);
         let mut web = many(1);
         web.retain(|b| b.slot != 7); // gone
         web[10].node_id = 2; // moved
         web.push(backend(5_000, 3)); // new
-        let after = table_of(&[("web", 80, web), ("api", 81, many(1))]);
+        let after = table_of(&[("web", Some(80), web), ("api", Some(81), many(1))]);
         let changes = diff(&before, &after);
-        assert!(changes.upserts.is_empty() && changes.removed.is_empty());
-        let set: Vec<(&str, &str)> = changes
+        assert!(changes.services_reset.is_empty() && changes.services_removed.is_empty());
+        assert_eq!(changes.services_changed.len(), 1);
+        let (name, web) = &changes.services_changed[0];
+        assert_eq!(name, "web");
+        let set: Vec<&str> = web
             .backends_set
             .iter()
-            .map(|(s, b)| (s.as_str(), b.task_id.as_str()))
+            .map(|b| b.task_id.as_str())
             .collect();
-        assert_eq!(set, [("web", "t00011"), ("web", "t05000")]);
-        assert_eq!(
-            changes.backends_removed,
-            [("web".to_string(), "t00007".to_string())]
-        );
+        assert_eq!(set, ["t00011", "t05000"]);
+        assert_eq!(web.backends_removed, ["t00007".to_string()]);
+        assert_eq!(web.task_nodes_added, [2, 3]);
         let mut applied = before.clone();
         changes.apply(&mut applied);
         assert_eq!(applied, after);
 
-        // New ports send the service whole.
-        let moved = table_of(&[("web", 8080, many(1)), ("api", 81, many(1))]);
+        // New ports reset the service, then fill it.
+        let moved = table_of(&[("web", Some(8080), many(1)), ("api", Some(81), many(1))]);
         let changes = diff(&before, &moved);
-        assert_eq!(changes.upserts.len(), 1);
-        assert!(changes.backends_set.is_empty() && changes.backends_removed.is_empty());
+        assert_eq!(changes.services_reset.len(), 1);
+        assert_eq!(changes.services_changed[0].1.backends_set.len(), 1_000);
+
+        // Without ports, a task that starts on a node already serving the
+        // service changes nothing that travels.
+        let quiet = table_of(&[("job", None, many(1))]);
+        let mut more = many(1);
+        more.push(backend(6_000, 1));
+        assert!(diff(&quiet, &table_of(&[("job", None, more)])).is_empty());
     }
 
     #[test]
     fn diff_then_apply_reproduces_any_table() {
         // A small deterministic generator: tables of 0-3 services with
-        // random ports and backends drawn from 40 task ids.
+        // random ports (or none) and backends drawn from 40 task ids, and
+        // 0-3 nodes.
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = move |n: u64| {
             seed ^= seed << 13;
@@ -517,7 +658,10 @@ mod tests {
                 if next(4) == 0 {
                     continue;
                 }
-                let port = 80 + next(2) as u16;
+                let port = match next(3) {
+                    0 => None,
+                    p => Some(79 + p as u16),
+                };
                 let mut backends = Vec::new();
                 for t in 0..40 {
                     if next(2) == 0 {
@@ -526,7 +670,19 @@ mod tests {
                 }
                 services.push((name, port, backends));
             }
-            table_of(&services)
+            let mut table = table_of(&services);
+            for id in 1..=3 {
+                if next(3) != 0 {
+                    let node = MeshNode {
+                        id,
+                        name: format!("n{id}"),
+                        addr: format!("127.0.0.{id}:4500"),
+                        ready: next(2) == 0,
+                    };
+                    table.nodes.insert(id, node);
+                }
+            }
+            table
         };
         for _ in 0..500 {
             let (before, after) = (random_table(), random_table());
@@ -535,7 +691,7 @@ mod tests {
             changes.clone().apply(&mut applied);
             assert_eq!(applied, after, "{changes:?}");
             let mut pieces = before.clone();
-            for frame in crate::mesh::feed::chunk(changes) {
+            for frame in crate::mesh::feed::chunk(changes, 7) {
                 frame.apply(&mut pieces);
             }
             assert_eq!(pieces, after);
