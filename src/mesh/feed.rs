@@ -18,7 +18,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shoal_net::codec;
 use shoal_net::SendStream;
@@ -54,6 +54,27 @@ const COST_PER_STREAM: Duration = Duration::from_micros(50);
 /// The longest wait between publications: a task that stops must leave
 /// every node's table within a second.
 const MAX_PAUSE: Duration = Duration::from_millis(500);
+/// The wait per stream between publications that change only what DNS
+/// answers from (nodes, task nodes): 2 s at 5,000 nodes, which keeps the
+/// feed near 2,500 frames a second. Each frame is a QUIC packet each way,
+/// and at one per stream every 250 ms the packets alone kept a 5,000-node
+/// leader busy (BENCHMARKS.md, "Simulated cluster").
+const LAZY_COST_PER_STREAM: Duration = Duration::from_micros(400);
+/// The longest wait for those: DNS answers are cached for 5 s anyway.
+const MAX_LAZY_PAUSE: Duration = Duration::from_secs(5);
+
+/// Whether `changes` change where published ports route: backends, or
+/// services new, gone or with other ports. Nodes and the nodes a
+/// service's tasks run on only feed DNS (a node going down takes its
+/// backends with it, which is a routing change).
+fn routes_change(changes: &TableChanges) -> bool {
+    !changes.services_reset.is_empty()
+        || !changes.services_removed.is_empty()
+        || changes
+            .services_changed
+            .iter()
+            .any(|(_, c)| !c.backends_set.is_empty() || !c.backends_removed.is_empty())
+}
 
 /// Splits `changes` into frames of at most `max_entries` entries each.
 /// Applied in order, the frames make the same change as `changes`: each
@@ -176,6 +197,8 @@ struct PublishedInner {
     /// The changes between consecutive tables, oldest first.
     log: VecDeque<Step>,
     log_bytes: usize,
+    /// When the newest table was published.
+    published_at: Option<Instant>,
 }
 
 /// The frames from the table at `from` to the table at `to`.
@@ -197,20 +220,58 @@ impl Default for Published {
 }
 
 impl Published {
-    /// Makes `table` the newest, and records the changes from the one
-    /// before.
-    pub fn publish(&self, table: Arc<EndpointTable>) {
-        let mut inner = self.inner.lock().unwrap();
-        if inner.table.as_ref().is_some_and(|(_, prev)| *prev == table) {
+    /// Offers `table`, built at `now`: it is published unless it changes
+    /// only what DNS answers from (nodes, task nodes) and the last
+    /// publication was less than [`Published::lazy_pause`] ago; then the
+    /// time it will be due is returned, and the caller offers again by
+    /// then. Where ports route is never held back.
+    pub fn offer(&self, table: Arc<EndpointTable>, now: Instant) -> Option<Instant> {
+        let lazy_pause = self.lazy_pause();
+        let inner = self.inner.lock().unwrap();
+        let Some((prev_at, prev)) = inner.table.clone() else {
+            self.publish_locked(inner, None, table, now);
+            return None;
+        };
+        if prev == table {
+            return None;
+        }
+        let changes = diff(&prev, &table);
+        let due = inner.published_at.map_or(now, |at| at + lazy_pause);
+        if !routes_change(&changes) && now < due {
+            return Some(due);
+        }
+        self.publish_locked(inner, Some((prev_at, changes)), table, now);
+        None
+    }
+
+    /// Publishes `table` at once, whatever it changes.
+    #[cfg(test)]
+    fn publish(&self, table: Arc<EndpointTable>) {
+        let inner = self.inner.lock().unwrap();
+        let prev = inner.table.clone();
+        if prev.as_ref().is_some_and(|(_, p)| *p == table) {
             return;
         }
+        let step = prev.map(|(at, p)| (at, diff(&p, &table)));
+        self.publish_locked(inner, step, table, Instant::now());
+    }
+
+    /// Makes `table` the newest, with the changes to it from the table
+    /// numbered `from` (none for the first).
+    fn publish_locked(
+        &self,
+        mut inner: std::sync::MutexGuard<'_, PublishedInner>,
+        step: Option<(u64, TableChanges)>,
+        table: Arc<EndpointTable>,
+        now: Instant,
+    ) {
         inner.last_seq += 1;
         let at = inner.last_seq;
-        if let Some((prev_at, prev)) = &inner.table {
-            let frames = encode_frames(diff(prev, &table), false);
+        if let Some((from, changes)) = step {
+            let frames = encode_frames(changes, false);
             let bytes = frames.iter().map(|f| f.len()).sum();
             let step = Step {
-                from: *prev_at,
+                from,
                 to: at,
                 frames,
                 bytes,
@@ -223,6 +284,7 @@ impl Published {
             }
         }
         inner.table = Some((at, table));
+        inner.published_at = Some(now);
         inner.full = None;
         drop(inner);
         self.version.send_replace(at);
@@ -279,13 +341,26 @@ impl Published {
         Some((at, vec![full]))
     }
 
-    /// How long the publisher waits after a publication that took `busy`:
-    /// at least [`COALESCE`], longer the more streams each publication is
-    /// written to, and paced by its own cost (`pace`), up to [`MAX_PAUSE`].
+    /// How long the publisher waits between builds of the table, after
+    /// one that took `busy`: at least [`COALESCE`], longer the more
+    /// streams each publication is written to, and paced by its own cost
+    /// (`pace`), up to [`MAX_PAUSE`]. A change to where ports route is
+    /// published at the next build.
     pub fn pause(&self, busy: Duration) -> Duration {
-        let streams = self.streams.load(Ordering::Relaxed) as u32;
-        let per_streams = (COST_PER_STREAM * streams).min(MAX_PAUSE);
+        let per_streams = (COST_PER_STREAM * self.streams()).min(MAX_PAUSE);
         crate::pace::pause_after(busy, COALESCE.max(per_streams)).min(MAX_PAUSE)
+    }
+
+    /// The least time between publications that change only what DNS
+    /// answers from: [`LAZY_COST_PER_STREAM`] per stream, so the frames
+    /// written per second stay bounded however many nodes follow, within
+    /// [`COALESCE`] and [`MAX_LAZY_PAUSE`].
+    pub fn lazy_pause(&self) -> Duration {
+        (LAZY_COST_PER_STREAM * self.streams()).clamp(COALESCE, MAX_LAZY_PAUSE)
+    }
+
+    fn streams(&self) -> u32 {
+        u32::try_from(self.streams.load(Ordering::Relaxed)).unwrap_or(u32::MAX)
     }
 
     fn count_stream(&self) -> StreamGuard<'_> {
@@ -317,19 +392,26 @@ pub async fn publish(node: Arc<Node>) {
         }
         let (table, build) =
             crate::pace::timed_pass(|| Arc::new(node.state.read(table_from_state)));
-        let ((), encode) = crate::pace::timed_pass(|| published.publish(table.clone()));
+        let (due, offer) =
+            crate::pace::timed_pass(|| published.offer(table.clone(), Instant::now()));
+        // The node's own mesh follows the newest table at once.
         node.mesh.set_shared_table(table);
-        let pause = published.pause(build + encode);
-        // Wait for an entry, looking up now and then whether this node
-        // still leads.
+        let pause = published.pause(build + offer);
+        // Wait for an entry (or for a held-back table to fall due), looking
+        // up now and then whether this node still leads.
         loop {
-            match tokio::time::timeout(Duration::from_millis(500), applied.changed()).await {
+            let wait = due.map_or(Duration::from_millis(500), |due| {
+                due.saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(500))
+            });
+            match tokio::time::timeout(wait, applied.changed()).await {
                 Ok(Ok(())) => {
                     tokio::time::sleep(pause).await;
                     break;
                 }
                 Ok(Err(_)) => return,
                 Err(_) if !node.is_leader() => break,
+                Err(_) if due.is_some_and(|due| Instant::now() >= due) => break,
                 Err(_) => {}
             }
         }
@@ -612,9 +694,47 @@ mod tests {
         assert_eq!(published.pause(Duration::ZERO), COALESCE);
         let guards: Vec<_> = (0..2_000).map(|_| published.count_stream()).collect();
         assert_eq!(published.pause(Duration::ZERO), Duration::from_millis(100));
-        let more: Vec<_> = (0..8_000).map(|_| published.count_stream()).collect();
+        let more: Vec<_> = (0..18_000).map(|_| published.count_stream()).collect();
         assert_eq!(published.pause(Duration::ZERO), MAX_PAUSE);
-        drop((guards, more));
+        assert_eq!(published.lazy_pause(), MAX_LAZY_PAUSE);
+        drop(more);
+        assert_eq!(published.lazy_pause(), Duration::from_millis(800));
+        drop(guards);
         assert_eq!(published.pause(Duration::ZERO), COALESCE);
+        assert_eq!(published.lazy_pause(), COALESCE);
+    }
+
+    #[test]
+    fn route_changes_go_out_at_once_and_dns_changes_wait() {
+        let ms = Duration::from_millis;
+        let published = Published::default();
+        let _streams: Vec<_> = (0..5_000).map(|_| published.count_stream()).collect();
+        assert_eq!(published.lazy_pause(), ms(2_000));
+        let t0 = Instant::now();
+        assert_eq!(published.offer(Arc::new(table(3, 10)), t0), None);
+        // A node joins (and serves a task node): held back.
+        let due = published.offer(Arc::new(table(4, 10)), t0 + ms(100));
+        assert_eq!(due, Some(t0 + ms(2_000)));
+        assert_eq!(published.frames_since(None).unwrap().0, 1);
+        // A backend changes: published at once, the held-back node with it.
+        assert_eq!(published.offer(Arc::new(table(4, 11)), t0 + ms(200)), None);
+        let mut follower = None;
+        let (at, frames) = published.frames_since(None).unwrap();
+        assert!(follow_frames(&mut follower, &frames));
+        assert_eq!((at, follower), (2, Some(table(4, 11))));
+        // The next node waits for 2 s after that publication.
+        let due = published.offer(Arc::new(table(5, 11)), t0 + ms(300));
+        assert_eq!(due, Some(t0 + ms(2_200)));
+        assert_eq!(
+            published.offer(Arc::new(table(5, 11)), t0 + ms(2_200)),
+            None
+        );
+        assert_eq!(published.frames_since(Some(2)).unwrap().0, 3);
+        // An unchanged table is neither published nor held.
+        assert_eq!(
+            published.offer(Arc::new(table(5, 11)), t0 + ms(2_300)),
+            None
+        );
+        assert_eq!(published.frames_since(Some(3)).unwrap().1.len(), 0);
     }
 }
