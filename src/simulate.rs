@@ -10,7 +10,8 @@
 //! the leader on which it sends what a real node sends: heartbeats, the
 //! task stream (`WatchTasks`, `TaskFeed` frames back), batched task
 //! reports (`ReportTasks`) and, unless `--no-endpoint-feed`, the endpoint
-//! stream (`WatchEndpoints`; its frames are counted, not decoded). Its
+//! stream (`WatchEndpoints`; its frames are decoded and counted, and the
+//! name of the last whole table kept, not the table). Its
 //! containers run in its own `FakeRuntime`,
 //! driven by the real executor and plan (`agent::Executor`), and take
 //! `--start-delay` to start.
@@ -55,9 +56,11 @@ use crate::agent::fake::FakeRuntime;
 use crate::agent::runtime::{ContainerState, LABEL_TASK};
 use crate::agent::{ContainerRuntime, DesiredTask, Executor, ExecutorConfig, Scope, TaskStatus};
 use crate::heartbeat::{leaderless_period, BeatError};
+use crate::mesh::table::FeedVersion;
 use crate::node::VERSION;
 use crate::wire::{
-    Heartbeat, JoinAccepted, JoinRequest, OpError, PeerRequest, PeerResponse, TaskFeed, TaskReport,
+    EndpointFeed, Heartbeat, JoinAccepted, JoinRequest, OpError, PeerRequest, PeerResponse,
+    TaskFeed, TaskReport,
 };
 
 /// The image every simulated service runs; every worker's engine has it.
@@ -564,6 +567,8 @@ struct Agent {
     /// The tasks the leader streams to this worker.
     desired: Mutex<BTreeMap<TaskId, Task>>,
     wake: Notify,
+    /// The name of the last whole endpoint table the leader sent.
+    endpoint_table: Mutex<Option<FeedVersion>>,
 }
 
 impl Agent {
@@ -733,6 +738,7 @@ async fn join_one(
         managers: Mutex::new(accepted.managers),
         desired: Mutex::new(BTreeMap::new()),
         wake: Notify::new(),
+        endpoint_table: Mutex::new(None),
     }))
 }
 
@@ -931,27 +937,46 @@ async fn follow_feed(shared: Arc<Shared>, agent: Arc<Agent>, feed: Feed) {
     }
 }
 
-/// Reads the endpoint stream and counts its bytes. One process holds all
-/// the workers, so it does not decode 5,000 copies of the table; the
-/// leader's side, what the simulation is about, is the real one.
+/// Reads the endpoint stream, decoding each frame as a real node does and
+/// counting its bytes. One process holds all the workers, so it does not
+/// keep 5,000 copies of the table, only the name of the last whole one,
+/// which it gives when it opens the stream again (as a real node does);
+/// the leader's side, what the simulation is about, is the real one.
 async fn count_endpoint_feed(
     shared: &Shared,
     agent: &Agent,
     target: (NodeId, SocketAddr),
 ) -> Result<(), String> {
-    let request = PeerRequest::WatchEndpoints { node_id: agent.id };
+    let have = *agent.endpoint_table.lock().unwrap();
+    let request = PeerRequest::WatchEndpoints {
+        node_id: agent.id,
+        have,
+    };
     let mut recv = open_watch(shared, agent, target, &request).await?;
     loop {
-        let chunk = tokio::time::timeout(FEED_SILENCE, recv.read_chunk(usize::MAX, true))
-            .await
-            .map_err(|_| format!("no endpoint frame for {FEED_SILENCE:?}"))?
-            .map_err(|e| e.to_string())?;
-        let Some(chunk) = chunk else {
-            return Ok(());
+        let frame = tokio::time::timeout(
+            FEED_SILENCE,
+            codec::read_frame(&mut recv, codec::MAX_FRAME_BYTES),
+        )
+        .await
+        .map_err(|_| format!("no endpoint frame for {FEED_SILENCE:?}"))?;
+        let payload = match frame {
+            Ok(payload) => payload,
+            Err(codec::CodecError::Closed) => return Ok(()),
+            Err(e) => return Err(e.to_string()),
         };
         shared
             .endpoint_feed_bytes
-            .fetch_add(chunk.bytes.len() as u64, Ordering::Relaxed);
+            .fetch_add(payload.len() as u64 + 4, Ordering::Relaxed);
+        let complete = match codec::decode::<EndpointFeed>(&payload).map_err(|e| e.to_string())? {
+            EndpointFeed::Full { complete, .. } | EndpointFeed::Changes { complete, .. } => {
+                complete
+            }
+            EndpointFeed::Idle => None,
+        };
+        if let Some(version) = complete {
+            *agent.endpoint_table.lock().unwrap() = Some(version);
+        }
     }
 }
 

@@ -49,6 +49,9 @@ pub enum PeerRequest {
     /// as the leader leads.
     WatchEndpoints {
         node_id: NodeId,
+        /// The table the node holds, if any: a leader that knows it sends
+        /// the changes since, not the whole table.
+        have: Option<crate::mesh::table::FeedVersion>,
     },
     /// Carries one client connection of the routing mesh to a task that
     /// runs on the receiving node: answered with one [`MeshReply`] frame,
@@ -71,12 +74,13 @@ pub enum EndpointFeed {
     /// Starts the receiver's table over: an empty table, then these changes.
     Full {
         changes: crate::mesh::table::TableChanges,
-        /// The table is whole after this frame (a large one takes several).
-        complete: bool,
+        /// Set on the last frame of a table (a large one takes several):
+        /// the table is whole, and this is its name.
+        complete: Option<crate::mesh::table::FeedVersion>,
     },
     Changes {
         changes: crate::mesh::table::TableChanges,
-        complete: bool,
+        complete: Option<crate::mesh::table::FeedVersion>,
     },
     /// Nothing changed; keeps the stream's liveness visible.
     Idle,

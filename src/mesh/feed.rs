@@ -25,7 +25,9 @@ use shoal_net::SendStream;
 use shoal_raft::NodeId;
 use tokio::sync::watch;
 
-use super::table::{diff, table_from_state, EndpointTable, ServiceChanges, TableChanges};
+use super::table::{
+    diff, table_from_state, EndpointTable, FeedVersion, ServiceChanges, TableChanges,
+};
 use crate::node::{resolve, Node};
 use crate::wire::{EndpointFeed, PeerRequest};
 
@@ -154,15 +156,15 @@ impl Chunks {
 type Frames = Arc<Vec<Arc<[u8]>>>;
 
 /// Encodes `changes` as frames; the first starts the receiver's table over
-/// when `full`, and the last marks the table complete.
-fn encode_frames(changes: TableChanges, full: bool) -> Frames {
+/// when `full`, and the last names the table they complete.
+fn encode_frames(changes: TableChanges, full: bool, version: FeedVersion) -> Frames {
     let parts = chunk(changes, MAX_ENTRIES_PER_FRAME);
     let last = parts.len() - 1;
     let frames = parts
         .into_iter()
         .enumerate()
         .map(|(i, changes)| {
-            let complete = i == last;
+            let complete = (i == last).then_some(version);
             let frame = if full && i == 0 {
                 EndpointFeed::Full { changes, complete }
             } else {
@@ -178,22 +180,25 @@ fn encode_frames(changes: TableChanges, full: bool) -> Frames {
 /// The tables this node published while leading, as encoded frames.
 pub struct Published {
     inner: Mutex<PublishedInner>,
-    /// The number of the newest table; 0 while none is published.
+    /// Bumped at each publication, to wake the streams.
     version: watch::Sender<u64>,
+    /// This process's name for its tables ([`FeedVersion::origin`]).
+    origin: u64,
     /// Streams being served, which pace the publications.
     streams: AtomicUsize,
 }
 
 #[derive(Default)]
 struct PublishedInner {
-    /// The newest table and its publication number.
-    table: Option<(u64, Arc<EndpointTable>)>,
+    /// The newest table: published by this node, or, until this node
+    /// publishes, the last one it followed.
+    table: Option<(FeedVersion, Arc<EndpointTable>)>,
     /// The number of the last publication, counted from 1 over the node's
     /// life (not reset when it stops leading), so a stream's table is
     /// never mistaken for another.
     last_seq: u64,
     /// The newest table whole, encoded when a stream first asks.
-    full: Option<(u64, Frames)>,
+    full: Option<(FeedVersion, Frames)>,
     /// The changes between consecutive tables, oldest first.
     log: VecDeque<Step>,
     log_bytes: usize,
@@ -203,8 +208,8 @@ struct PublishedInner {
 
 /// The frames from the table at `from` to the table at `to`.
 struct Step {
-    from: u64,
-    to: u64,
+    from: FeedVersion,
+    to: FeedVersion,
     frames: Frames,
     bytes: usize,
 }
@@ -214,6 +219,7 @@ impl Default for Published {
         Published {
             inner: Mutex::new(PublishedInner::default()),
             version: watch::Sender::new(0),
+            origin: rand::random(),
             streams: AtomicUsize::new(0),
         }
     }
@@ -257,18 +263,21 @@ impl Published {
     }
 
     /// Makes `table` the newest, with the changes to it from the table
-    /// numbered `from` (none for the first).
+    /// named `from` (none for the first).
     fn publish_locked(
         &self,
         mut inner: std::sync::MutexGuard<'_, PublishedInner>,
-        step: Option<(u64, TableChanges)>,
+        step: Option<(FeedVersion, TableChanges)>,
         table: Arc<EndpointTable>,
         now: Instant,
     ) {
         inner.last_seq += 1;
-        let at = inner.last_seq;
+        let at = FeedVersion {
+            origin: self.origin,
+            seq: inner.last_seq,
+        };
         if let Some((from, changes)) = step {
-            let frames = encode_frames(changes, false);
+            let frames = encode_frames(changes, false, at);
             let bytes = frames.iter().map(|f| f.len()).sum();
             let step = Step {
                 from,
@@ -286,8 +295,19 @@ impl Published {
         inner.table = Some((at, table));
         inner.published_at = Some(now);
         inner.full = None;
+        let seq = inner.last_seq;
         drop(inner);
-        self.version.send_replace(at);
+        self.version.send_replace(seq);
+    }
+
+    /// Starts from `table`, named `version`, which this node followed
+    /// before it led: nodes that hold it get only the changes from it.
+    /// Nothing happens once this node has a table of its own.
+    pub fn seed(&self, version: FeedVersion, table: Arc<EndpointTable>) {
+        let mut inner = self.inner.lock().unwrap();
+        if inner.table.is_none() {
+            inner.table = Some((version, table));
+        }
     }
 
     /// Forgets everything published (this node stopped leading) and wakes
@@ -312,7 +332,7 @@ impl Published {
     /// The frames that bring a stream from the table at `sent` (none yet:
     /// `None`) to the newest, and the newest table's index; `None` while
     /// nothing is published.
-    fn frames_since(&self, sent: Option<u64>) -> Option<(u64, Vec<Frames>)> {
+    fn frames_since(&self, sent: Option<FeedVersion>) -> Option<(FeedVersion, Vec<Frames>)> {
         let mut inner = self.inner.lock().unwrap();
         let (at, table) = inner.table.clone()?;
         if sent == Some(at) {
@@ -333,7 +353,7 @@ impl Published {
         let full = match &inner.full {
             Some((full_at, frames)) if *full_at == at => frames.clone(),
             _ => {
-                let frames = encode_frames(diff(&EndpointTable::default(), &table), true);
+                let frames = encode_frames(diff(&EndpointTable::default(), &table), true, at);
                 inner.full = Some((at, frames.clone()));
                 frames
             }
@@ -390,6 +410,12 @@ pub async fn publish(node: Arc<Node>) {
             let _ = tokio::time::timeout(Duration::from_millis(500), metrics.changed()).await;
             continue;
         }
+        // Just elected: the table this node followed is one most nodes
+        // hold, so they get only what changed since (a failover sends no
+        // whole tables).
+        if let Some((version, table)) = node.mesh.followed() {
+            published.seed(version, table);
+        }
         let (table, build) =
             crate::pace::timed_pass(|| Arc::new(node.state.read(table_from_state)));
         let (due, offer) =
@@ -420,7 +446,7 @@ pub async fn publish(node: Arc<Node>) {
 
 /// The leader's side: serves one node's endpoint stream until this node
 /// stops leading or the follower goes away.
-pub async fn serve(node: Arc<Node>, peer: NodeId, mut send: SendStream) {
+pub async fn serve(node: Arc<Node>, peer: NodeId, have: Option<FeedVersion>, mut send: SendStream) {
     shoal_net::transport::mark_bulk(&send);
     let published = &node.mesh.published;
     let _counted = published.count_stream();
@@ -428,7 +454,7 @@ pub async fn serve(node: Arc<Node>, peer: NodeId, mut send: SendStream) {
     let idle: Arc<[u8]> = codec::encode(&EndpointFeed::Idle)
         .expect("idle frame encodes")
         .into();
-    let mut sent: Option<u64> = None;
+    let mut sent = have;
     loop {
         if !node.is_leader() {
             let _ = send.finish();
@@ -512,11 +538,16 @@ async fn read_feed(node: &Node, leader: NodeId, addr: &str) -> Result<(), String
         .await
         .map_err(|e| e.to_string())?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-    codec::send_msg(&mut send, &PeerRequest::WatchEndpoints { node_id: node.id })
+    let followed = node.mesh.followed();
+    let request = PeerRequest::WatchEndpoints {
+        node_id: node.id,
+        have: followed.as_ref().map(|(version, _)| *version),
+    };
+    codec::send_msg(&mut send, &request)
         .await
         .map_err(|e| e.to_string())?;
     let _ = send.finish();
-    let mut table: Option<EndpointTable> = None;
+    let mut table: Option<EndpointTable> = followed.map(|(_, t)| (*t).clone());
     loop {
         let frame = tokio::time::timeout(
             FEED_SILENCE,
@@ -539,11 +570,11 @@ async fn read_feed(node: &Node, leader: NodeId, addr: &str) -> Result<(), String
                 changes.apply(t);
                 complete
             }
-            EndpointFeed::Idle => false,
+            EndpointFeed::Idle => None,
         };
         // A table split over frames is used once its last frame is in.
-        if let (true, Some(t)) = (complete, &table) {
-            node.mesh.set_table(t.clone());
+        if let (Some(version), Some(t)) = (complete, &table) {
+            node.mesh.set_followed(version, Arc::new(t.clone()));
         }
     }
 }
@@ -612,9 +643,18 @@ mod tests {
         assert_eq!(pieces, table(12_000, 9_000));
     }
 
-    /// Applies `frames` as a follower does; the table once complete.
-    fn follow_frames(table: &mut Option<EndpointTable>, frames: &[Frames]) -> bool {
-        let mut complete = false;
+    /// The name of `published`'s table number `seq`.
+    fn v(published: &Published, seq: u64) -> FeedVersion {
+        FeedVersion {
+            origin: published.origin,
+            seq,
+        }
+    }
+
+    /// Applies `frames` as a follower does; the name of the table they
+    /// complete.
+    fn follow_frames(table: &mut Option<EndpointTable>, frames: &[Frames]) -> Option<FeedVersion> {
+        let mut complete = None;
         for payload in frames.iter().flat_map(|f| f.iter()) {
             match codec::decode::<EndpointFeed>(payload).unwrap() {
                 EndpointFeed::Full {
@@ -645,45 +685,56 @@ mod tests {
         assert!(published.frames_since(None).is_none());
         published.publish(Arc::new(table(30, 100)));
         let (at, frames) = published.frames_since(None).unwrap();
-        assert_eq!(at, 1);
+        assert_eq!(at, v(&published, 1));
         let mut follower = None;
-        assert!(follow_frames(&mut follower, &frames));
+        assert_eq!(follow_frames(&mut follower, &frames), Some(at));
         assert_eq!(follower.as_ref(), Some(&table(30, 100)));
 
         // Two publications later, a stream at 10 gets both steps, each
         // only its change.
         published.publish(Arc::new(table(31, 100)));
         published.publish(Arc::new(table(31, 101)));
-        let (at, frames) = published.frames_since(Some(1)).unwrap();
-        assert_eq!((at, frames.len()), (3, 2));
+        let (at, frames) = published.frames_since(Some(v(&published, 1))).unwrap();
+        assert_eq!((at.seq, frames.len()), (3, 2));
         let step: usize = frames.iter().flat_map(|f| f.iter()).map(|p| p.len()).sum();
         let (_, whole) = published.frames_since(None).unwrap();
         let full: usize = whole.iter().flat_map(|f| f.iter()).map(|p| p.len()).sum();
         assert!(step * 5 < full, "changes {step} B, whole table {full} B");
-        assert!(follow_frames(&mut follower, &frames));
+        assert_eq!(follow_frames(&mut follower, &frames), Some(at));
         assert_eq!(follower.as_ref(), Some(&table(31, 101)));
-        assert!(published.frames_since(Some(3)).unwrap().1.is_empty());
+        assert!(published
+            .frames_since(Some(v(&published, 3)))
+            .unwrap()
+            .1
+            .is_empty());
 
         // The same table again is no publication.
         published.publish(Arc::new(table(31, 101)));
-        assert_eq!(published.frames_since(Some(3)).unwrap().0, 3);
+        assert_eq!(
+            published
+                .frames_since(Some(v(&published, 3)))
+                .unwrap()
+                .0
+                .seq,
+            3
+        );
 
         // A stream that fell out of the log gets the whole table again.
         for i in 0..MAX_LOG_STEPS + 1 {
             published.publish(Arc::new(table(31, 102 + i)));
         }
-        let (_, frames) = published.frames_since(Some(3)).unwrap();
+        let (_, frames) = published.frames_since(Some(v(&published, 3))).unwrap();
         assert_eq!(frames.len(), 1);
         let mut stale = Some(table(1, 1));
-        assert!(follow_frames(&mut stale, &frames));
+        assert!(follow_frames(&mut stale, &frames).is_some());
         assert_eq!(stale, published.table().map(|t| (*t).clone()));
 
         published.clear();
-        assert!(published.frames_since(Some(3)).is_none());
+        assert!(published.frames_since(Some(v(&published, 3))).is_none());
         // Numbers go on after a clear: a stream from before never matches.
         published.publish(Arc::new(table(1, 1)));
         assert_eq!(
-            published.frames_since(None).unwrap().0,
+            published.frames_since(None).unwrap().0.seq,
             MAX_LOG_STEPS as u64 + 5
         );
     }
@@ -715,13 +766,13 @@ mod tests {
         // A node joins (and serves a task node): held back.
         let due = published.offer(Arc::new(table(4, 10)), t0 + ms(100));
         assert_eq!(due, Some(t0 + ms(2_000)));
-        assert_eq!(published.frames_since(None).unwrap().0, 1);
+        assert_eq!(published.frames_since(None).unwrap().0.seq, 1);
         // A backend changes: published at once, the held-back node with it.
         assert_eq!(published.offer(Arc::new(table(4, 11)), t0 + ms(200)), None);
         let mut follower = None;
         let (at, frames) = published.frames_since(None).unwrap();
-        assert!(follow_frames(&mut follower, &frames));
-        assert_eq!((at, follower), (2, Some(table(4, 11))));
+        assert_eq!(follow_frames(&mut follower, &frames), Some(at));
+        assert_eq!((at.seq, follower), (2, Some(table(4, 11))));
         // The next node waits for 2 s after that publication.
         let due = published.offer(Arc::new(table(5, 11)), t0 + ms(300));
         assert_eq!(due, Some(t0 + ms(2_200)));
@@ -729,12 +780,57 @@ mod tests {
             published.offer(Arc::new(table(5, 11)), t0 + ms(2_200)),
             None
         );
-        assert_eq!(published.frames_since(Some(2)).unwrap().0, 3);
+        assert_eq!(
+            published
+                .frames_since(Some(v(&published, 2)))
+                .unwrap()
+                .0
+                .seq,
+            3
+        );
         // An unchanged table is neither published nor held.
         assert_eq!(
             published.offer(Arc::new(table(5, 11)), t0 + ms(2_300)),
             None
         );
-        assert_eq!(published.frames_since(Some(3)).unwrap().1.len(), 0);
+        assert_eq!(
+            published
+                .frames_since(Some(v(&published, 3)))
+                .unwrap()
+                .1
+                .len(),
+            0
+        );
+    }
+
+    #[test]
+    fn a_new_leader_sends_nodes_holding_the_table_it_followed_only_the_changes() {
+        let old = Published::default();
+        old.publish(Arc::new(table(30, 100)));
+        let (held, frames) = old.frames_since(None).unwrap();
+        let mut follower = None;
+        follow_frames(&mut follower, &frames);
+
+        let new = Published::default();
+        new.seed(held, Arc::new(follower.clone().unwrap()));
+        // Nothing to send to a node holding that table; the whole table
+        // to one holding none or another.
+        assert!(new.frames_since(Some(held)).unwrap().1.is_empty());
+        let other = FeedVersion {
+            origin: held.origin,
+            seq: 7,
+        };
+        let (_, whole) = new.frames_since(Some(other)).unwrap();
+        let full: usize = whole.iter().flat_map(|f| f.iter()).map(|p| p.len()).sum();
+        // Its first table travels as changes from the followed one.
+        new.publish(Arc::new(table(31, 100)));
+        let (at, frames) = new.frames_since(Some(held)).unwrap();
+        let step: usize = frames.iter().flat_map(|f| f.iter()).map(|p| p.len()).sum();
+        assert!(step * 5 < full, "changes {step} B, whole table {full} B");
+        assert_eq!(follow_frames(&mut follower, &frames), Some(at));
+        assert_eq!(follower, Some(table(31, 100)));
+        // A seed comes too late once the node has published.
+        new.seed(held, Arc::new(table(1, 1)));
+        assert_eq!(new.frames_since(None).unwrap().0, at);
     }
 }

@@ -32,7 +32,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::agent::ContainerRuntime;
 use crate::node::Node;
-use table::EndpointTable;
+use table::{EndpointTable, FeedVersion};
 
 /// A node that failed a mesh connection is avoided for this long (unless
 /// nothing else is left).
@@ -95,6 +95,8 @@ pub struct Mesh {
     /// While this node leads: its endpoint tables, encoded once for all
     /// endpoint streams.
     pub published: feed::Published,
+    /// The last whole table this node received from a leader, and its name.
+    followed: Mutex<Option<(FeedVersion, Arc<EndpointTable>)>>,
 }
 
 impl Mesh {
@@ -111,6 +113,7 @@ impl Mesh {
             links: Mutex::new(BTreeMap::new()),
             link_streams: Mutex::new(BTreeMap::new()),
             published: Default::default(),
+            followed: Mutex::new(None),
         })
     }
 
@@ -127,12 +130,20 @@ impl Mesh {
         self.table.subscribe()
     }
 
-    pub fn set_table(&self, table: EndpointTable) {
-        self.set_shared_table(Arc::new(table));
+    /// Uses `table`, received from the leader as `version`, and keeps it
+    /// to name when the stream is opened again.
+    pub fn set_followed(&self, version: FeedVersion, table: Arc<EndpointTable>) {
+        *self.followed.lock().unwrap() = Some((version, table.clone()));
+        self.set_shared_table(table);
     }
 
-    /// As [`Mesh::set_table`], for a table shared with others (the
-    /// leader's, which its endpoint streams also send).
+    /// The last table received from a leader, and its name.
+    pub fn followed(&self) -> Option<(FeedVersion, Arc<EndpointTable>)> {
+        self.followed.lock().unwrap().clone()
+    }
+
+    /// Makes `table` the one the mesh and DNS work from (shared: the
+    /// leader's publisher and the follower keep it too).
     pub fn set_shared_table(&self, table: Arc<EndpointTable>) {
         self.table.send_if_modified(|current| {
             if Arc::ptr_eq(current, &table) || **current == *table {

@@ -22,6 +22,17 @@ use shoal_raft::{
     ClusterState, DesiredState, Health, NodeId, NodeStatus, PortSpec, Protocol, TaskId, TaskState,
 };
 
+/// Names one table a leader published: `origin` is drawn at random when
+/// the publishing process starts, `seq` counts its publications. A node
+/// names the table it holds when it opens its stream, and a leader that
+/// knows that table (it published it, or followed it before it led) sends
+/// only what changed since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedVersion {
+    pub origin: u64,
+    pub seq: u64,
+}
+
 /// A node as the mesh and DNS see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MeshNode {
