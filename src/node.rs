@@ -184,6 +184,16 @@ impl Node {
         self.leader_hint.lock().unwrap().clone()
     }
 
+    /// Whether this node is in the Raft group (a manager).
+    pub fn is_raft_member(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config
+            .membership()
+            .get_node(&self.id)
+            .is_some()
+    }
+
     pub fn is_leader(&self) -> bool {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();

@@ -120,9 +120,15 @@ async fn serve_member(node: Arc<Node>, peer: NodeId, conn: shoal_net::Connection
             // long-lived stream (a leader holds two per node) holds only
             // what it needs, not the largest of all the handlers.
             match req {
-                PeerRequest::WatchEndpoints { node_id, have } => {
+                PeerRequest::WatchEndpoints {
+                    node_id,
+                    have,
+                    interest,
+                    fresh,
+                } => {
                     if node_id == peer && node.is_leader() {
-                        Box::pin(crate::mesh::feed::serve(node, peer, have, send)).await;
+                        let asked = (have, interest, fresh);
+                        Box::pin(crate::mesh::feed::serve(node, peer, asked, send)).await;
                     }
                 }
                 PeerRequest::MeshConnect(request) => {

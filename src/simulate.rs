@@ -56,7 +56,7 @@ use crate::agent::fake::FakeRuntime;
 use crate::agent::runtime::{ContainerState, LABEL_TASK};
 use crate::agent::{ContainerRuntime, DesiredTask, Executor, ExecutorConfig, Scope, TaskStatus};
 use crate::heartbeat::{leaderless_period, BeatError};
-use crate::mesh::table::FeedVersion;
+use crate::mesh::table::{FeedVersion, Interest};
 use crate::node::VERSION;
 use crate::wire::{
     EndpointFeed, Heartbeat, JoinAccepted, JoinRequest, OpError, PeerRequest, PeerResponse,
@@ -948,9 +948,12 @@ async fn count_endpoint_feed(
     target: (NodeId, SocketAddr),
 ) -> Result<(), String> {
     let have = *agent.endpoint_table.lock().unwrap();
+    // A worker's containers ask DNS nothing, so it asks for no sections.
     let request = PeerRequest::WatchEndpoints {
         node_id: agent.id,
         have,
+        interest: Interest::default(),
+        fresh: Vec::new(),
     };
     let mut recv = open_watch(shared, agent, target, &request).await?;
     loop {
@@ -968,13 +971,8 @@ async fn count_endpoint_feed(
         shared
             .endpoint_feed_bytes
             .fetch_add(payload.len() as u64 + 4, Ordering::Relaxed);
-        let complete = match codec::decode::<EndpointFeed>(&payload).map_err(|e| e.to_string())? {
-            EndpointFeed::Full { complete, .. } | EndpointFeed::Changes { complete, .. } => {
-                complete
-            }
-            EndpointFeed::Idle => None,
-        };
-        if let Some(version) = complete {
+        let frame = codec::decode::<EndpointFeed>(&payload).map_err(|e| e.to_string())?;
+        if let EndpointFeed::Complete(version) = frame {
             *agent.endpoint_table.lock().unwrap() = Some(version);
         }
     }

@@ -52,6 +52,11 @@ pub enum PeerRequest {
         /// The table the node holds, if any: a leader that knows it sends
         /// the changes since, not the whole table.
         have: Option<crate::mesh::table::FeedVersion>,
+        /// The sections (task nodes of services without ports) to carry.
+        interest: crate::mesh::table::Interest,
+        /// Sections in `interest` the node does not hold in `have`: sent
+        /// whole.
+        fresh: Vec<String>,
     },
     /// Carries one client connection of the routing mesh to a task that
     /// runs on the receiving node: answered with one [`MeshReply`] frame,
@@ -72,16 +77,11 @@ pub enum PeerRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum EndpointFeed {
     /// Starts the receiver's table over: an empty table, then these changes.
-    Full {
-        changes: crate::mesh::table::TableChanges,
-        /// Set on the last frame of a table (a large one takes several):
-        /// the table is whole, and this is its name.
-        complete: Option<crate::mesh::table::FeedVersion>,
-    },
-    Changes {
-        changes: crate::mesh::table::TableChanges,
-        complete: Option<crate::mesh::table::FeedVersion>,
-    },
+    Full(crate::mesh::table::TableChanges),
+    Changes(crate::mesh::table::TableChanges),
+    /// The frames before bring the receiver's table to the one named (a
+    /// large change takes several frames): the table is whole, use it.
+    Complete(crate::mesh::table::FeedVersion),
     /// Nothing changed; keeps the stream's liveness visible.
     Idle,
 }

@@ -15,7 +15,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::services::{docker_running, wait_running, IMAGE};
+use common::services::{docker_running, running_per_node, wait_running, IMAGE};
 use common::{wait_for, Cluster};
 use hickory_server::proto::op::{Message, Query};
 use hickory_server::proto::rr::{Name, RData, RecordType};
@@ -210,6 +210,47 @@ fn ingress_port_answers_on_every_node_balances_and_survives_failures() {
         missing.metadata.response_code,
         hickory_server::proto::op::ResponseCode::NXDomain
     );
+
+    // A service without ports: a worker holds its task nodes only once
+    // its DNS is asked about it (the first query asks the leader and
+    // waits for them), and answers with the nodes its tasks run on.
+    c.nodes[0].ok(&[
+        "deploy",
+        "job",
+        "--image",
+        IMAGE,
+        "--replicas",
+        "2",
+        "--detach",
+        "--",
+        "sh",
+        "-c",
+        "exec sleep 3600",
+    ]);
+    wait_running(&c, "job", 2, Duration::from_secs(60));
+    let job_nodes: BTreeSet<IpAddr> = running_per_node(&c, "job")
+        .keys()
+        .map(|name| {
+            let i = ["node-a", "node-b", "node-c"]
+                .iter()
+                .position(|n| n == name)
+                .unwrap_or_else(|| panic!("unknown node {name}"));
+            IPS[i].parse().unwrap()
+        })
+        .collect();
+    assert!(!job_nodes.is_empty());
+    let answer = wait_for(Duration::from_secs(10), || {
+        let answer = dns_query(dns, "tasks.job.shoal.", RecordType::A);
+        (a_records(&answer) == job_nodes).then_some(answer)
+    });
+    assert!(
+        answer.is_some(),
+        "tasks.job.shoal never named {job_nodes:?}: {:?}",
+        dns_query(dns, "tasks.job.shoal.", RecordType::A)
+    );
+    let answer = dns_query(dns, "job.shoal.", RecordType::A);
+    assert_eq!(a_records(&answer), job_nodes, "{answer:?}");
+    c.nodes[0].ok(&["service", "rm", "job"]);
 
     // Kill one task's container: after 1 s, 200 consecutive requests
     // through every node all succeed.

@@ -26,6 +26,7 @@ use hickory_server::Server;
 use shoal_raft::{NodeId, Protocol};
 
 use super::table::EndpointTable;
+use super::Mesh;
 use crate::node::Node;
 
 /// The zone served.
@@ -36,6 +37,9 @@ pub const FALLBACK_PORT: u16 = 5354;
 const TTL: u32 = 5;
 /// Idle TCP DNS connections are closed after this long.
 const TCP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a query waits for a service's task nodes the node has not
+/// asked for before (one round trip to the leader, usually).
+const SECTION_WAIT: Duration = Duration::from_secs(1);
 /// Responses queued per TCP DNS connection.
 const TCP_RESPONSE_BUFFER: usize = 16;
 
@@ -205,6 +209,43 @@ pub fn answer(table: &EndpointTable, qname: &str, qtype: RecordType) -> Answer {
     }
 }
 
+/// The service a query for `qname` is about, if it names one.
+pub fn service_named(qname: &str) -> Option<String> {
+    let name = qname.trim_end_matches('.').to_ascii_lowercase();
+    let rest = name.strip_suffix(ZONE)?.strip_suffix('.')?;
+    let labels: Vec<&str> = rest.split('.').collect();
+    match labels.as_slice() {
+        [_, "nodes"] => None,
+        ["tasks", service] | [service] => Some(service.to_string()),
+        [port, _, service] if port.starts_with('_') => Some(service.to_string()),
+        _ => None,
+    }
+}
+
+/// Makes sure the table holds `service`'s task nodes when it is a
+/// service without ports (a section, which a node gets once asked for):
+/// asks for it and waits for it, at most [`SECTION_WAIT`]. Later queries
+/// find it held.
+async fn await_section(mesh: &Mesh, service: &str) {
+    let mut tables = mesh.subscribe();
+    let is_section = tables
+        .borrow_and_update()
+        .services
+        .get(service)
+        .is_some_and(super::table::is_section);
+    if !is_section || mesh.holds(service) || !mesh.want(service) {
+        return;
+    }
+    let _ = tokio::time::timeout(SECTION_WAIT, async {
+        while !mesh.holds(service) {
+            if tables.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
 /// The nodes that answer for a service: every ready node when it has an
 /// ingress port, else the nodes running its tasks. `None` for no service.
 fn serving_nodes(table: &EndpointTable, service: &str) -> Option<BTreeSet<NodeId>> {
@@ -257,6 +298,9 @@ impl RequestHandler for Handler {
         let (answers, additionals) = match request.request_info() {
             Ok(info) => {
                 let qname = info.query.name().to_string();
+                if let Some(service) = service_named(&qname) {
+                    await_section(&self.node.mesh, &service).await;
+                }
                 match answer(&self.node.mesh.table(), &qname, info.query.query_type()) {
                     Answer::Records {
                         answers,

@@ -15,7 +15,7 @@
 //! are ([`Published::pause`]), so a burst of changes travels in fewer,
 //! larger frames.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,8 +26,10 @@ use shoal_raft::NodeId;
 use tokio::sync::watch;
 
 use super::table::{
-    diff, table_from_state, EndpointTable, FeedVersion, ServiceChanges, TableChanges,
+    diff, is_section, section_whole, split_sections, table_from_state, EndpointTable, FeedVersion,
+    Interest, ServiceChanges, TableChanges,
 };
+use super::Followed;
 use crate::node::{resolve, Node};
 use crate::wire::{EndpointFeed, PeerRequest};
 
@@ -156,25 +158,29 @@ impl Chunks {
 type Frames = Arc<Vec<Arc<[u8]>>>;
 
 /// Encodes `changes` as frames; the first starts the receiver's table over
-/// when `full`, and the last names the table they complete.
-fn encode_frames(changes: TableChanges, full: bool, version: FeedVersion) -> Frames {
-    let parts = chunk(changes, MAX_ENTRIES_PER_FRAME);
-    let last = parts.len() - 1;
-    let frames = parts
+/// when `full`.
+fn encode_frames(changes: TableChanges, full: bool) -> Frames {
+    let frames = chunk(changes, MAX_ENTRIES_PER_FRAME)
         .into_iter()
         .enumerate()
         .map(|(i, changes)| {
-            let complete = (i == last).then_some(version);
             let frame = if full && i == 0 {
-                EndpointFeed::Full { changes, complete }
+                EndpointFeed::Full(changes)
             } else {
-                EndpointFeed::Changes { changes, complete }
+                EndpointFeed::Changes(changes)
             };
-            let payload = codec::encode(&frame).expect("endpoint frames encode");
-            Arc::<[u8]>::from(payload)
+            encode_frame(&frame)
         })
         .collect();
     Arc::new(frames)
+}
+
+fn encode_frame(frame: &EndpointFeed) -> Arc<[u8]> {
+    codec::encode(frame).expect("endpoint frames encode").into()
+}
+
+fn frames_len(frames: &Frames) -> usize {
+    frames.iter().map(|f| f.len()).sum()
 }
 
 /// The tables this node published while leading, as encoded frames.
@@ -193,24 +199,31 @@ struct PublishedInner {
     /// The newest table: published by this node, or, until this node
     /// publishes, the last one it followed.
     table: Option<(FeedVersion, Arc<EndpointTable>)>,
-    /// The number of the last publication, counted from 1 over the node's
-    /// life (not reset when it stops leading), so a stream's table is
-    /// never mistaken for another.
-    last_seq: u64,
-    /// The newest table whole, encoded when a stream first asks.
+    /// The sections a followed table (a seed) holds; a node's own tables
+    /// hold all.
+    seed_holds: Option<(FeedVersion, Interest)>,
+    /// The newest table whole (without sections), encoded when a stream
+    /// first asks.
     full: Option<(FeedVersion, Frames)>,
+    /// Sections of the newest table whole, encoded when a stream first asks.
+    whole_sections: BTreeMap<String, Frames>,
     /// The changes between consecutive tables, oldest first.
     log: VecDeque<Step>,
     log_bytes: usize,
     /// When the newest table was published.
     published_at: Option<Instant>,
+    /// The number of the last publication, counted from 1 over the node's
+    /// life (not reset when it stops leading), so a stream's table is
+    /// never mistaken for another.
+    last_seq: u64,
 }
 
-/// The frames from the table at `from` to the table at `to`.
+/// The frames from the table at `from` to the table at `to`: what every
+/// node gets, and each changed section's.
 struct Step {
     from: FeedVersion,
-    to: FeedVersion,
-    frames: Frames,
+    shared: Frames,
+    sections: BTreeMap<String, Frames>,
     bytes: usize,
 }
 
@@ -277,12 +290,17 @@ impl Published {
             seq: inner.last_seq,
         };
         if let Some((from, changes)) = step {
-            let frames = encode_frames(changes, false, at);
-            let bytes = frames.iter().map(|f| f.len()).sum();
+            let (shared, sections) = split_sections(changes, &table);
+            let shared = encode_frames(shared, false);
+            let sections: BTreeMap<String, Frames> = sections
+                .into_iter()
+                .map(|(name, changes)| (name, encode_frames(changes, false)))
+                .collect();
+            let bytes = frames_len(&shared) + sections.values().map(frames_len).sum::<usize>();
             let step = Step {
                 from,
-                to: at,
-                frames,
+                shared,
+                sections,
                 bytes,
             };
             inner.log_bytes += step.bytes;
@@ -295,18 +313,21 @@ impl Published {
         inner.table = Some((at, table));
         inner.published_at = Some(now);
         inner.full = None;
+        inner.whole_sections.clear();
         let seq = inner.last_seq;
         drop(inner);
         self.version.send_replace(seq);
     }
 
     /// Starts from `table`, named `version`, which this node followed
-    /// before it led: nodes that hold it get only the changes from it.
-    /// Nothing happens once this node has a table of its own.
-    pub fn seed(&self, version: FeedVersion, table: Arc<EndpointTable>) {
+    /// before it led, holding the sections `holds`: nodes that hold it get
+    /// only the changes from it. Nothing happens once this node has a
+    /// table of its own.
+    pub fn seed(&self, version: FeedVersion, table: Arc<EndpointTable>, holds: Interest) {
         let mut inner = self.inner.lock().unwrap();
         if inner.table.is_none() {
             inner.table = Some((version, table));
+            inner.seed_holds = Some((version, holds));
         }
     }
 
@@ -330,35 +351,77 @@ impl Published {
     }
 
     /// The frames that bring a stream from the table at `sent` (none yet:
-    /// `None`) to the newest, and the newest table's index; `None` while
-    /// nothing is published.
-    fn frames_since(&self, sent: Option<FeedVersion>) -> Option<(FeedVersion, Vec<Frames>)> {
+    /// `None`) to the newest, with the sections in `interest`, `fresh`
+    /// ones whole, and the newest table's name; `None` while nothing is
+    /// published.
+    fn frames_since(
+        &self,
+        sent: Option<FeedVersion>,
+        interest: &Interest,
+        fresh: &[String],
+    ) -> Option<(FeedVersion, Vec<Frames>)> {
         let mut inner = self.inner.lock().unwrap();
         let (at, table) = inner.table.clone()?;
-        if sent == Some(at) {
-            return Some((at, Vec::new()));
-        }
-        if let Some(sent) = sent {
-            if let Some(first) = inner.log.iter().position(|s| s.from == sent) {
-                let steps: Vec<Frames> = inner
-                    .log
-                    .iter()
-                    .skip(first)
-                    .map(|s| s.frames.clone())
-                    .collect();
-                debug_assert_eq!(inner.log.back().map(|s| s.to), Some(at));
-                return Some((at, steps));
+        let mut fresh: BTreeSet<&str> = fresh.iter().map(String::as_str).collect();
+        // From a seed, the sections it did not hold go whole.
+        if let Some((seed, holds)) = &inner.seed_holds {
+            if sent == Some(*seed) {
+                fresh.extend(
+                    table
+                        .services
+                        .iter()
+                        .filter(|(name, s)| is_section(s) && interest.covers(name))
+                        .filter(|(name, _)| !holds.covers(name))
+                        .map(|(name, _)| name.as_str()),
+                );
             }
         }
-        let full = match &inner.full {
-            Some((full_at, frames)) if *full_at == at => frames.clone(),
-            _ => {
-                let frames = encode_frames(diff(&EndpointTable::default(), &table), true, at);
-                inner.full = Some((at, frames.clone()));
-                frames
+        let first_step = sent.and_then(|sent| inner.log.iter().position(|s| s.from == sent));
+        let mut out = Vec::new();
+        if sent == Some(at) || first_step.is_some() {
+            for step in inner.log.iter().skip(first_step.unwrap_or(inner.log.len())) {
+                out.push(step.shared.clone());
+                out.extend(
+                    step.sections
+                        .iter()
+                        .filter(|(name, _)| interest.covers(name) && !fresh.contains(name.as_str()))
+                        .map(|(_, frames)| frames.clone()),
+                );
             }
-        };
-        Some((at, vec![full]))
+        } else {
+            let full = match &inner.full {
+                Some((full_at, frames)) if *full_at == at => frames.clone(),
+                _ => {
+                    let (shared, _) =
+                        split_sections(diff(&EndpointTable::default(), &table), &table);
+                    let frames = encode_frames(shared, true);
+                    inner.full = Some((at, frames.clone()));
+                    frames
+                }
+            };
+            out.push(full);
+            fresh = table
+                .services
+                .iter()
+                .filter(|(name, s)| is_section(s) && interest.covers(name))
+                .map(|(name, _)| name.as_str())
+                .collect();
+        }
+        for name in fresh {
+            let Some(service) = table.services.get(name).filter(|s| is_section(s)) else {
+                continue;
+            };
+            let frames = inner
+                .whole_sections
+                .entry(name.to_string())
+                .or_insert_with(|| encode_frames(section_whole(name, service), false))
+                .clone();
+            out.push(frames);
+        }
+        if !out.is_empty() {
+            out.push(Arc::new(vec![encode_frame(&EndpointFeed::Complete(at))]));
+        }
+        Some((at, out))
     }
 
     /// How long the publisher waits between builds of the table, after
@@ -413,15 +476,15 @@ pub async fn publish(node: Arc<Node>) {
         // Just elected: the table this node followed is one most nodes
         // hold, so they get only what changed since (a failover sends no
         // whole tables).
-        if let Some((version, table)) = node.mesh.followed() {
-            published.seed(version, table);
+        if let Some(followed) = node.mesh.followed() {
+            published.seed(followed.version, followed.table, followed.holds);
         }
         let (table, build) =
             crate::pace::timed_pass(|| Arc::new(node.state.read(table_from_state)));
         let (due, offer) =
             crate::pace::timed_pass(|| published.offer(table.clone(), Instant::now()));
         // The node's own mesh follows the newest table at once.
-        node.mesh.set_shared_table(table);
+        node.mesh.set_shared_table(table, Interest::All);
         let pause = published.pause(build + offer);
         // Wait for an entry (or for a held-back table to fall due), looking
         // up now and then whether this node still leads.
@@ -446,7 +509,12 @@ pub async fn publish(node: Arc<Node>) {
 
 /// The leader's side: serves one node's endpoint stream until this node
 /// stops leading or the follower goes away.
-pub async fn serve(node: Arc<Node>, peer: NodeId, have: Option<FeedVersion>, mut send: SendStream) {
+pub async fn serve(
+    node: Arc<Node>,
+    peer: NodeId,
+    (have, interest, mut fresh): (Option<FeedVersion>, Interest, Vec<String>),
+    mut send: SendStream,
+) {
     shoal_net::transport::mark_bulk(&send);
     let published = &node.mesh.published;
     let _counted = published.count_stream();
@@ -461,7 +529,7 @@ pub async fn serve(node: Arc<Node>, peer: NodeId, have: Option<FeedVersion>, mut
             return;
         }
         version.mark_unchanged();
-        if let Some((at, steps)) = published.frames_since(sent) {
+        if let Some((at, steps)) = published.frames_since(sent, &interest, &fresh) {
             for frame in steps.iter().flat_map(|frames| frames.iter()) {
                 if !write(&mut send, frame).await {
                     tracing::debug!(peer, "endpoint stream closed");
@@ -469,6 +537,7 @@ pub async fn serve(node: Arc<Node>, peer: NodeId, have: Option<FeedVersion>, mut
                 }
             }
             sent = Some(at);
+            fresh.clear();
         }
         match tokio::time::timeout(IDLE_FRAME_EVERY, version.changed()).await {
             Ok(Ok(())) => {}
@@ -491,14 +560,17 @@ async fn write(send: &mut SendStream, payload: &[u8]) -> bool {
 
 /// Every node's side: keeps the mesh's table following whichever node
 /// leads (the leader's own publisher keeps it while this node leads).
-/// While no leader answers, the last table stays in use.
+/// While no leader answers, the last table stays in use. The stream is
+/// opened again when DNS asks for a section the table does not hold.
 pub async fn follow(node: Arc<Node>) {
     let mut backoff = Duration::from_millis(50);
+    let mut wanted = node.mesh.wanted();
     loop {
         let Some((leader, addr)) = node.leader() else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        wanted.mark_unchanged();
         let outcome = if leader == node.id {
             leader_changes(&node, leader).await;
             Ok(())
@@ -506,6 +578,7 @@ pub async fn follow(node: Arc<Node>) {
             tokio::select! {
                 r = read_feed(&node, leader, &addr) => r,
                 () = leader_changes(&node, leader) => Ok(()),
+                _ = wanted.changed() => Ok(()),
             }
         };
         match outcome {
@@ -530,6 +603,31 @@ async fn leader_changes(node: &Node, leader: NodeId) {
     }
 }
 
+/// What a node asks for: managers, which may lead next and then serve
+/// every node from the table they followed, every section; others the
+/// sections DNS asked for. Those the held table lacks come whole.
+fn request(node: &Node, followed: Option<&Followed>) -> PeerRequest {
+    let interest = if node.is_raft_member() {
+        Interest::All
+    } else {
+        Interest::Services(node.mesh.wanted().borrow().clone())
+    };
+    let fresh = match (&interest, followed) {
+        (Interest::Services(names), Some(f)) => names
+            .iter()
+            .filter(|name| !f.holds.covers(name))
+            .cloned()
+            .collect(),
+        _ => Vec::new(),
+    };
+    PeerRequest::WatchEndpoints {
+        node_id: node.id,
+        have: followed.map(|f| f.version),
+        interest,
+        fresh,
+    }
+}
+
 async fn read_feed(node: &Node, leader: NodeId, addr: &str) -> Result<(), String> {
     let sock = resolve(addr).await.map_err(|e| e.to_string())?;
     let conn = node
@@ -539,15 +637,17 @@ async fn read_feed(node: &Node, leader: NodeId, addr: &str) -> Result<(), String
         .map_err(|e| e.to_string())?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     let followed = node.mesh.followed();
-    let request = PeerRequest::WatchEndpoints {
-        node_id: node.id,
-        have: followed.as_ref().map(|(version, _)| *version),
+    let request = request(node, followed.as_ref());
+    let PeerRequest::WatchEndpoints { interest, .. } = &request else {
+        unreachable!("request() builds a WatchEndpoints");
     };
+    // Once a table is complete it holds every section asked for.
+    let holds = interest.clone();
     codec::send_msg(&mut send, &request)
         .await
         .map_err(|e| e.to_string())?;
     let _ = send.finish();
-    let mut table: Option<EndpointTable> = followed.map(|(_, t)| (*t).clone());
+    let mut table: Option<EndpointTable> = followed.map(|f| (*f.table).clone());
     loop {
         let frame = tokio::time::timeout(
             FEED_SILENCE,
@@ -556,25 +656,29 @@ async fn read_feed(node: &Node, leader: NodeId, addr: &str) -> Result<(), String
         .await
         .map_err(|_| format!("no endpoint frame from leader {leader} for {FEED_SILENCE:?}"))?
         .map_err(|e| e.to_string())?;
-        let complete = match frame {
-            EndpointFeed::Full { changes, complete } => {
+        match frame {
+            EndpointFeed::Full(changes) => {
                 let mut fresh = EndpointTable::default();
                 changes.apply(&mut fresh);
                 table = Some(fresh);
-                complete
             }
-            EndpointFeed::Changes { changes, complete } => {
+            EndpointFeed::Changes(changes) => {
                 let Some(t) = table.as_mut() else {
                     return Err("the endpoint stream sent changes before the full table".into());
                 };
                 changes.apply(t);
-                complete
             }
-            EndpointFeed::Idle => None,
-        };
-        // A table split over frames is used once its last frame is in.
-        if let (Some(version), Some(t)) = (complete, &table) {
-            node.mesh.set_followed(version, Arc::new(t.clone()));
+            // A table split over frames is used once its last frame is in.
+            EndpointFeed::Complete(version) => {
+                if let Some(t) = &table {
+                    node.mesh.set_followed(Followed {
+                        version,
+                        table: Arc::new(t.clone()),
+                        holds: holds.clone(),
+                    });
+                }
+            }
+            EndpointFeed::Idle => {}
         }
     }
 }
@@ -657,53 +761,130 @@ mod tests {
         let mut complete = None;
         for payload in frames.iter().flat_map(|f| f.iter()) {
             match codec::decode::<EndpointFeed>(payload).unwrap() {
-                EndpointFeed::Full {
-                    changes,
-                    complete: c,
-                } => {
+                EndpointFeed::Full(changes) => {
                     let mut fresh = EndpointTable::default();
                     changes.apply(&mut fresh);
                     *table = Some(fresh);
-                    complete = c;
                 }
-                EndpointFeed::Changes {
-                    changes,
-                    complete: c,
-                } => {
+                EndpointFeed::Changes(changes) => {
                     changes.apply(table.as_mut().expect("full table first"));
-                    complete = c;
                 }
+                EndpointFeed::Complete(version) => complete = Some(version),
                 EndpointFeed::Idle => {}
             }
         }
         complete
     }
 
+    /// `table` as a node with `interest` holds it.
+    fn view(table: &EndpointTable, interest: &Interest) -> EndpointTable {
+        let mut t = table.clone();
+        for (name, s) in t.services.iter_mut() {
+            if is_section(s) && !interest.covers(name) {
+                s.task_nodes.clear();
+            }
+        }
+        t
+    }
+
+    /// `table` with two services without ports, `a` and `b`, on the task
+    /// nodes given.
+    fn with_sections(mut t: EndpointTable, a: &[NodeId], b: &[NodeId]) -> EndpointTable {
+        for (name, nodes) in [("a", a), ("b", b)] {
+            let service = ServiceEndpoints {
+                task_nodes: nodes.to_vec(),
+                ..ServiceEndpoints::default()
+            };
+            t.services.insert(name.into(), service);
+        }
+        t
+    }
+
+    #[test]
+    fn a_stream_carries_only_the_sections_it_asked_for() {
+        let all = Interest::All;
+        let only_a = Interest::Services(["a".to_string()].into());
+        let both = Interest::Services(["a".to_string(), "b".to_string()].into());
+        let published = Published::default();
+        let first = with_sections(table(10, 20), &[1, 2], &[3, 4, 5]);
+        published.publish(Arc::new(first.clone()));
+        let mut node = None;
+        let (at, frames) = published.frames_since(None, &only_a, &[]).unwrap();
+        assert_eq!(follow_frames(&mut node, &frames), Some(at));
+        assert_eq!(node.as_ref(), Some(&view(&first, &only_a)));
+        assert!(node.as_ref().unwrap().services["b"].task_nodes.is_empty());
+        let mut manager = None;
+        follow_frames(
+            &mut manager,
+            &published.frames_since(None, &all, &[]).unwrap().1,
+        );
+        assert_eq!(manager.as_ref(), Some(&first));
+
+        // Both sections change: the node gets a's change, not b's.
+        let second = with_sections(table(10, 20), &[1, 2, 6], &[3, 4, 5, 7]);
+        published.publish(Arc::new(second.clone()));
+        let (at, frames) = published.frames_since(Some(at), &only_a, &[]).unwrap();
+        let bytes: usize = frames.iter().map(frames_len).sum();
+        follow_frames(&mut node, &frames);
+        assert_eq!(node.as_ref(), Some(&view(&second, &only_a)));
+        let (_, frames) = published.frames_since(Some(at), &all, &[]).unwrap();
+        assert!(frames.is_empty());
+        let (_, manager_frames) = published
+            .frames_since(Some(v(&published, 1)), &all, &[])
+            .unwrap();
+        assert!(frames_len(&manager_frames[1]) > 0);
+        assert!(bytes < manager_frames.iter().map(frames_len).sum::<usize>());
+
+        // DNS asks for b: it comes whole, then its changes follow.
+        let fresh = ["b".to_string()];
+        let (at, frames) = published.frames_since(Some(at), &both, &fresh).unwrap();
+        follow_frames(&mut node, &frames);
+        assert_eq!(node.as_ref(), Some(&second));
+        let third = with_sections(table(10, 20), &[1], &[4]);
+        published.publish(Arc::new(third.clone()));
+        let (_, frames) = published.frames_since(Some(at), &both, &[]).unwrap();
+        follow_frames(&mut node, &frames);
+        assert_eq!(node.as_ref(), Some(&third));
+
+        // A new leader seeded by a worker's table (holding a only) sends b
+        // whole to those resuming from it with b.
+        let new = Published::default();
+        let held = v(&published, 3);
+        new.seed(held, Arc::new(view(&third, &only_a)), only_a.clone());
+        let fourth = with_sections(table(10, 20), &[1], &[4, 8]);
+        new.publish(Arc::new(fourth.clone()));
+        let (_, frames) = new.frames_since(Some(held), &both, &[]).unwrap();
+        follow_frames(&mut node, &frames);
+        assert_eq!(node.as_ref(), Some(&fourth));
+    }
+
     #[test]
     fn streams_get_the_changes_since_their_table_or_the_whole_table() {
         let published = Published::default();
-        assert!(published.frames_since(None).is_none());
+        assert!(published.frames_since(None, &Interest::All, &[]).is_none());
         published.publish(Arc::new(table(30, 100)));
-        let (at, frames) = published.frames_since(None).unwrap();
+        let (at, frames) = published.frames_since(None, &Interest::All, &[]).unwrap();
         assert_eq!(at, v(&published, 1));
         let mut follower = None;
         assert_eq!(follow_frames(&mut follower, &frames), Some(at));
         assert_eq!(follower.as_ref(), Some(&table(30, 100)));
 
-        // Two publications later, a stream at 10 gets both steps, each
-        // only its change.
+        // Two publications later, a stream at the first gets both steps,
+        // each only its change, then the name of the newest table.
         published.publish(Arc::new(table(31, 100)));
         published.publish(Arc::new(table(31, 101)));
-        let (at, frames) = published.frames_since(Some(v(&published, 1))).unwrap();
-        assert_eq!((at.seq, frames.len()), (3, 2));
+        let (at, frames) = published
+            .frames_since(Some(v(&published, 1)), &Interest::All, &[])
+            .unwrap();
+        assert_eq!((at.seq, frames.len()), (3, 3));
         let step: usize = frames.iter().flat_map(|f| f.iter()).map(|p| p.len()).sum();
-        let (_, whole) = published.frames_since(None).unwrap();
+        let (_, whole) = published.frames_since(None, &Interest::All, &[]).unwrap();
         let full: usize = whole.iter().flat_map(|f| f.iter()).map(|p| p.len()).sum();
         assert!(step * 5 < full, "changes {step} B, whole table {full} B");
         assert_eq!(follow_frames(&mut follower, &frames), Some(at));
         assert_eq!(follower.as_ref(), Some(&table(31, 101)));
         assert!(published
-            .frames_since(Some(v(&published, 3)))
+            .frames_since(Some(v(&published, 3)), &Interest::All, &[])
             .unwrap()
             .1
             .is_empty());
@@ -712,7 +893,7 @@ mod tests {
         published.publish(Arc::new(table(31, 101)));
         assert_eq!(
             published
-                .frames_since(Some(v(&published, 3)))
+                .frames_since(Some(v(&published, 3)), &Interest::All, &[])
                 .unwrap()
                 .0
                 .seq,
@@ -723,18 +904,27 @@ mod tests {
         for i in 0..MAX_LOG_STEPS + 1 {
             published.publish(Arc::new(table(31, 102 + i)));
         }
-        let (_, frames) = published.frames_since(Some(v(&published, 3))).unwrap();
-        assert_eq!(frames.len(), 1);
+        let (_, frames) = published
+            .frames_since(Some(v(&published, 3)), &Interest::All, &[])
+            .unwrap();
+        // The whole table, then its name.
+        assert_eq!(frames.len(), 2);
         let mut stale = Some(table(1, 1));
         assert!(follow_frames(&mut stale, &frames).is_some());
         assert_eq!(stale, published.table().map(|t| (*t).clone()));
 
         published.clear();
-        assert!(published.frames_since(Some(v(&published, 3))).is_none());
+        assert!(published
+            .frames_since(Some(v(&published, 3)), &Interest::All, &[])
+            .is_none());
         // Numbers go on after a clear: a stream from before never matches.
         published.publish(Arc::new(table(1, 1)));
         assert_eq!(
-            published.frames_since(None).unwrap().0.seq,
+            published
+                .frames_since(None, &Interest::All, &[])
+                .unwrap()
+                .0
+                .seq,
             MAX_LOG_STEPS as u64 + 5
         );
     }
@@ -766,11 +956,18 @@ mod tests {
         // A node joins (and serves a task node): held back.
         let due = published.offer(Arc::new(table(4, 10)), t0 + ms(100));
         assert_eq!(due, Some(t0 + ms(2_000)));
-        assert_eq!(published.frames_since(None).unwrap().0.seq, 1);
+        assert_eq!(
+            published
+                .frames_since(None, &Interest::All, &[])
+                .unwrap()
+                .0
+                .seq,
+            1
+        );
         // A backend changes: published at once, the held-back node with it.
         assert_eq!(published.offer(Arc::new(table(4, 11)), t0 + ms(200)), None);
         let mut follower = None;
-        let (at, frames) = published.frames_since(None).unwrap();
+        let (at, frames) = published.frames_since(None, &Interest::All, &[]).unwrap();
         assert_eq!(follow_frames(&mut follower, &frames), Some(at));
         assert_eq!((at.seq, follower), (2, Some(table(4, 11))));
         // The next node waits for 2 s after that publication.
@@ -782,7 +979,7 @@ mod tests {
         );
         assert_eq!(
             published
-                .frames_since(Some(v(&published, 2)))
+                .frames_since(Some(v(&published, 2)), &Interest::All, &[])
                 .unwrap()
                 .0
                 .seq,
@@ -795,7 +992,7 @@ mod tests {
         );
         assert_eq!(
             published
-                .frames_since(Some(v(&published, 3)))
+                .frames_since(Some(v(&published, 3)), &Interest::All, &[])
                 .unwrap()
                 .1
                 .len(),
@@ -807,30 +1004,34 @@ mod tests {
     fn a_new_leader_sends_nodes_holding_the_table_it_followed_only_the_changes() {
         let old = Published::default();
         old.publish(Arc::new(table(30, 100)));
-        let (held, frames) = old.frames_since(None).unwrap();
+        let (held, frames) = old.frames_since(None, &Interest::All, &[]).unwrap();
         let mut follower = None;
         follow_frames(&mut follower, &frames);
 
         let new = Published::default();
-        new.seed(held, Arc::new(follower.clone().unwrap()));
+        new.seed(held, Arc::new(follower.clone().unwrap()), Interest::All);
         // Nothing to send to a node holding that table; the whole table
         // to one holding none or another.
-        assert!(new.frames_since(Some(held)).unwrap().1.is_empty());
+        assert!(new
+            .frames_since(Some(held), &Interest::All, &[])
+            .unwrap()
+            .1
+            .is_empty());
         let other = FeedVersion {
             origin: held.origin,
             seq: 7,
         };
-        let (_, whole) = new.frames_since(Some(other)).unwrap();
+        let (_, whole) = new.frames_since(Some(other), &Interest::All, &[]).unwrap();
         let full: usize = whole.iter().flat_map(|f| f.iter()).map(|p| p.len()).sum();
         // Its first table travels as changes from the followed one.
         new.publish(Arc::new(table(31, 100)));
-        let (at, frames) = new.frames_since(Some(held)).unwrap();
+        let (at, frames) = new.frames_since(Some(held), &Interest::All, &[]).unwrap();
         let step: usize = frames.iter().flat_map(|f| f.iter()).map(|p| p.len()).sum();
         assert!(step * 5 < full, "changes {step} B, whole table {full} B");
         assert_eq!(follow_frames(&mut follower, &frames), Some(at));
         assert_eq!(follower, Some(table(31, 100)));
         // A seed comes too late once the node has published.
-        new.seed(held, Arc::new(table(1, 1)));
-        assert_eq!(new.frames_since(None).unwrap().0, at);
+        new.seed(held, Arc::new(table(1, 1)), Interest::All);
+        assert_eq!(new.frames_since(None, &Interest::All, &[]).unwrap().0, at);
     }
 }

@@ -32,7 +32,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::agent::ContainerRuntime;
 use crate::node::Node;
-use table::{EndpointTable, FeedVersion};
+use table::{EndpointTable, FeedVersion, Interest};
 
 /// A node that failed a mesh connection is avoided for this long (unless
 /// nothing else is left).
@@ -95,8 +95,25 @@ pub struct Mesh {
     /// While this node leads: its endpoint tables, encoded once for all
     /// endpoint streams.
     pub published: feed::Published,
-    /// The last whole table this node received from a leader, and its name.
-    followed: Mutex<Option<(FeedVersion, Arc<EndpointTable>)>>,
+    /// The last whole table this node received from a leader.
+    followed: Mutex<Option<Followed>>,
+    /// The sections the table in use holds.
+    holds: Mutex<Interest>,
+    /// The sections DNS asked for (at most [`MAX_INTEREST`]); the endpoint
+    /// stream is opened again when one is added.
+    wanted: watch::Sender<BTreeSet<String>>,
+}
+
+/// Most services whose sections a node asks for: past that, DNS answers
+/// for others from what every node gets (no task nodes).
+pub const MAX_INTEREST: usize = 1_024;
+
+/// A table received from the leader: its name and the sections it holds.
+#[derive(Clone)]
+pub struct Followed {
+    pub version: FeedVersion,
+    pub table: Arc<EndpointTable>,
+    pub holds: Interest,
 }
 
 impl Mesh {
@@ -114,6 +131,8 @@ impl Mesh {
             link_streams: Mutex::new(BTreeMap::new()),
             published: Default::default(),
             followed: Mutex::new(None),
+            holds: Mutex::new(Interest::default()),
+            wanted: watch::Sender::new(BTreeSet::new()),
         })
     }
 
@@ -130,24 +149,63 @@ impl Mesh {
         self.table.subscribe()
     }
 
-    /// Uses `table`, received from the leader as `version`, and keeps it
-    /// to name when the stream is opened again.
-    pub fn set_followed(&self, version: FeedVersion, table: Arc<EndpointTable>) {
-        *self.followed.lock().unwrap() = Some((version, table.clone()));
-        self.set_shared_table(table);
+    /// Uses a table received from the leader, and keeps it to name when
+    /// the stream is opened again.
+    pub fn set_followed(&self, followed: Followed) {
+        let table = followed.table.clone();
+        let holds = followed.holds.clone();
+        *self.followed.lock().unwrap() = Some(followed);
+        self.set_shared_table(table, holds);
     }
 
-    /// The last table received from a leader, and its name.
-    pub fn followed(&self) -> Option<(FeedVersion, Arc<EndpointTable>)> {
+    /// The last table received from a leader.
+    pub fn followed(&self) -> Option<Followed> {
         self.followed.lock().unwrap().clone()
     }
 
-    /// Makes `table` the one the mesh and DNS work from (shared: the
-    /// leader's publisher and the follower keep it too).
-    pub fn set_shared_table(&self, table: Arc<EndpointTable>) {
-        self.table.send_if_modified(|current| {
-            if Arc::ptr_eq(current, &table) || **current == *table {
+    /// Whether the table in use holds `service`'s task nodes (always, for
+    /// a service with published ports).
+    pub fn holds(&self, service: &str) -> bool {
+        self.holds.lock().unwrap().covers(service)
+    }
+
+    /// Asks for `service`'s section; false when [`MAX_INTEREST`] services
+    /// are asked for already.
+    pub fn want(&self, service: &str) -> bool {
+        let mut added = true;
+        self.wanted.send_if_modified(|wanted| {
+            if wanted.contains(service) {
                 return false;
+            }
+            added = wanted.len() < MAX_INTEREST;
+            if added {
+                wanted.insert(service.to_string());
+            }
+            added
+        });
+        added
+    }
+
+    /// The sections DNS asked for, and a receiver that sees new ones.
+    pub fn wanted(&self) -> watch::Receiver<BTreeSet<String>> {
+        self.wanted.subscribe()
+    }
+
+    /// Makes `table`, which holds the sections `holds`, the one the mesh
+    /// and DNS work from (shared: the leader's publisher and the follower
+    /// keep it too).
+    pub fn set_shared_table(&self, table: Arc<EndpointTable>, holds: Interest) {
+        let holds_changed = {
+            let mut held = self.holds.lock().unwrap();
+            let changed = *held != holds;
+            *held = holds;
+            changed
+        };
+        self.table.send_if_modified(|current| {
+            // A table that now holds more sections wakes those waiting
+            // for one, even if they were empty.
+            if Arc::ptr_eq(current, &table) || **current == *table {
+                return holds_changed;
             }
             // Forget cached addresses of containers that are no longer ours.
             let ours: BTreeSet<&str> = table

@@ -14,7 +14,7 @@
 //! These are wire types (they travel in [`crate::wire::EndpointFeed`]).
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
@@ -31,6 +31,77 @@ use shoal_raft::{
 pub struct FeedVersion {
     pub origin: u64,
     pub seq: u64,
+}
+
+/// Which services' task nodes a node's endpoint stream carries, besides
+/// what every node gets (see [`split_sections`]). The task nodes of a service
+/// without published ports are a *section*: only DNS answers from them,
+/// so a node gets them once it is asked about the service (managers,
+/// which may lead next, get all of them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Interest {
+    All,
+    Services(BTreeSet<String>),
+}
+
+impl Interest {
+    pub fn covers(&self, service: &str) -> bool {
+        match self {
+            Interest::All => true,
+            Interest::Services(names) => names.contains(service),
+        }
+    }
+}
+
+impl Default for Interest {
+    fn default() -> Self {
+        Interest::Services(BTreeSet::new())
+    }
+}
+
+/// Whether a service's task nodes travel only to the nodes that ask.
+pub fn is_section(service: &ServiceEndpoints) -> bool {
+    service.ports.is_empty()
+}
+
+/// Splits `changes` (towards `now`) into what every node gets and, per
+/// service without published ports, the changes to its task nodes.
+pub fn split_sections(
+    mut changes: TableChanges,
+    now: &EndpointTable,
+) -> (TableChanges, BTreeMap<String, TableChanges>) {
+    let mut sections = BTreeMap::new();
+    let mut shared = Vec::new();
+    for (name, change) in changes.services_changed.drain(..) {
+        if now.services.get(&name).is_some_and(is_section) {
+            let section = TableChanges {
+                services_changed: vec![(name.clone(), change)],
+                ..TableChanges::default()
+            };
+            sections.insert(name, section);
+        } else {
+            shared.push((name, change));
+        }
+    }
+    changes.services_changed = shared;
+    (changes, sections)
+}
+
+/// The changes that give a receiver `name`'s section whole, whatever it
+/// held of it before: the service reset to its ports, then every task
+/// node.
+pub fn section_whole(name: &str, service: &ServiceEndpoints) -> TableChanges {
+    TableChanges {
+        services_reset: vec![(name.to_string(), service.ports.clone())],
+        services_changed: vec![(
+            name.to_string(),
+            ServiceChanges {
+                task_nodes_added: service.task_nodes.clone(),
+                ..ServiceChanges::default()
+            },
+        )],
+        ..TableChanges::default()
+    }
 }
 
 /// A node as the mesh and DNS see it.
