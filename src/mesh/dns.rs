@@ -10,6 +10,9 @@
 //!
 //! [`answer`] decides, purely; [`run`] serves it with hickory-server on UDP
 //! and TCP, on the node's addresses and on the engine's bridge gateway.
+//! The task nodes of a service without ports reach a worker only once it
+//! asks for them ([`super::table::Interest`]): the first query about such a
+//! service asks and waits for them (at most [`SECTION_WAIT`]).
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};

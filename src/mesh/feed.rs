@@ -12,8 +12,19 @@
 //!
 //! With thousands of streams, each publication is a write on every stream:
 //! the publisher waits longer between publications the more streams there
-//! are ([`Published::pause`]), so a burst of changes travels in fewer,
-//! larger frames.
+//! are ([`Published::pause`], [`Published::lazy_pause`]), so a burst of
+//! changes travels in fewer, larger frames.
+//!
+//! A stream carries what every node needs (nodes, every service's ports,
+//! and the backends and task nodes of services with published ports) and
+//! the sections it asked for: the task nodes of services without ports,
+//! which only DNS answers from. Each step of the log keeps the shared
+//! frames and each section's frames apart, all encoded once.
+//!
+//! Tables are named ([`FeedVersion`]): a node names the one it holds when
+//! it opens its stream, and a newly elected leader starts from the table
+//! it followed ([`Published::seed`]), so nodes resume with the changes
+//! instead of the whole table after a failover.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -6,10 +6,10 @@
 //! full table, then changes ([`diff`]).
 //!
 //! A service without published ports carries only its nodes: no node
-//! routes to its tasks, and DNS names nodes, not tasks. In a cluster of
-//! thousands of nodes this is what keeps the feed small: a task's every
-//! state change no longer travels to every node, only a node joining or
-//! leaving a service's set does.
+//! routes to its tasks, and DNS names nodes, not tasks. Those nodes travel
+//! only to the nodes that ask ([`Interest`]). In a cluster of thousands of
+//! nodes this is what keeps the feed small: a task's state changes travel
+//! to every node only when its service publishes ports.
 //!
 //! These are wire types (they travel in [`crate::wire::EndpointFeed`]).
 
