@@ -119,7 +119,7 @@ pub fn answer(table: &EndpointTable, qname: &str, qtype: RecordType) -> Answer {
     let addrs = |name: &str, nodes: &BTreeSet<NodeId>| -> Vec<Rec> {
         nodes
             .iter()
-            .filter_map(|id| table.nodes.get(id).and_then(|n| n.ip()))
+            .filter_map(|id| node_ip(table, *id))
             .filter(|ip| addr_type(ip))
             .map(|ip| Rec::Addr {
                 name: name.to_string(),
@@ -134,14 +134,14 @@ pub fn answer(table: &EndpointTable, qname: &str, qtype: RecordType) -> Answer {
     match labels.as_slice() {
         [node, "nodes"] => {
             let id = node.strip_prefix("node-").and_then(|n| n.parse().ok());
-            match id.filter(|id| table.nodes.contains_key(id)) {
+            match id.filter(|id| node_ip(table, *id).is_some()) {
                 Some(id) => records(addrs(&name, &BTreeSet::from([id])), Vec::new()),
                 None => Answer::NxDomain,
             }
         }
         ["tasks", service] => match table.services.get(*service) {
             Some(s) => {
-                let nodes = s.task_nodes.iter().copied().collect();
+                let nodes = s.task_nodes.iter().map(|n| n.id).collect();
                 records(addrs(&name, &nodes), Vec::new())
             }
             None => Answer::NxDomain,
@@ -174,7 +174,7 @@ pub fn answer(table: &EndpointTable, qname: &str, qtype: RecordType) -> Answer {
                     continue;
                 }
                 let port_nodes: BTreeSet<NodeId> = if port.is_host() {
-                    s.task_nodes.iter().copied().collect()
+                    s.task_nodes.iter().map(|n| n.id).collect()
                 } else {
                     nodes.clone()
                 };
@@ -199,7 +199,7 @@ pub fn answer(table: &EndpointTable, qname: &str, qtype: RecordType) -> Answer {
             let additionals = targets
                 .into_iter()
                 .filter_map(|id| {
-                    let ip = table.nodes.get(&id)?.ip()?;
+                    let ip = node_ip(table, id)?;
                     Some(Rec::Addr {
                         name: node_name(id),
                         ip,
@@ -210,6 +210,18 @@ pub fn answer(table: &EndpointTable, qname: &str, qtype: RecordType) -> Answer {
         }
         _ => Answer::NxDomain,
     }
+}
+
+/// A node's address: from its record, or, on a worker, which holds the
+/// records of the nodes it routes to only, from a service's task nodes.
+fn node_ip(table: &EndpointTable, id: NodeId) -> Option<IpAddr> {
+    if let Some(node) = table.nodes.get(&id) {
+        return node.ip();
+    }
+    table.services.values().find_map(|s| {
+        let at = s.task_nodes.binary_search_by_key(&id, |n| n.id).ok()?;
+        s.task_nodes[at].ip()
+    })
 }
 
 /// The service a query for `qname` is about, if it names one.
@@ -261,7 +273,7 @@ fn serving_nodes(table: &EndpointTable, service: &str) -> Option<BTreeSet<NodeId
             .map(|n| n.id)
             .collect()
     } else {
-        s.task_nodes.iter().copied().collect()
+        s.task_nodes.iter().map(|n| n.id).collect()
     })
 }
 
@@ -425,7 +437,7 @@ async fn bind(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh::table::{Backend, MeshNode, ServiceEndpoints};
+    use crate::mesh::table::{task_nodes_at, Backend, MeshNode, ServiceEndpoints};
     use shoal_raft::PortSpec;
 
     fn table() -> EndpointTable {
@@ -454,7 +466,7 @@ mod tests {
             ServiceEndpoints {
                 ports: vec![PortSpec::ingress(8080, 80, Protocol::Tcp)],
                 backends: vec![backend("a", 2), backend("b", 2)],
-                task_nodes: vec![2],
+                task_nodes: task_nodes_at(&[2]),
             },
         );
         t.services.insert(
@@ -462,7 +474,7 @@ mod tests {
             ServiceEndpoints {
                 ports: vec![PortSpec::host(5432, 5432, Protocol::Tcp)],
                 backends: vec![backend("c", 1)],
-                task_nodes: vec![1],
+                task_nodes: task_nodes_at(&[1]),
             },
         );
         t

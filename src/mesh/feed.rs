@@ -37,8 +37,8 @@ use shoal_raft::NodeId;
 use tokio::sync::watch;
 
 use super::table::{
-    diff, is_section, section_whole, split_sections, table_from_state, EndpointTable, FeedVersion,
-    Interest, ServiceChanges, TableChanges,
+    diff, is_section, section_whole, split_sections, table_from_state, worker_view, EndpointTable,
+    FeedVersion, Interest, ServiceChanges, TableChanges,
 };
 use super::Followed;
 use crate::node::{resolve, Node};
@@ -214,8 +214,9 @@ struct PublishedInner {
     /// hold all.
     seed_holds: Option<(FeedVersion, Interest)>,
     /// The newest table whole (without sections), encoded when a stream
-    /// first asks.
+    /// first asks, as managers and as workers get it.
     full: Option<(FeedVersion, Frames)>,
+    full_workers: Option<(FeedVersion, Frames)>,
     /// Sections of the newest table whole, encoded when a stream first asks.
     whole_sections: BTreeMap<String, Frames>,
     /// The changes between consecutive tables, oldest first.
@@ -234,6 +235,8 @@ struct PublishedInner {
 struct Step {
     from: FeedVersion,
     shared: Frames,
+    /// `shared` as workers get it ([`worker_view`]).
+    workers: Frames,
     sections: BTreeMap<String, Frames>,
     bytes: usize,
 }
@@ -270,7 +273,7 @@ impl Published {
         if !routes_change(&changes) && now < due {
             return Some(due);
         }
-        self.publish_locked(inner, Some((prev_at, changes)), table, now);
+        self.publish_locked(inner, Some((prev_at, prev, changes)), table, now);
         None
     }
 
@@ -282,16 +285,19 @@ impl Published {
         if prev.as_ref().is_some_and(|(_, p)| *p == table) {
             return;
         }
-        let step = prev.map(|(at, p)| (at, diff(&p, &table)));
+        let step = prev.map(|(at, p)| {
+            let changes = diff(&p, &table);
+            (at, p, changes)
+        });
         self.publish_locked(inner, step, table, Instant::now());
     }
 
     /// Makes `table` the newest, with the changes to it from the table
-    /// named `from` (none for the first).
+    /// before (none for the first): its name, itself, and the changes.
     fn publish_locked(
         &self,
         mut inner: std::sync::MutexGuard<'_, PublishedInner>,
-        step: Option<(FeedVersion, TableChanges)>,
+        step: Option<(FeedVersion, Arc<EndpointTable>, TableChanges)>,
         table: Arc<EndpointTable>,
         now: Instant,
     ) {
@@ -300,17 +306,22 @@ impl Published {
             origin: self.origin,
             seq: inner.last_seq,
         };
-        if let Some((from, changes)) = step {
+        if let Some((from, prev, changes)) = step {
             let (shared, sections) = split_sections(changes, &table);
             let shared = encode_frames(shared, false);
+            let workers = diff(&worker_view(&prev), &worker_view(&table));
+            let workers = encode_frames(split_sections(workers, &table).0, false);
             let sections: BTreeMap<String, Frames> = sections
                 .into_iter()
                 .map(|(name, changes)| (name, encode_frames(changes, false)))
                 .collect();
-            let bytes = frames_len(&shared) + sections.values().map(frames_len).sum::<usize>();
+            let bytes = frames_len(&shared)
+                + frames_len(&workers)
+                + sections.values().map(frames_len).sum::<usize>();
             let step = Step {
                 from,
                 shared,
+                workers,
                 sections,
                 bytes,
             };
@@ -324,6 +335,7 @@ impl Published {
         inner.table = Some((at, table));
         inner.published_at = Some(now);
         inner.full = None;
+        inner.full_workers = None;
         inner.whole_sections.clear();
         let seq = inner.last_seq;
         drop(inner);
@@ -374,8 +386,14 @@ impl Published {
         let mut inner = self.inner.lock().unwrap();
         let (at, table) = inner.table.clone()?;
         let mut fresh: BTreeSet<&str> = fresh.iter().map(String::as_str).collect();
-        // From a seed, the sections it did not hold go whole.
+        let mut sent = sent;
+        let manager = *interest == Interest::All;
+        // From a seed, the sections it did not hold go whole; a seed a
+        // worker followed lacks the records managers get: they start over.
         if let Some((seed, holds)) = &inner.seed_holds {
+            if sent == Some(*seed) && manager && *holds != Interest::All {
+                sent = None;
+            }
             if sent == Some(*seed) {
                 fresh.extend(
                     table
@@ -391,7 +409,11 @@ impl Published {
         let mut out = Vec::new();
         if sent == Some(at) || first_step.is_some() {
             for step in inner.log.iter().skip(first_step.unwrap_or(inner.log.len())) {
-                out.push(step.shared.clone());
+                out.push(if manager {
+                    step.shared.clone()
+                } else {
+                    step.workers.clone()
+                });
                 out.extend(
                     step.sections
                         .iter()
@@ -400,13 +422,22 @@ impl Published {
                 );
             }
         } else {
-            let full = match &inner.full {
+            let cached = if manager {
+                &mut inner.full
+            } else {
+                &mut inner.full_workers
+            };
+            let full = match cached {
                 Some((full_at, frames)) if *full_at == at => frames.clone(),
                 _ => {
-                    let (shared, _) =
-                        split_sections(diff(&EndpointTable::default(), &table), &table);
+                    let view = if manager {
+                        (*table).clone()
+                    } else {
+                        worker_view(&table)
+                    };
+                    let (shared, _) = split_sections(diff(&EndpointTable::default(), &view), &view);
                     let frames = encode_frames(shared, true);
-                    inner.full = Some((at, frames.clone()));
+                    *cached = Some((at, frames.clone()));
                     frames
                 }
             };
@@ -697,7 +728,7 @@ async fn read_feed(node: &Node, leader: NodeId, addr: &str) -> Result<(), String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh::table::{Backend, MeshNode, ServiceEndpoints};
+    use crate::mesh::table::{task_nodes_at, Backend, MeshNode, ServiceEndpoints};
     use shoal_raft::{PortSpec, Protocol};
 
     fn backend(i: usize) -> Backend {
@@ -725,7 +756,7 @@ mod tests {
         let service = ServiceEndpoints {
             ports: vec![PortSpec::ingress(80, 80, Protocol::Tcp)],
             backends: (0..backends).map(backend).collect(),
-            task_nodes: (1..=nodes.min(7)).collect(),
+            task_nodes: task_nodes_at(&(1..=nodes.min(7)).collect::<Vec<_>>()),
         };
         t.services.insert("web".into(), service);
         t
@@ -789,7 +820,10 @@ mod tests {
 
     /// `table` as a node with `interest` holds it.
     fn view(table: &EndpointTable, interest: &Interest) -> EndpointTable {
-        let mut t = table.clone();
+        let mut t = match interest {
+            Interest::All => table.clone(),
+            Interest::Services(_) => worker_view(table),
+        };
         for (name, s) in t.services.iter_mut() {
             if is_section(s) && !interest.covers(name) {
                 s.task_nodes.clear();
@@ -803,7 +837,7 @@ mod tests {
     fn with_sections(mut t: EndpointTable, a: &[NodeId], b: &[NodeId]) -> EndpointTable {
         for (name, nodes) in [("a", a), ("b", b)] {
             let service = ServiceEndpoints {
-                task_nodes: nodes.to_vec(),
+                task_nodes: task_nodes_at(nodes),
                 ..ServiceEndpoints::default()
             };
             t.services.insert(name.into(), service);
@@ -850,12 +884,12 @@ mod tests {
         let fresh = ["b".to_string()];
         let (at, frames) = published.frames_since(Some(at), &both, &fresh).unwrap();
         follow_frames(&mut node, &frames);
-        assert_eq!(node.as_ref(), Some(&second));
+        assert_eq!(node, Some(view(&second, &both)));
         let third = with_sections(table(10, 20), &[1], &[4]);
         published.publish(Arc::new(third.clone()));
         let (_, frames) = published.frames_since(Some(at), &both, &[]).unwrap();
         follow_frames(&mut node, &frames);
-        assert_eq!(node.as_ref(), Some(&third));
+        assert_eq!(node, Some(view(&third, &both)));
 
         // A new leader seeded by a worker's table (holding a only) sends b
         // whole to those resuming from it with b.
@@ -866,7 +900,10 @@ mod tests {
         new.publish(Arc::new(fourth.clone()));
         let (_, frames) = new.frames_since(Some(held), &both, &[]).unwrap();
         follow_frames(&mut node, &frames);
-        assert_eq!(node.as_ref(), Some(&fourth));
+        assert_eq!(node, Some(view(&fourth, &both)));
+        // A worker's table holds the records of the nodes it routes to
+        // only: the seven running a backend of `web`, not all ten.
+        assert_eq!(node.unwrap().nodes.len(), 7);
     }
 
     #[test]

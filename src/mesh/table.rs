@@ -59,6 +59,28 @@ impl Default for Interest {
     }
 }
 
+/// The table as a worker gets it: the records of the nodes it may route
+/// to (those running a backend of a service with published ports), not of
+/// every node. Every node receiving every node's record made a cluster's
+/// join cost nodes² in the feed (25 million records at 5,000 nodes);
+/// managers, which may lead next, still get all.
+pub fn worker_view(table: &EndpointTable) -> EndpointTable {
+    let routed: BTreeSet<NodeId> = table
+        .services
+        .values()
+        .flat_map(|s| s.backends.iter().map(|b| b.node_id))
+        .collect();
+    EndpointTable {
+        nodes: table
+            .nodes
+            .iter()
+            .filter(|(id, _)| routed.contains(id))
+            .map(|(id, n)| (*id, n.clone()))
+            .collect(),
+        services: table.services.clone(),
+    }
+}
+
 /// Whether a service's task nodes travel only to the nodes that ask.
 pub fn is_section(service: &ServiceEndpoints) -> bool {
     service.ports.is_empty()
@@ -151,8 +173,36 @@ pub struct ServiceEndpoints {
     /// Tasks that take new connections, sorted by task id; empty for a
     /// service without published ports.
     pub backends: Vec<Backend>,
-    /// The nodes running a task that takes connections, sorted.
-    pub task_nodes: Vec<NodeId>,
+    /// The nodes running a task that takes connections, sorted by id.
+    pub task_nodes: Vec<TaskNode>,
+}
+
+/// A node running a task of a service, with its address: DNS answers from
+/// these alone, so a node that holds a service's task nodes needs no
+/// record of those nodes (a worker holds the records of the nodes it may
+/// route to, see [`worker_view`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TaskNode {
+    pub id: NodeId,
+    /// Advertised `host:port`, as [`MeshNode::addr`].
+    pub addr: String,
+}
+
+impl TaskNode {
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.addr.parse::<SocketAddr>().ok().map(|a| a.ip())
+    }
+}
+
+/// Task nodes `ids`, each at `10.0.0.ID:4500`.
+#[cfg(test)]
+pub fn task_nodes_at(ids: &[NodeId]) -> Vec<TaskNode> {
+    ids.iter()
+        .map(|id| TaskNode {
+            id: *id,
+            addr: format!("10.0.0.{id}:4500"),
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -216,7 +266,12 @@ pub fn table_from_state(state: &ClusterState) -> EndpointTable {
         let Some(entry) = services.get_mut(&task.service) else {
             continue;
         };
-        entry.task_nodes.push(node_id);
+        if let Some(node) = state.nodes.get(&node_id) {
+            entry.task_nodes.push(TaskNode {
+                id: node_id,
+                addr: node.addr.clone(),
+            });
+        }
         if !entry.ports.is_empty() {
             entry.backends.push(Backend {
                 task_id: task.id.clone(),
@@ -230,7 +285,7 @@ pub fn table_from_state(state: &ClusterState) -> EndpointTable {
     }
     for entry in services.values_mut() {
         entry.task_nodes.sort_unstable();
-        entry.task_nodes.dedup();
+        entry.task_nodes.dedup_by_key(|n| n.id);
     }
     EndpointTable { nodes, services }
 }
@@ -287,7 +342,8 @@ pub struct ServiceChanges {
     pub backends_set: Vec<Backend>,
     /// Backends gone, by task id.
     pub backends_removed: Vec<TaskId>,
-    pub task_nodes_added: Vec<NodeId>,
+    /// Task nodes added or changed.
+    pub task_nodes_added: Vec<TaskNode>,
     pub task_nodes_removed: Vec<NodeId>,
 }
 
@@ -324,12 +380,13 @@ impl ServiceChanges {
             }
         }
         for node in self.task_nodes_added {
-            if let Err(at) = service.task_nodes.binary_search(&node) {
-                service.task_nodes.insert(at, node);
+            match service.task_nodes.binary_search_by_key(&node.id, |n| n.id) {
+                Ok(at) => service.task_nodes[at] = node,
+                Err(at) => service.task_nodes.insert(at, node),
             }
         }
-        for node in self.task_nodes_removed {
-            if let Ok(at) = service.task_nodes.binary_search(&node) {
+        for id in self.task_nodes_removed {
+            if let Ok(at) = service.task_nodes.binary_search_by_key(&id, |n| n.id) {
                 service.task_nodes.remove(at);
             }
         }
@@ -375,9 +432,9 @@ pub fn diff(sent: &EndpointTable, now: &EndpointTable) -> TableChanges {
         merge_sorted(
             old.task_nodes.iter(),
             service.task_nodes.iter(),
-            Ord::cmp,
-            |gone| one.task_nodes_removed.push(*gone),
-            |new| one.task_nodes_added.push(*new),
+            |a, b| a.id.cmp(&b.id),
+            |gone| one.task_nodes_removed.push(gone.id),
+            |new| one.task_nodes_added.push(new.clone()),
         );
         if !one.is_empty() {
             changes.services_changed.push((name.clone(), one));
@@ -460,6 +517,10 @@ mod tests {
     use shoal_raft::{
         Availability, NodeRecord, Resources, Role, Service, ServiceSpec, Task, TaskState,
     };
+
+    fn ids(nodes: &[TaskNode]) -> Vec<NodeId> {
+        nodes.iter().map(|n| n.id).collect()
+    }
 
     fn node(id: NodeId, status: NodeStatus) -> NodeRecord {
         NodeRecord {
@@ -591,13 +652,13 @@ mod tests {
         ]);
         let table = table_from_state(&s);
         assert_eq!(table.services["web"].backends.len(), 3);
-        assert_eq!(table.services["web"].task_nodes, vec![1, 2]);
+        assert_eq!(ids(&table.services["web"].task_nodes), vec![1, 2]);
         let mut spec = (*s.services["web"].spec).clone();
         spec.ports.clear();
         s.services.get_mut("web").unwrap().spec = spec.into();
         let table = table_from_state(&s);
         assert!(table.services["web"].backends.is_empty());
-        assert_eq!(table.services["web"].task_nodes, vec![1, 2]);
+        assert_eq!(ids(&table.services["web"].task_nodes), vec![1, 2]);
     }
 
     #[test]
@@ -623,7 +684,7 @@ mod tests {
         assert_eq!(web.backends_set.len(), 1);
         assert_eq!(web.backends_removed, vec!["a".to_string()]);
         assert_eq!(
-            (web.task_nodes_added.clone(), web.task_nodes_removed.clone()),
+            (ids(&web.task_nodes_added), web.task_nodes_removed.clone()),
             (vec![2], vec![1])
         );
         let mut applied = before.clone();
@@ -665,9 +726,10 @@ mod tests {
                         .collect();
                     let mut backends = backends.clone();
                     backends.sort_by(|a, b| a.task_id.cmp(&b.task_id));
-                    let mut task_nodes: Vec<NodeId> = backends.iter().map(|b| b.node_id).collect();
-                    task_nodes.sort_unstable();
-                    task_nodes.dedup();
+                    let mut ids: Vec<NodeId> = backends.iter().map(|b| b.node_id).collect();
+                    ids.sort_unstable();
+                    ids.dedup();
+                    let task_nodes = task_nodes_at(&ids);
                     if ports.is_empty() {
                         backends.clear();
                     }
@@ -703,7 +765,7 @@ mod tests {
             .collect();
         assert_eq!(set, ["t00011", "t05000"]);
         assert_eq!(web.backends_removed, ["t00007".to_string()]);
-        assert_eq!(web.task_nodes_added, [2, 3]);
+        assert_eq!(ids(&web.task_nodes_added), [2, 3]);
         let mut applied = before.clone();
         changes.apply(&mut applied);
         assert_eq!(applied, after);
