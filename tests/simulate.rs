@@ -74,10 +74,13 @@ fn fifty_workers_run_two_thousand_tasks_through_a_failover_and_an_agent_loss() {
     assert!(num("snapshot_mb") >= num("state_mb"), "{report}");
     assert!(num("snapshot_build_s") < 30.0, "{report}");
     // Every worker follows the endpoint table, as a real node does. The
-    // services publish no ports, so it carries the nodes of each service,
-    // not its tasks: 50 workers, each sent 53 nodes (about 30 bytes each)
-    // and the 10 services' nodes, are over 0.1 MB.
-    assert!(num("endpoint_feed_mb") > 0.1, "{report}");
+    // services publish no ports and no worker's DNS is asked anything, so
+    // each gets the services' names and the tables' names, but neither
+    // the tasks' nodes nor the node records (a worker gets the records of
+    // the nodes it routes to): some frames, far less than the 19 MB the
+    // whole table sent to every worker once came to.
+    assert!(num("endpoint_feed_mb") > 0.0, "{report}");
+    assert!(num("endpoint_feed_mb") < 0.5, "{report}");
     eprintln!(
         "simulate: {report} ({:.1} s in all)",
         started.elapsed().as_secs_f64()
