@@ -1,7 +1,9 @@
 //! DNS for the cluster, from the endpoint table:
 //!
-//! - `web.shoal` → A/AAAA records of the nodes that serve the service (every
-//!   ready node when it has an ingress port, else the nodes running its tasks);
+//! - `web.shoal` → A/AAAA records of the nodes that serve the service (when
+//!   it has an ingress port, every ready node the answering node knows of:
+//!   a manager knows all, a worker the nodes it routes to; else the nodes
+//!   running its tasks);
 //! - `tasks.web.shoal` → the nodes of its running tasks;
 //! - `_http._tcp.web.shoal` → SRV records (published port, `node-N.nodes.shoal`
 //!   targets, with their addresses as additional records); the first label
@@ -261,8 +263,9 @@ async fn await_section(mesh: &Mesh, service: &str) {
     .await;
 }
 
-/// The nodes that answer for a service: every ready node when it has an
-/// ingress port, else the nodes running its tasks. `None` for no service.
+/// The nodes that answer for a service: every ready node the table holds
+/// when it has an ingress port, else the nodes running its tasks. `None`
+/// for no service.
 fn serving_nodes(table: &EndpointTable, service: &str) -> Option<BTreeSet<NodeId>> {
     let s = table.services.get(service)?;
     Some(if s.ports.iter().any(|p| !p.is_host()) {

@@ -168,9 +168,12 @@ impl Chunks {
 /// Encoded frames, shared by every stream that sends them.
 type Frames = Arc<Vec<Arc<[u8]>>>;
 
-/// Encodes `changes` as frames; the first starts the receiver's table over
-/// when `full`.
+/// Encodes `changes` as frames (none for no change); the first starts the
+/// receiver's table over when `full`.
 fn encode_frames(changes: TableChanges, full: bool) -> Frames {
+    if changes.is_empty() && !full {
+        return Arc::new(Vec::new());
+    }
     let frames = chunk(changes, MAX_ENTRIES_PER_FRAME)
         .into_iter()
         .enumerate()
@@ -460,8 +463,13 @@ impl Published {
                 .clone();
             out.push(frames);
         }
-        if !out.is_empty() {
+        // A stream none of whose entries changed is sent nothing, not even
+        // the table's name: with thousands of streams, every publication
+        // would otherwise be a packet to each.
+        if out.iter().any(|frames| !frames.is_empty()) {
             out.push(Arc::new(vec![encode_frame(&EndpointFeed::Complete(at))]));
+        } else {
+            out.clear();
         }
         Some((at, out))
     }
@@ -904,6 +912,15 @@ mod tests {
         // A worker's table holds the records of the nodes it routes to
         // only: the seven running a backend of `web`, not all ten.
         assert_eq!(node.unwrap().nodes.len(), 7);
+
+        // A change only to a section a worker did not ask for sends it
+        // nothing at all, not even the new table's name.
+        let at = new.frames_since(None, &only_a, &[]).unwrap().0;
+        new.publish(Arc::new(with_sections(table(10, 20), &[1], &[4, 8, 9])));
+        let (newest, frames) = new.frames_since(Some(at), &only_a, &[]).unwrap();
+        assert_ne!(newest, at);
+        assert!(frames.is_empty());
+        assert!(!new.frames_since(Some(at), &both, &[]).unwrap().1.is_empty());
     }
 
     #[test]

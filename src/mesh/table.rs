@@ -474,7 +474,6 @@ fn merge_sorted<'a, T: PartialEq + 'a>(
 }
 
 impl TableChanges {
-    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.nodes_set.is_empty()
             && self.nodes_removed.is_empty()
