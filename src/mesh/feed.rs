@@ -37,8 +37,8 @@ use shoal_raft::NodeId;
 use tokio::sync::watch;
 
 use super::table::{
-    diff, is_section, section_whole, split_sections, table_from_state, worker_view, EndpointTable,
-    FeedVersion, Interest, ServiceChanges, TableChanges,
+    diff, for_workers, is_section, section_whole, split_sections, table_from_state, worker_view,
+    EndpointTable, FeedVersion, Interest, ServiceChanges, TableChanges,
 };
 use super::Followed;
 use crate::node::{resolve, Node};
@@ -311,9 +311,8 @@ impl Published {
         };
         if let Some((from, prev, changes)) = step {
             let (shared, sections) = split_sections(changes, &table);
+            let workers = encode_frames(for_workers(&shared, &prev, &table), false);
             let shared = encode_frames(shared, false);
-            let workers = diff(&worker_view(&prev), &worker_view(&table));
-            let workers = encode_frames(split_sections(workers, &table).0, false);
             let sections: BTreeMap<String, Frames> = sections
                 .into_iter()
                 .map(|(name, changes)| (name, encode_frames(changes, false)))
