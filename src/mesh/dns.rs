@@ -227,7 +227,7 @@ fn node_ip(table: &EndpointTable, id: NodeId) -> Option<IpAddr> {
 }
 
 /// The service a query for `qname` is about, if it names one.
-pub fn service_named(qname: &str) -> Option<String> {
+fn service_named(qname: &str) -> Option<String> {
     let name = qname.trim_end_matches('.').to_ascii_lowercase();
     let rest = name.strip_suffix(ZONE)?.strip_suffix('.')?;
     let labels: Vec<&str> = rest.split('.').collect();

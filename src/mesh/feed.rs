@@ -705,31 +705,39 @@ async fn read_feed(node: &Node, leader: NodeId, addr: &str) -> Result<(), String
         .await
         .map_err(|_| format!("no endpoint frame from leader {leader} for {FEED_SILENCE:?}"))?
         .map_err(|e| e.to_string())?;
-        match frame {
-            EndpointFeed::Full(changes) => {
-                let mut fresh = EndpointTable::default();
-                changes.apply(&mut fresh);
-                table = Some(fresh);
-            }
-            EndpointFeed::Changes(changes) => {
-                let Some(t) = table.as_mut() else {
-                    return Err("the endpoint stream sent changes before the full table".into());
-                };
-                changes.apply(t);
-            }
-            // A table split over frames is used once its last frame is in.
-            EndpointFeed::Complete(version) => {
-                if let Some(t) = &table {
-                    node.mesh.set_followed(Followed {
-                        version,
-                        table: Arc::new(t.clone()),
-                        holds: holds.clone(),
-                    });
-                }
-            }
-            EndpointFeed::Idle => {}
+        // A table split over frames is used once its last frame is in.
+        if let (Some(version), Some(t)) = (apply_frame(&mut table, frame)?, &table) {
+            node.mesh.set_followed(Followed {
+                version,
+                table: Arc::new(t.clone()),
+                holds: holds.clone(),
+            });
         }
     }
+}
+
+/// Applies one frame of the endpoint stream to the follower's `table`;
+/// the name of the table it completes, if it is a `Complete`.
+fn apply_frame(
+    table: &mut Option<EndpointTable>,
+    frame: EndpointFeed,
+) -> Result<Option<FeedVersion>, String> {
+    match frame {
+        EndpointFeed::Full(changes) => {
+            let mut fresh = EndpointTable::default();
+            changes.apply(&mut fresh);
+            *table = Some(fresh);
+        }
+        EndpointFeed::Changes(changes) => {
+            let Some(t) = table.as_mut() else {
+                return Err("the endpoint stream sent changes before the full table".into());
+            };
+            changes.apply(t);
+        }
+        EndpointFeed::Complete(version) => return Ok(Some(version)),
+        EndpointFeed::Idle => {}
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -809,17 +817,9 @@ mod tests {
     fn follow_frames(table: &mut Option<EndpointTable>, frames: &[Frames]) -> Option<FeedVersion> {
         let mut complete = None;
         for payload in frames.iter().flat_map(|f| f.iter()) {
-            match codec::decode::<EndpointFeed>(payload).unwrap() {
-                EndpointFeed::Full(changes) => {
-                    let mut fresh = EndpointTable::default();
-                    changes.apply(&mut fresh);
-                    *table = Some(fresh);
-                }
-                EndpointFeed::Changes(changes) => {
-                    changes.apply(table.as_mut().expect("full table first"));
-                }
-                EndpointFeed::Complete(version) => complete = Some(version),
-                EndpointFeed::Idle => {}
+            let frame = codec::decode::<EndpointFeed>(payload).unwrap();
+            if let Some(version) = apply_frame(table, frame).unwrap() {
+                complete = Some(version);
             }
         }
         complete

@@ -163,8 +163,9 @@ impl Mesh {
         self.followed.lock().unwrap().clone()
     }
 
-    /// Whether the table in use holds `service`'s task nodes (always, for
-    /// a service with published ports).
+    /// Whether the table in use holds `service`'s section (only services
+    /// without published ports have one; the others' task nodes every
+    /// node gets).
     pub fn holds(&self, service: &str) -> bool {
         self.holds.lock().unwrap().covers(service)
     }
