@@ -115,6 +115,7 @@ async fn run_daemon(cli: Cli) -> anyhow::Result<()> {
                 timing: Timing::with_heartbeat_timeout(a.node.heartbeat_timeout)
                     .with_election_timeout(a.node.election_timeout),
                 dns: a.node.dns_addr,
+                mesh_threads: a.node.mesh_threads,
             })
             .await
         }
@@ -128,6 +129,7 @@ async fn run_daemon(cli: Cli) -> anyhow::Result<()> {
                     timing: Timing::with_heartbeat_timeout(a.node.heartbeat_timeout)
                         .with_election_timeout(a.node.election_timeout),
                     dns: a.node.dns_addr,
+                    mesh_threads: a.node.mesh_threads,
                 },
                 a.addr.to_string(),
                 a.token,
@@ -144,6 +146,7 @@ async fn run_daemon(cli: Cli) -> anyhow::Result<()> {
                     timing: Timing::with_heartbeat_timeout(a.heartbeat_timeout)
                         .with_election_timeout(a.election_timeout),
                     dns: a.dns_addr,
+                    mesh_threads: a.mesh_threads,
                 },
                 a.force_new_cluster,
             )
