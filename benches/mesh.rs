@@ -1,29 +1,37 @@
-//! Routing-mesh benchmark: an HTTP load against (a) a busybox httpd
-//! container directly (its bridge address), (b) the mesh on the node that
-//! runs the task, (c) the mesh on another node (through QUIC). Two daemons
-//! on 127.0.0.1 (manager, runs the task) and 127.0.0.2 (worker), on the
+//! Routing-mesh benchmark: an HTTP load against (a) a task's container
+//! directly (its bridge address), (b) the mesh on the node that runs the
+//! task, (c) the mesh on another node (through QUIC), and, as the baseline
+//! of what a user-space proxy costs on the same path, (d) HAProxy on the
+//! task's node forwarding TCP to the container (when `haproxy` is
+//! installed; a thread per CPU, as the daemon's runtime has). Two daemons
+//! on 127.0.0.1 (manager, runs the tasks) and 127.0.0.2 (worker), on the
 //! real Docker engine.
 //!
-//! `cargo bench --bench mesh` (release build), after `scripts/test-image.sh`.
-//! The load generator is below: a fixed number of client threads, each with
-//! one HTTP/1.1 keep-alive connection that it reopens whenever the server
-//! closes it, for a fixed time; it reports requests/s and the p50/p99 of
-//! each request's latency (a reconnect counts in the request that needed
-//! it). busybox httpd closes every connection after one answer, so every
-//! request is also a new connection (through the mesh: a new QUIC stream
-//! and a new connection to the container).
+//! Two backends, each a service of one task: busybox httpd, which closes
+//! every connection after one answer (so every request is a new connection:
+//! through the mesh a new accept, a new connection to the container, and
+//! for (c) a new QUIC stream), and nginx keeping connections open (every
+//! request crosses the mesh's byte path only).
 //!
-//! Knobs: `BENCH_CONNS` (comma list of concurrencies; `1,16`),
-//! `BENCH_SECS` (3 per run), `BENCH_ROUNDS` (5: each round runs the three
-//! targets in turn; medians are reported), `SHOAL_TEST_IMAGE`
-//! (shoal-test:latest).
+//! `cargo bench --bench mesh` (release build), after `scripts/test-image.sh`
+//! and `scripts/bench-image.sh`. The load generator is below: a fixed
+//! number of client threads, each with one HTTP/1.1 keep-alive connection
+//! that it reopens whenever the server closes it, for a fixed time; it
+//! reports requests/s and the p50/p99 of each request's latency (a
+//! reconnect counts in the request that needed it).
+//!
+//! Knobs: `BENCH_BACKENDS` (`busybox,nginx`), `BENCH_CONNS` (comma list
+//! of concurrencies; `1,4,16`), `BENCH_SECS` (3 per run), `BENCH_ROUNDS`
+//! (5: each round runs the targets in turn; medians are reported),
+//! `SHOAL_TEST_IMAGE` (shoal-test:latest), `SHOAL_BENCH_NGINX_IMAGE`
+//! (shoal-bench:nginx).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -212,6 +220,132 @@ fn container_ip(id: &str) -> String {
     ip
 }
 
+/// One backend under test: a service of one task on node-a.
+struct Backend {
+    name: &'static str,
+    service: &'static str,
+    image: String,
+    command: &'static [&'static str],
+    port: u16,
+    /// The task's container, once deployed.
+    direct: Option<SocketAddr>,
+    /// HAProxy's listener for it.
+    haproxy: Option<SocketAddr>,
+}
+
+fn backends() -> Vec<Backend> {
+    let wanted = env_str("BENCH_BACKENDS", "busybox,nginx");
+    let all = [
+        Backend {
+            name: "busybox httpd, a connection per request",
+            service: "web",
+            image: env_str("SHOAL_TEST_IMAGE", "shoal-test:latest"),
+            command: &[
+                "sh",
+                "-c",
+                "mkdir -p /www && echo hello from the mesh bench > /www/index.html \
+                 && exec httpd -f -p 80 -h /www",
+            ],
+            port: 0,
+            direct: None,
+            haproxy: None,
+        },
+        Backend {
+            name: "nginx, connections kept open",
+            service: "ngx",
+            image: env_str("SHOAL_BENCH_NGINX_IMAGE", "shoal-bench:nginx"),
+            command: &["/usr/sbin/nginx", "-c", "/etc/nginx/nginx.conf"],
+            port: 0,
+            direct: None,
+            haproxy: None,
+        },
+    ];
+    let chosen: Vec<Backend> = all
+        .into_iter()
+        .filter(|b| wanted.split(',').any(|w| b.name.starts_with(w.trim())))
+        .collect();
+    assert!(
+        !chosen.is_empty(),
+        "BENCH_BACKENDS={wanted:?} names no backend (busybox, nginx)"
+    );
+    chosen
+}
+
+/// HAProxy forwarding TCP to each backend's container, killed on drop.
+struct Haproxy {
+    child: Child,
+    _config: tempfile::NamedTempFile,
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts HAProxy (when installed) with `threads` threads and a listener
+/// per backend, and fills in each backend's `haproxy` address.
+fn start_haproxy(backends: &mut [Backend], threads: usize) -> Option<Haproxy> {
+    let installed = Command::new("haproxy")
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        println!("(d) skipped: haproxy is not installed (apt-get install haproxy)");
+        return None;
+    }
+    let mut config = format!(
+        "global\n  nbthread {threads}\n  maxconn 4000\ndefaults\n  mode tcp\n  \
+         timeout connect 2s\n  timeout client 300s\n  timeout server 300s\n"
+    );
+    for b in backends.iter_mut() {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+        config += &format!(
+            "listen {}\n  bind {addr}\n  server task {}\n",
+            b.service,
+            b.direct.expect("deployed first")
+        );
+        b.haproxy = Some(addr);
+    }
+    let mut file = tempfile::NamedTempFile::new().expect("a temporary file");
+    file.write_all(config.as_bytes())
+        .expect("write haproxy.cfg");
+    let child = Command::new("haproxy")
+        .args(["-db", "-f"])
+        .arg(file.path())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start haproxy");
+    Some(Haproxy {
+        child,
+        _config: file,
+    })
+}
+
+/// Waits until `addr` answers a request.
+fn wait_answers(addr: SocketAddr, c: &Cluster) {
+    wait_for(Duration::from_secs(20), || {
+        let mut conn = None;
+        one_request(
+            addr,
+            &mut conn,
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            &mut [0u8; 4096],
+        )
+        .ok()
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{addr} never answered; node-a's log:\n{}\nnode-b's log:\n{}",
+            c.nodes[0].log_text(),
+            c.nodes[1].log_text()
+        )
+    });
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` runs this too
     // and must not start a cluster.
@@ -219,124 +353,139 @@ fn main() {
         println!("mesh bench: run it with `cargo bench --bench mesh`");
         return;
     }
-    let image = env_str("SHOAL_TEST_IMAGE", "shoal-test:latest");
     let secs: u64 = env_str("BENCH_SECS", "3").parse().expect("BENCH_SECS");
     let rounds: usize = env_str("BENCH_ROUNDS", "5").parse().expect("BENCH_ROUNDS");
-    let concurrencies: Vec<usize> = env_str("BENCH_CONNS", "1,16")
+    let concurrencies: Vec<usize> = env_str("BENCH_CONNS", "1,4,16")
         .split(',')
         .map(|c| c.trim().parse().expect("BENCH_CONNS"))
         .collect();
-    let present = Command::new("docker")
-        .args(["image", "inspect", &image])
-        .output()
-        .expect("docker is installed");
-    assert!(
-        present.status.success(),
-        "the test image {image} is missing: run scripts/test-image.sh"
-    );
+    let mut backends = backends();
+    for b in &backends {
+        let present = Command::new("docker")
+            .args(["image", "inspect", &b.image])
+            .output()
+            .expect("docker is installed");
+        assert!(
+            present.status.success(),
+            "the image {} is missing: run scripts/test-image.sh and scripts/bench-image.sh",
+            b.image
+        );
+    }
+    // The daemon's runtime has a worker thread per CPU; HAProxy gets as many.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
 
     let env = [("SHOAL_DNS_ADDR", "none")];
     let mut c = Cluster::new();
     c.init_with_env("node-a", "127.0.0.1", &env);
     c.join_with_env("node-b", "127.0.0.2", "worker", &env);
-    let port = free_tcp_port();
-    let publish = format!("{port}:80");
-    c.nodes[0].ok(&[
-        "deploy",
-        "web",
-        "--image",
-        &image,
-        "--replicas",
-        "1",
-        "--constraint",
-        "node.name==node-a",
-        "-p",
-        &publish,
-        "--detach",
-        "--",
-        "sh",
-        "-c",
-        "mkdir -p /www && echo hello from the mesh bench > /www/index.html \
-         && exec httpd -f -p 80 -h /www",
-    ]);
-    wait_running(&c, "web", 1, Duration::from_secs(60));
-    let container = docker_running(&c, "web")[0].clone();
-    let direct: SocketAddr = format!("{}:80", container_ip(&container)).parse().unwrap();
-    let local: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let remote: SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
-    for addr in [direct, local, remote] {
-        wait_for(Duration::from_secs(20), || {
-            let mut conn = None;
-            one_request(
-                addr,
-                &mut conn,
-                b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
-                &mut [0u8; 4096],
-            )
-            .ok()
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "{addr} never answered; node-a's log:\n{}\nnode-b's log:\n{}",
-                c.nodes[0].log_text(),
-                c.nodes[1].log_text()
-            )
-        });
+    for b in backends.iter_mut() {
+        b.port = free_tcp_port();
+        let publish = format!("{}:80", b.port);
+        let mut args = vec![
+            "deploy",
+            b.service,
+            "--image",
+            &b.image,
+            "--replicas",
+            "1",
+            "--constraint",
+            "node.name==node-a",
+            "-p",
+            &publish,
+            "--detach",
+            "--",
+        ];
+        args.extend_from_slice(b.command);
+        c.nodes[0].ok(&args);
+        wait_running(&c, b.service, 1, Duration::from_secs(60));
+        let container = docker_running(&c, b.service)[0].clone();
+        b.direct = Some(format!("{}:80", container_ip(&container)).parse().unwrap());
     }
+    let _haproxy = start_haproxy(&mut backends, threads);
 
-    println!(
-        "mesh bench: busybox httpd (one connection per request), {rounds} rounds of {secs} s \
-         per target, task on node-a (127.0.0.1), node-b on 127.0.0.2"
-    );
-    println!(
-        "{:<44} {:>5} {:>10} {:>9} {:>9} {:>6}",
-        "target", "conns", "req/s", "p50 ms", "p99 ms", "errors"
-    );
-    let targets = [
-        ("(a) container directly", direct),
-        ("(b) mesh on the task's node", local),
-        ("(c) mesh on another node (QUIC)", remote),
-    ];
-    for &conns in &concurrencies {
-        // Rounds interleave the three targets, so a change in the machine's
-        // load during the bench hits all three alike; medians are reported.
-        let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); targets.len()];
-        for round in 0..rounds {
-            for (t, (name, addr)) in targets.iter().enumerate() {
-                let f = load(*addr, conns, secs);
-                println!(
-                    "  round {} {:<38} {:>5} {:>10.0} {:>9.3} {:>9.3} {:>6}",
-                    round + 1,
-                    name,
-                    conns,
-                    f.rps,
-                    f.p50_us / 1000.0,
-                    f.p99_us / 1000.0,
-                    f.errors
-                );
-                runs[t].push(f);
-            }
+    for b in &backends {
+        let mut targets = vec![
+            ("(a) container directly", b.direct.unwrap()),
+            (
+                "(b) mesh on the task's node",
+                format!("127.0.0.1:{}", b.port).parse().unwrap(),
+            ),
+            (
+                "(c) mesh on another node (QUIC)",
+                format!("127.0.0.2:{}", b.port).parse().unwrap(),
+            ),
+        ];
+        if let Some(addr) = b.haproxy {
+            targets.push(("(d) HAProxy on the task's node", addr));
         }
-        let row: Vec<Figures> = runs.iter().map(|r| median(r)).collect();
-        for ((name, addr), f) in targets.iter().zip(&row) {
+        for (_, addr) in &targets {
+            wait_answers(*addr, &c);
+        }
+        println!(
+            "\nmesh bench: {}; {rounds} rounds of {secs} s per target; task on node-a \
+             (127.0.0.1), node-b on 127.0.0.2; {threads} threads each for the daemons' runtimes and HAProxy",
+            b.name
+        );
+        println!(
+            "{:<44} {:>5} {:>10} {:>9} {:>9} {:>6}",
+            "target", "conns", "req/s", "p50 ms", "p99 ms", "errors"
+        );
+        for &conns in &concurrencies {
+            run_concurrency(&targets, conns, rounds, secs);
+        }
+    }
+}
+
+/// Runs every target `rounds` times at `conns` and prints the medians and
+/// the ratios.
+fn run_concurrency(targets: &[(&str, SocketAddr)], conns: usize, rounds: usize, secs: u64) {
+    // Rounds interleave the targets, so a change in the machine's load
+    // during the bench hits all of them alike; medians are reported.
+    let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); targets.len()];
+    for round in 0..rounds {
+        for (t, (name, addr)) in targets.iter().enumerate() {
+            let f = load(*addr, conns, secs);
             println!(
-                "{:<44} {:>5} {:>10.0} {:>9.3} {:>9.3} {:>6}",
-                format!("{name} {addr}"),
+                "  round {} {:<38} {:>5} {:>10.0} {:>9.3} {:>9.3} {:>6}",
+                round + 1,
+                name,
                 conns,
                 f.rps,
                 f.p50_us / 1000.0,
                 f.p99_us / 1000.0,
                 f.errors
             );
+            runs[t].push(f);
         }
-        let (a, b, cc) = (row[0], row[1], row[2]);
+    }
+    let row: Vec<Figures> = runs.iter().map(|r| median(r)).collect();
+    for ((name, addr), f) in targets.iter().zip(&row) {
         println!(
-            "  {conns} conns (medians of {rounds}): (b)/(a) throughput {:.0} % (target >= 80 %), \
-             added p50 {:.3} ms (target < 0.2 ms); (c)/(a) throughput {:.0} %, added p50 {:.3} ms",
-            100.0 * b.rps / a.rps,
-            (b.p50_us - a.p50_us) / 1000.0,
-            100.0 * cc.rps / a.rps,
-            (cc.p50_us - a.p50_us) / 1000.0,
+            "{:<44} {:>5} {:>10.0} {:>9.3} {:>9.3} {:>6}",
+            format!("{name} {addr}"),
+            conns,
+            f.rps,
+            f.p50_us / 1000.0,
+            f.p99_us / 1000.0,
+            f.errors
         );
     }
+    let (a, b, cc) = (row[0], row[1], row[2]);
+    let mut summary = format!(
+        "  {conns} conns (medians of {rounds}): (b)/(a) throughput {:.0} % (target >= 80 %), \
+         added p50 {:.3} ms (target < 0.2 ms); (c)/(a) throughput {:.0} %, added p50 {:.3} ms",
+        100.0 * b.rps / a.rps,
+        (b.p50_us - a.p50_us) / 1000.0,
+        100.0 * cc.rps / a.rps,
+        (cc.p50_us - a.p50_us) / 1000.0,
+    );
+    if let Some(d) = row.get(3) {
+        summary += &format!(
+            "; (d)/(a) throughput {:.0} %, added p50 {:.3} ms; (b)/(d) throughput {:.0} %",
+            100.0 * d.rps / a.rps,
+            (d.p50_us - a.p50_us) / 1000.0,
+            100.0 * b.rps / d.rps,
+        );
+    }
+    println!("{summary}");
 }

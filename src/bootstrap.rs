@@ -33,8 +33,6 @@ pub struct StartOptions {
     pub timing: Timing,
     /// `--dns-addr`: `IP:PORT`s or `none`; empty means the default.
     pub dns: Vec<String>,
-    /// `--mesh-threads`.
-    pub mesh_threads: usize,
 }
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:4500";
@@ -69,7 +67,7 @@ pub async fn init(opts: StartOptions) -> Result<()> {
         advertise.clone(),
         vec![(node_id, advertise.clone())],
     );
-    let node = start(dd, meta.clone(), endpoint, &opts).await?;
+    let node = start(dd, meta.clone(), endpoint, opts.timing.clone(), &opts.dns).await?;
 
     let members = [(
         node_id,
@@ -191,7 +189,7 @@ pub async fn join(opts: StartOptions, server: String, token_text: String) -> Res
         accepted.node_id,
         role_str(accepted.role)
     );
-    let node = start(dd, meta, endpoint, &opts).await?;
+    let node = start(dd, meta, endpoint, opts.timing.clone(), &opts.dns).await?;
     serve_until_signal(node).await
 }
 
@@ -247,7 +245,7 @@ pub async fn run(opts: StartOptions, force_new_cluster: bool) -> Result<()> {
     }
     let endpoint = Endpoint::bind(listen, &identity)?;
     if !force_new_cluster {
-        let node = start(dd, meta, endpoint, &opts).await?;
+        let node = start(dd, meta, endpoint, opts.timing.clone(), &opts.dns).await?;
         return serve_until_signal(node).await;
     }
     let stores = open_stores(&dd).await?;
@@ -255,7 +253,7 @@ pub async fn run(opts: StartOptions, force_new_cluster: bool) -> Result<()> {
     meta.managers = vec![(meta.node_id, meta.advertise.clone())];
     dd.save_meta(&meta)?;
     let id = meta.node_id;
-    let node = start_on(dd, meta, endpoint, &opts, stores).await?;
+    let node = start_on(dd, meta, endpoint, opts.timing.clone(), &opts.dns, stores).await?;
     // Leading, with an entry of its own term applied: the recovery is in the state.
     let leads = move |m: &shoal_raft::types::RaftMetrics| {
         m.current_leader == Some(id)
@@ -362,10 +360,11 @@ async fn start(
     dd: DataDir,
     meta: NodeMeta,
     endpoint: Endpoint,
-    opts: &StartOptions,
+    timing: Timing,
+    dns: &[String],
 ) -> Result<Arc<Node>> {
     let stores = open_stores(&dd).await?;
-    start_on(dd, meta, endpoint, opts, stores).await
+    start_on(dd, meta, endpoint, timing, dns, stores).await
 }
 
 /// [`start`] on stores already open.
@@ -373,11 +372,11 @@ async fn start_on(
     dd: DataDir,
     meta: NodeMeta,
     endpoint: Endpoint,
-    opts: &StartOptions,
+    timing: Timing,
+    dns: &[String],
     (log_store, sm_store): Stores,
 ) -> Result<Arc<Node>> {
-    let timing = opts.timing.clone();
-    let mesh_config = crate::mesh::config(endpoint.local_addr().ip(), &opts.dns, opts.mesh_threads);
+    let mesh_config = crate::mesh::config(endpoint.local_addr().ip(), dns);
     let state = sm_store.state();
     let config = Arc::new(timing.raft_config(&meta.cluster_id)?);
     let network = Network {
@@ -420,7 +419,7 @@ async fn start_on(
     tokio::spawn(crate::leader::run(node.clone()));
     tokio::spawn(crate::heartbeat::run(node.clone()));
     tokio::spawn(run_agent(node.clone()));
-    crate::mesh::start(node.clone()).context("cannot start the mesh's data-plane threads")?;
+    crate::mesh::start(node.clone());
     let listener = crate::api_server::bind(&socket).await?;
     let api_node = node.clone();
     tokio::spawn(async move {

@@ -115,7 +115,6 @@ async fn run_daemon(cli: Cli) -> anyhow::Result<()> {
                 timing: Timing::with_heartbeat_timeout(a.node.heartbeat_timeout)
                     .with_election_timeout(a.node.election_timeout),
                 dns: a.node.dns_addr,
-                mesh_threads: a.node.mesh_threads,
             })
             .await
         }
@@ -129,7 +128,6 @@ async fn run_daemon(cli: Cli) -> anyhow::Result<()> {
                     timing: Timing::with_heartbeat_timeout(a.node.heartbeat_timeout)
                         .with_election_timeout(a.node.election_timeout),
                     dns: a.node.dns_addr,
-                    mesh_threads: a.node.mesh_threads,
                 },
                 a.addr.to_string(),
                 a.token,
@@ -146,7 +144,6 @@ async fn run_daemon(cli: Cli) -> anyhow::Result<()> {
                     timing: Timing::with_heartbeat_timeout(a.heartbeat_timeout)
                         .with_election_timeout(a.election_timeout),
                     dns: a.dns_addr,
-                    mesh_threads: a.mesh_threads,
                 },
                 a.force_new_cluster,
             )

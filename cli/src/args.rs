@@ -215,10 +215,6 @@ pub struct NewNodeArgs {
     /// Address to answer DNS for `*.shoal` on (repeatable; `none` disables) [default: the listen IP, or 127.0.0.1, port 53; port 5354 where 53 is taken]
     #[arg(long = "dns-addr", value_name = "ADDR:PORT|none", env = "SHOAL_DNS_ADDR", value_delimiter = ',', value_parser = parse_dns_addr)]
     pub dns_addr: Vec<String>,
-
-    /// Threads that carry connections on published TCP ports, each accepting on its own listener (1 to 64) [default: the number of CPUs]
-    #[arg(long, value_name = "N", env = "SHOAL_MESH_THREADS", default_value_t = default_mesh_threads(), hide_default_value = true, value_parser = parse_mesh_threads)]
-    pub mesh_threads: usize,
 }
 
 #[derive(Args, Debug, Clone, PartialEq)]
@@ -262,10 +258,6 @@ pub struct RunArgs {
     /// Address to answer DNS for `*.shoal` on (repeatable; `none` disables) [default: the listen IP, or 127.0.0.1, port 53; port 5354 where 53 is taken]
     #[arg(long = "dns-addr", value_name = "ADDR:PORT|none", env = "SHOAL_DNS_ADDR", value_delimiter = ',', value_parser = parse_dns_addr)]
     pub dns_addr: Vec<String>,
-
-    /// Threads that carry connections on published TCP ports, each accepting on its own listener (1 to 64) [default: the number of CPUs]
-    #[arg(long, value_name = "N", env = "SHOAL_MESH_THREADS", default_value_t = default_mesh_threads(), hide_default_value = true, value_parser = parse_mesh_threads)]
-    pub mesh_threads: usize,
 
     /// After losing a majority of the managers for good: make this manager the only one, keeping the cluster state in its data directory (refused while another manager answers)
     #[arg(long)]
@@ -1177,24 +1169,6 @@ fn parse_wait_timeout(input: &str) -> Result<Duration, String> {
 }
 
 /// `none`, or an `IP:PORT` to serve DNS on.
-/// Most `--mesh-threads`.
-pub const MAX_MESH_THREADS: usize = 64;
-
-fn default_mesh_threads() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(MAX_MESH_THREADS)
-}
-
-fn parse_mesh_threads(input: &str) -> Result<usize, String> {
-    match input.trim().parse::<usize>() {
-        Ok(n) if (1..=MAX_MESH_THREADS).contains(&n) => Ok(n),
-        _ => Err(format!(
-            "expected a whole number of threads from 1 to {MAX_MESH_THREADS}, got {input:?}"
-        )),
-    }
-}
-
 fn parse_dns_addr(input: &str) -> Result<String, String> {
     if input == "none" || input.parse::<SocketAddr>().is_ok() {
         Ok(input.to_string())
@@ -1387,24 +1361,6 @@ mod tests {
     }
 
     #[test]
-    fn mesh_threads_are_counted_from_one_to_the_cap() {
-        check_ok(
-            "run --mesh-threads 3",
-            |cli| matches!(&cli.command, Command::Run(a) if a.mesh_threads == 3),
-        );
-        check_ok(
-            "init",
-            |cli| matches!(&cli.command, Command::Init(a) if a.node.mesh_threads == default_mesh_threads()),
-        );
-        check_err("run --mesh-threads 0", "from 1 to 64, got \"0\"");
-        check_err(
-            "join 127.0.0.1:4500 --token x --mesh-threads 65",
-            "from 1 to 64",
-        );
-        check_err("init --mesh-threads two", "whole number of threads");
-    }
-
-    #[test]
     fn global_options_and_socket_path() {
         check_ok("status", |cli| {
             cli.socket_path() == Path::new("/var/lib/shoal/shoal.sock")
@@ -1455,7 +1411,6 @@ mod tests {
                             heartbeat_timeout: Duration::from_millis(500),
                             election_timeout: Duration::from_secs(1),
                             dns_addr: Vec::new(),
-                            mesh_threads: default_mesh_threads(),
                         },
                     })
             },
@@ -1484,7 +1439,6 @@ mod tests {
                     heartbeat_timeout: Duration::from_secs(2),
                     election_timeout: Duration::from_millis(150),
                     dns_addr: Vec::new(),
-                    mesh_threads: default_mesh_threads(),
                     force_new_cluster: false,
                 })
         });

@@ -15,7 +15,7 @@ use shoal_raft::{NodeId, PortSpec, Protocol};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::AbortHandle;
+use tokio::task::JoinHandle;
 
 use super::balance::{choose, Avoid, Candidate};
 use super::table::{ingress_ports, Backend};
@@ -50,7 +50,7 @@ const REBIND_EVERY: Duration = Duration::from_secs(2);
 /// Keeps one listener per ingress port of the endpoint table.
 pub async fn run_listeners(node: Arc<Node>) {
     let mut tables = node.mesh.subscribe();
-    let mut open: BTreeMap<(u16, Protocol), (String, Vec<AbortHandle>)> = BTreeMap::new();
+    let mut open: BTreeMap<(u16, Protocol), (String, JoinHandle<()>)> = BTreeMap::new();
     let mut failed: BTreeSet<(u16, Protocol)> = BTreeSet::new();
     loop {
         let table = tables.borrow_and_update().clone();
@@ -62,10 +62,10 @@ pub async fn run_listeners(node: Arc<Node>) {
                 "port already published by another service; not served for this one"
             );
         }
-        open.retain(|key, (service, tasks)| {
+        open.retain(|key, (service, handle)| {
             let keep = wanted.get(key).is_some_and(|(s, _)| s == service);
             if !keep {
-                tasks.iter().for_each(AbortHandle::abort);
+                handle.abort();
                 tracing::info!(port = key.0, protocol = %key.1, "stopped listening");
             }
             keep
@@ -76,35 +76,24 @@ pub async fn run_listeners(node: Arc<Node>) {
                 continue;
             }
             let addr = SocketAddr::new(node.mesh.config.bind_ip, key.0);
-            let tasks = match key.1 {
-                Protocol::Tcp => {
-                    // One connection limit for the port, whichever thread accepts.
-                    let limit = Arc::new(Semaphore::new(MAX_CONNS_PER_PORT));
-                    node.mesh.dataplane().listen_tcp(addr, |listener| {
-                        accept_tcp(
-                            node.clone(),
-                            listener,
-                            service.clone(),
-                            *port,
-                            limit.clone(),
-                        )
-                    })
-                }
+            let handle = match key.1 {
+                Protocol::Tcp => TcpListener::bind(addr).await.map(|listener| {
+                    tokio::spawn(accept_tcp(node.clone(), listener, service.clone(), *port))
+                }),
                 Protocol::Udp => tokio::net::UdpSocket::bind(addr).await.map(|socket| {
-                    vec![tokio::spawn(super::udp::serve(
+                    tokio::spawn(super::udp::serve(
                         node.clone(),
                         socket,
                         service.clone(),
                         *port,
                     ))
-                    .abort_handle()]
                 }),
             };
-            match tasks {
-                Ok(tasks) => {
+            match handle {
+                Ok(handle) => {
                     failed.remove(key);
                     tracing::info!(%addr, protocol = %key.1, service, "listening on a published port");
-                    open.insert(*key, (service.clone(), tasks));
+                    open.insert(*key, (service.clone(), handle));
                 }
                 Err(e) => {
                     if failed.insert(*key) {
@@ -123,15 +112,8 @@ pub async fn run_listeners(node: Arc<Node>) {
     }
 }
 
-/// Accepts connections on one data-plane thread's listener of a port;
-/// each is served on that thread.
-async fn accept_tcp(
-    node: Arc<Node>,
-    listener: TcpListener,
-    service: String,
-    port: PortSpec,
-    limit: Arc<Semaphore>,
-) {
+async fn accept_tcp(node: Arc<Node>, listener: TcpListener, service: String, port: PortSpec) {
+    let limit = Arc::new(Semaphore::new(MAX_CONNS_PER_PORT));
     loop {
         let (stream, client) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -277,13 +259,9 @@ pub(super) async fn container_ip(mesh: &Mesh, container_id: &str) -> io::Result<
         .runtime
         .get()
         .ok_or_else(|| io::Error::other("the container engine is not connected yet"))?;
-    let lookup = {
-        let (runtime, id) = (runtime.clone(), container_id.to_string());
-        async move { runtime.address(&id).await }
-    };
-    let ip = tokio::time::timeout(CONNECT_TIMEOUT, mesh.on_main(lookup))
+    let ip = tokio::time::timeout(CONNECT_TIMEOUT, runtime.address(container_id))
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the engine did not answer"))??
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the engine did not answer"))?
         .map_err(io::Error::other)?
         .ok_or_else(|| io::Error::other(format!("container {container_id} has no address")))?;
     mesh.addresses
@@ -343,18 +321,12 @@ async fn link(node: &Node, mesh: &Mesh, peer: NodeId) -> Result<shoal_net::Conne
         .get(&peer)
         .map(|n| n.addr.clone())
         .ok_or_else(|| format!("node {peer} is not in the endpoint table"))?;
-    let dial = {
-        let endpoint = node.endpoint.clone();
-        async move {
-            let sock = resolve(&addr).await.map_err(|e| e.to_string())?;
-            endpoint
-                .connect(sock, peer, REMOTE_TIMEOUT)
-                .await
-                .map_err(|e| e.to_string())
-        }
-    };
-    // The connection's driver lives on the main runtime with the others.
-    let conn = mesh.on_main(dial).await.map_err(|e| e.to_string())??;
+    let sock = resolve(&addr).await.map_err(|e| e.to_string())?;
+    let conn = node
+        .endpoint
+        .connect(sock, peer, REMOTE_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
     mesh.links.lock().unwrap().insert(peer, conn.clone());
     Ok(conn)
 }

@@ -13,7 +13,6 @@
 //! [`dns`] do the I/O.
 
 pub mod balance;
-pub mod dataplane;
 pub mod dns;
 pub mod feed;
 pub mod ingress;
@@ -47,9 +46,6 @@ pub struct MeshConfig {
     /// The address published ports are bound on (the node's listen address;
     /// unspecified means every address).
     pub bind_ip: IpAddr,
-    /// Threads that carry connections on published TCP ports
-    /// ([`dataplane`]).
-    pub threads: usize,
     /// DNS server addresses; empty disables DNS.
     pub dns: Vec<SocketAddr>,
     /// The DNS addresses are the default ones: where port 53 is taken, a
@@ -59,7 +55,7 @@ pub struct MeshConfig {
 
 /// The mesh's configuration from the listen IP and `--dns-addr` values
 /// (already checked to be `IP:PORT` or `none`).
-pub fn config(listen_ip: IpAddr, dns: &[String], threads: usize) -> MeshConfig {
+pub fn config(listen_ip: IpAddr, dns: &[String]) -> MeshConfig {
     let default_ip = if listen_ip.is_unspecified() {
         IpAddr::from([127, 0, 0, 1])
     } else {
@@ -74,7 +70,6 @@ pub fn config(listen_ip: IpAddr, dns: &[String], threads: usize) -> MeshConfig {
     };
     MeshConfig {
         bind_ip: listen_ip,
-        threads,
         dns,
         dns_fallback,
     }
@@ -86,8 +81,6 @@ pub struct Mesh {
     pub config: MeshConfig,
     table: watch::Sender<Arc<EndpointTable>>,
     runtime: OnceLock<Arc<dyn ContainerRuntime>>,
-    /// The threads that carry published TCP ports, from [`start`].
-    dataplane: OnceLock<dataplane::DataPlane>,
     /// Connections this node has open to each task.
     active: Mutex<BTreeMap<TaskId, u32>>,
     /// Nodes that failed a connection, and when.
@@ -130,7 +123,6 @@ impl Mesh {
             config,
             table: watch::Sender::new(Arc::new(EndpointTable::default())),
             runtime: OnceLock::new(),
-            dataplane: OnceLock::new(),
             active: Mutex::new(BTreeMap::new()),
             suspect: Mutex::new(BTreeMap::new()),
             turn: AtomicU64::new(0),
@@ -147,26 +139,6 @@ impl Mesh {
     /// The container engine, once the agent has connected to it.
     pub fn set_runtime(&self, runtime: Arc<dyn ContainerRuntime>) {
         let _ = self.runtime.set(runtime);
-    }
-
-    /// The data-plane threads. Panics before [`start`].
-    fn dataplane(&self) -> &dataplane::DataPlane {
-        self.dataplane
-            .get()
-            .expect("the mesh's data plane starts with the mesh")
-    }
-
-    /// Runs `work` on the node's main runtime (from a data-plane thread:
-    /// clients that keep background tasks stay on the runtime they were
-    /// made on); inline before [`start`].
-    async fn on_main<T: Send + 'static>(
-        &self,
-        work: impl std::future::Future<Output = T> + Send + 'static,
-    ) -> std::io::Result<T> {
-        match self.dataplane.get() {
-            Some(plane) => plane.on_main(work).await.map_err(std::io::Error::other),
-            None => Ok(work.await),
-        }
     }
 
     pub fn table(&self) -> Arc<EndpointTable> {
@@ -350,20 +322,13 @@ pub fn endpoint_views(
 }
 
 /// Starts the mesh's loops: the endpoint table's publisher (while this
-/// node leads) and feed, the data-plane threads and the listeners of
-/// published ports, and the DNS server.
-pub fn start(node: Arc<Node>) -> std::io::Result<()> {
-    let plane =
-        dataplane::DataPlane::start(node.mesh.config.threads, tokio::runtime::Handle::current())?;
-    tracing::debug!(threads = plane.len(), "mesh data plane started");
-    if node.mesh.dataplane.set(plane).is_err() {
-        return Err(std::io::Error::other("the mesh was started twice"));
-    }
+/// node leads) and feed, the listeners of published ports, and the DNS
+/// server.
+pub fn start(node: Arc<Node>) {
     tokio::spawn(feed::publish(node.clone()));
     tokio::spawn(feed::follow(node.clone()));
     tokio::spawn(ingress::run_listeners(node.clone()));
     if !node.mesh.config.dns.is_empty() {
         tokio::spawn(dns::run(node));
     }
-    Ok(())
 }
