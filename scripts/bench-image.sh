@@ -14,16 +14,11 @@ if [ "${SHOAL_BENCH_IMAGE_REBUILD:-0}" != "1" ] && docker image inspect "$IMAGE"
   exit 0
 fi
 
+# shellcheck source=scripts/deb.sh
+. "$(dirname "$0")/deb.sh"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-chmod 755 "$work"
-mkdir "$work/deb"
-if id _apt >/dev/null 2>&1; then chown _apt "$work/deb"; fi
-if ! apt-cache show nginx >/dev/null 2>&1; then
-  apt-get update -qq
-fi
-(cd "$work/deb" && apt-get download -qq nginx)
-dpkg-deb -x "$(ls "$work"/deb/nginx_*.deb)" "$work/pkg"
+dpkg-deb -x "$(fetch_deb nginx "$work/deb")" "$work/pkg"
 nginx="$work/pkg/usr/sbin/nginx"
 [ -x "$nginx" ] || { echo "the nginx package did not contain usr/sbin/nginx" >&2; exit 1; }
 

@@ -24,21 +24,11 @@ if [ "${SHOAL_TEST_IMAGE_REBUILD:-0}" != "1" ] && docker image inspect "$IMAGE" 
   exit 0
 fi
 
+# shellcheck source=scripts/deb.sh
+. "$(dirname "$0")/deb.sh"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-# apt-get download fetches as the _apt user when that user can write the
-# directory; otherwise it warns and fetches as root.
-chmod 755 "$work"
-mkdir "$work/deb"
-if id _apt >/dev/null 2>&1; then chown _apt "$work/deb"; fi
-
-# `apt-get download` writes into the current directory and needs the package
-# lists; fetch them only when the package is not known yet (fresh machine).
-if ! apt-cache show busybox-static >/dev/null 2>&1; then
-  apt-get update -qq
-fi
-(cd "$work/deb" && apt-get download -qq busybox-static)
-deb="$(ls "$work"/deb/busybox-static_*.deb)"
+deb="$(fetch_deb busybox-static "$work/deb")"
 
 root="$work/root"
 mkdir -p "$root"
