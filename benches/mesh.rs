@@ -313,12 +313,27 @@ fn start_haproxy(backends: &mut [Backend], threads: usize) -> Option<Haproxy> {
     let mut file = tempfile::NamedTempFile::new().expect("a temporary file");
     file.write_all(config.as_bytes())
         .expect("write haproxy.cfg");
-    let child = Command::new("haproxy")
+    let mut child = Command::new("haproxy")
         .args(["-db", "-f"])
         .arg(file.path())
         .stdout(Stdio::null())
         .spawn()
         .expect("start haproxy");
+    // HAProxy refuses some settings only when it starts (a file-descriptor
+    // limit below maxconn, say): name it rather than a silent port.
+    let listening = wait_for(Duration::from_secs(10), || {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("haproxy exited at start ({status}); its messages are above; config:\n{config}");
+        }
+        backends
+            .iter()
+            .all(|b| TcpStream::connect(b.haproxy.expect("set above")).is_ok())
+            .then_some(())
+    });
+    assert!(
+        listening.is_some(),
+        "haproxy did not listen within 10 s; config:\n{config}"
+    );
     Some(Haproxy {
         child,
         _config: file,
