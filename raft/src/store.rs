@@ -212,7 +212,10 @@ pub async fn open(path: &Path) -> Result<(LogStore, StateMachineStore), StoreErr
     let path = path.to_path_buf();
     let (db, applied, snapshot_len, tail) = run_blocking(move || open_blocking(&path)).await?;
     let db = Arc::new(db);
-    let log = LogStore::start(db.clone(), tail)?;
+    // The snapshot just read is the stored one; its data says what it covers.
+    let durable_snapshot = Arc::new(DurableSnapshot::default());
+    durable_snapshot.set(applied.last_applied);
+    let log = LogStore::start(db.clone(), tail, durable_snapshot.clone())?;
     let index = applied.last_applied.map_or(0, |id| id.index);
     tracing::info!(
         snapshot_index = index,
@@ -224,7 +227,14 @@ pub async fn open(path: &Path) -> Result<(LogStore, StateMachineStore), StoreErr
         applied_index: Arc::new(watch::Sender::new(index)),
         snapshot_len: Arc::new(AtomicU64::new(snapshot_len)),
     };
-    Ok((log, StateMachineStore { db, handle }))
+    Ok((
+        log,
+        StateMachineStore {
+            db,
+            handle,
+            durable_snapshot,
+        },
+    ))
 }
 
 fn open_blocking(path: &Path) -> Result<(Database, Applied, u64, LogTail), StoreError> {
@@ -516,6 +526,41 @@ fn live_range(range: (Bound<u64>, Bound<u64>), tail: &LogTail) -> Option<(u64, u
     (start <= end).then_some((start, end))
 }
 
+/// How far the snapshot stored in redb covers the log: written by the state machine
+/// once a snapshot is durable, read by the log writer before it purges.
+///
+/// openraft 0.9 installs a snapshot from the leader on its state-machine task and
+/// purges the log it covers on its core task, in no particular order. Were the purge
+/// durable first and the node killed before the snapshot was, the restarted node
+/// would hold the old snapshot, a committed pointer past it, and no log between the
+/// two: it could not start. So the writer purges only what the stored snapshot
+/// covers, and keeps a purge that comes early until the snapshot catches up.
+#[derive(Debug, Default)]
+struct DurableSnapshot {
+    /// One more than the last log index the stored snapshot covers; 0 for none.
+    next_index: AtomicU64,
+}
+
+impl DurableSnapshot {
+    fn set(&self, last: Option<LogId>) {
+        let next = last.map_or(0, |id| id.index + 1);
+        self.next_index.store(next, Ordering::Release);
+    }
+
+    fn covers(&self, index: u64) -> bool {
+        index < self.next_index.load(Ordering::Acquire)
+    }
+}
+
+/// A purge the log writer holds back until the stored snapshot covers it; see
+/// [`DurableSnapshot`]. Until then the purged rows stay in redb, out of reach of
+/// readers (the tail already counts them purged): a crash then leaves the log as it
+/// was before the purge, which the old snapshot still fits.
+struct DeferredPurge {
+    upto: u64,
+    record: Vec<u8>,
+}
+
 /// The one owner of the log's write transactions: takes queued operations in
 /// order, commits as many as are waiting in one transaction, then completes them.
 struct LogWriter {
@@ -524,6 +569,8 @@ struct LogWriter {
     tail: Arc<Mutex<LogTail>>,
     commits: Arc<AtomicU64>,
     failure: Option<Arc<StoreError>>,
+    snapshot: Arc<DurableSnapshot>,
+    deferred_purge: Option<DeferredPurge>,
 }
 
 /// The operations of one transaction.
@@ -568,15 +615,29 @@ impl LogWriter {
             }
             self.write(batch);
         }
+        // The last operations may have left a purge waiting for a snapshot that is
+        // durable by now.
+        self.write(Batch::default());
     }
 
+    /// Commits `batch`, and with it a deferred purge the stored snapshot now covers.
     fn write(&mut self, batch: Batch) {
-        if batch.ops.is_empty() {
+        let purge_ready = self
+            .deferred_purge
+            .as_ref()
+            .is_some_and(|purge| self.snapshot.covers(purge.upto));
+        if batch.ops.is_empty() && !purge_ready {
             return;
         }
         let result = match &self.failure {
             Some(failure) => Err(failure.clone()),
-            None => commit_batch(&self.db, &batch.ops).map_err(Arc::new),
+            None => commit_batch(
+                &self.db,
+                &batch.ops,
+                &self.snapshot,
+                &mut self.deferred_purge,
+            )
+            .map_err(Arc::new),
         };
         match &result {
             Ok(()) => {
@@ -596,8 +657,14 @@ impl LogWriter {
     }
 }
 
-/// Applies `ops` in order in one transaction.
-fn commit_batch(db: &Database, ops: &[LogOp]) -> Result<(), StoreError> {
+/// Applies `ops` in order in one transaction, after a deferred purge that `snapshot`
+/// now covers. A purge it does not cover yet becomes (or replaces) the deferred one.
+fn commit_batch(
+    db: &Database,
+    ops: &[LogOp],
+    snapshot: &DurableSnapshot,
+    deferred_purge: &mut Option<DeferredPurge>,
+) -> Result<(), StoreError> {
     let mut txn = db.begin_write()?;
     // The committed pointer alone is not worth an fsync: it rides along with the
     // next durable commit. A committed pointer lost in a crash only means a restarted
@@ -613,6 +680,10 @@ fn commit_batch(db: &Database, ops: &[LogOp]) -> Result<(), StoreError> {
     {
         let mut log = txn.open_table(LOG)?;
         let mut meta = txn.open_table(META)?;
+        if let Some(purge) = deferred_purge.take_if(|purge| snapshot.covers(purge.upto)) {
+            meta.insert(KEY_LAST_PURGED, purge.record.as_slice())?;
+            log.retain_in::<u64, _>(..=purge.upto, |_, _| false)?;
+        }
         for op in ops {
             match op {
                 LogOp::Append { rows, .. } => {
@@ -623,9 +694,20 @@ fn commit_batch(db: &Database, ops: &[LogOp]) -> Result<(), StoreError> {
                 LogOp::Truncate { from } => {
                     log.retain_in::<u64, _>(*from.., |_, _| false)?;
                 }
-                LogOp::Purge { upto, record } => {
+                LogOp::Purge { upto, record } if snapshot.covers(*upto) => {
                     meta.insert(KEY_LAST_PURGED, record.as_slice())?;
                     log.retain_in::<u64, _>(..=*upto, |_, _| false)?;
+                }
+                LogOp::Purge { upto, record } => {
+                    tracing::debug!(
+                        upto,
+                        "purge held back until the snapshot covering it is durable"
+                    );
+                    // Purges only grow: a later one includes an earlier one.
+                    *deferred_purge = Some(DeferredPurge {
+                        upto: *upto,
+                        record: record.clone(),
+                    });
                 }
                 LogOp::SaveVote { record, .. } => {
                     meta.insert(KEY_VOTE, record.as_slice())?;
@@ -686,7 +768,11 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    fn start(db: Arc<Database>, tail: LogTail) -> Result<LogStore, StoreError> {
+    fn start(
+        db: Arc<Database>,
+        tail: LogTail,
+        snapshot: Arc<DurableSnapshot>,
+    ) -> Result<LogStore, StoreError> {
         let (sender, receiver) = mpsc::channel(QUEUE_OPS);
         let tail = Arc::new(Mutex::new(tail));
         let commits = Arc::new(AtomicU64::new(0));
@@ -696,6 +782,8 @@ impl LogStore {
             tail: tail.clone(),
             commits: commits.clone(),
             failure: None,
+            snapshot,
+            deferred_purge: None,
         };
         let thread = std::thread::Builder::new()
             .name("shoal-raft-log".to_owned())
@@ -1060,6 +1148,7 @@ impl StateHandle {
 pub struct StateMachineStore {
     db: Arc<Database>,
     handle: StateHandle,
+    durable_snapshot: Arc<DurableSnapshot>,
 }
 
 impl StateMachineStore {
@@ -1101,9 +1190,11 @@ impl StateMachineStore {
     ) -> Result<(), StoreError> {
         let db = self.db.clone();
         let len = data.len() as u64;
+        let last_log_id = meta.last_log_id;
         let snapshot = StoredSnapshot::V1 { meta, data };
         if run_blocking(move || write_snapshot(&db, &snapshot, replace)).await? {
             self.handle.snapshot_len.store(len, Ordering::Relaxed);
+            self.durable_snapshot.set(last_log_id);
         }
         Ok(())
     }
@@ -1520,13 +1611,20 @@ mod tests {
             log.save_committed(Some(log_id(1, 1, 3))).await.unwrap();
         }
         {
-            let (mut log, _sm) = open(&path).await.unwrap();
+            let (mut log, mut sm) = open(&path).await.unwrap();
             assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 1)));
             assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 1, 3)));
             assert_eq!(log.try_get_log_entries(..).await.unwrap(), entries);
             assert_eq!(log.try_get_log_entries(2..4).await.unwrap(), entries[1..3]);
             assert_eq!(log.log_len().await.unwrap(), 4);
 
+            // A purge takes effect on disk once a snapshot covers it.
+            sm.apply(entries[..2].to_vec()).await.unwrap();
+            sm.get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
             log.purge(log_id(1, 1, 2)).await.unwrap();
             log.truncate(log_id(1, 1, 4)).await.unwrap();
         }
@@ -1535,6 +1633,93 @@ mod tests {
         assert_eq!(state.last_purged_log_id, Some(log_id(1, 1, 2)));
         assert_eq!(state.last_log_id, Some(log_id(1, 1, 3)));
         assert_eq!(log.try_get_log_entries(..).await.unwrap(), entries[2..3]);
+        assert_eq!(log.log_len().await.unwrap(), 1);
+    }
+
+    /// openraft purges the log a snapshot from the leader covers while that snapshot
+    /// is still being installed. A node killed in between must restart from its old
+    /// snapshot and the log after it, not from a log purged past a snapshot it never
+    /// stored (which left a committed pointer with no entries to re-apply).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_purge_ahead_of_its_snapshot_waits_for_it() {
+        let leader_dir = tempfile::tempdir().unwrap();
+        let (_leader_log, mut leader) = open(&leader_dir.path().join("raft.redb")).await.unwrap();
+        leader.apply(history()).await.unwrap();
+        let snapshot = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        let entries = history();
+        {
+            let (mut log, _sm) = open(&path).await.unwrap();
+            log.blocking_append(entries.clone()).await.unwrap();
+            log.save_committed(Some(log_id(1, 1, 4))).await.unwrap();
+            // The purge comes first; the node dies before the snapshot is stored.
+            log.purge(log_id(1, 1, 4)).await.unwrap();
+            let state = log.get_log_state().await.unwrap();
+            assert_eq!(state.last_purged_log_id, Some(log_id(1, 1, 4)));
+            assert_eq!(log.try_get_log_entries(..).await.unwrap(), []);
+            log.save_vote(&Vote::new(2, 1)).await.unwrap();
+        }
+        {
+            let (mut log, mut sm) = open(&path).await.unwrap();
+            let state = log.get_log_state().await.unwrap();
+            assert_eq!(state.last_purged_log_id, None, "the purge reached the disk");
+            // What openraft re-applies on start: everything up to the committed pointer.
+            assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 1, 4)));
+            assert_eq!(sm.applied_state().await.unwrap().0, None);
+            assert_eq!(log.try_get_log_entries(1..5).await.unwrap(), entries);
+
+            // This time the install finishes after the purge; the purge follows it to
+            // the disk with the next write.
+            log.purge(log_id(1, 1, 4)).await.unwrap();
+            log.save_vote(&Vote::new(2, 1)).await.unwrap();
+            assert_eq!(
+                log.log_len().await.unwrap(),
+                4,
+                "purged before the snapshot"
+            );
+            sm.install_snapshot(&snapshot.meta, snapshot.snapshot)
+                .await
+                .unwrap();
+            log.save_vote(&Vote::new(3, 1)).await.unwrap();
+            assert_eq!(log.log_len().await.unwrap(), 0);
+        }
+        let (mut log, sm) = open(&path).await.unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 1, 4)));
+        assert_eq!(state.last_log_id, Some(log_id(1, 1, 4)));
+        assert_eq!(sm.state().last_applied_index(), 4);
+    }
+
+    /// A purge held back when the last write came is done when the store closes, if
+    /// the snapshot is durable by then.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_back_purge_is_done_on_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        {
+            let (mut log, mut sm) = open(&path).await.unwrap();
+            log.blocking_append(history()).await.unwrap();
+            log.purge(log_id(1, 1, 3)).await.unwrap();
+            log.save_vote(&Vote::new(2, 1)).await.unwrap();
+            assert_eq!(log.log_len().await.unwrap(), 4);
+            sm.apply(history()).await.unwrap();
+            sm.get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+        }
+        let (mut log, _sm) = open(&path).await.unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 1, 3)));
+        assert_eq!(log.log_len().await.unwrap(), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2017,10 +2202,11 @@ mod tests {
         assert_eq!(log.read_committed().await.unwrap(), Some(log_id(2, 1, 3)));
         drop((log, _sm));
 
+        // No snapshot covers the purge, so it never reached the disk.
         let (mut log, _sm) = open(&path).await.unwrap();
-        assert_eq!(log.try_get_log_entries(..).await.unwrap(), expected[1..]);
+        assert_eq!(log.try_get_log_entries(..).await.unwrap(), expected);
         let state = log.get_log_state().await.unwrap();
-        assert_eq!(state.last_purged_log_id, Some(log_id(1, 1, 1)));
+        assert_eq!(state.last_purged_log_id, None);
         assert_eq!(state.last_log_id, Some(log_id(2, 1, 4)));
         assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(2, 1)));
         assert_eq!(log.read_committed().await.unwrap(), Some(log_id(2, 1, 3)));
