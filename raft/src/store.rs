@@ -1598,6 +1598,21 @@ mod tests {
         ]
     }
 
+    /// A snapshot of [`history`] built by a store standing in for the leader,
+    /// with that store (and its directory, which must outlive it).
+    async fn leader_snapshot() -> (TempDir, StateMachineStore, Snapshot) {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, mut leader) = open(&dir.path().join("raft.redb")).await.unwrap();
+        leader.apply(history()).await.unwrap();
+        let snapshot = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        (dir, leader, snapshot)
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn vote_log_and_purge_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -1642,15 +1657,7 @@ mod tests {
     /// stored (which left a committed pointer with no entries to re-apply).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_purge_ahead_of_its_snapshot_waits_for_it() {
-        let leader_dir = tempfile::tempdir().unwrap();
-        let (_leader_log, mut leader) = open(&leader_dir.path().join("raft.redb")).await.unwrap();
-        leader.apply(history()).await.unwrap();
-        let snapshot = leader
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let (_leader_dir, _leader, snapshot) = leader_snapshot().await;
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("raft.redb");
@@ -1808,15 +1815,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_installed_snapshot_replaces_state_and_persists() {
-        let leader_dir = tempfile::tempdir().unwrap();
-        let (_leader_log, mut leader) = open(&leader_dir.path().join("raft.redb")).await.unwrap();
-        leader.apply(history()).await.unwrap();
-        let snapshot = leader
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let (_leader_dir, mut leader, snapshot) = leader_snapshot().await;
 
         let follower_dir = tempfile::tempdir().unwrap();
         let path = follower_dir.path().join("raft.redb");
@@ -1969,15 +1968,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stale_build_never_replaces_a_newer_snapshot() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_log, mut sm) = open(&dir.path().join("raft.redb")).await.unwrap();
-        sm.apply(history()).await.unwrap();
-        let newer = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let (_dir, mut sm, newer) = leader_snapshot().await;
         let stale = SnapshotMeta {
             last_log_id: Some(log_id(1, 1, 2)),
             ..newer.meta.clone()
