@@ -657,8 +657,8 @@ impl LogWriter {
     }
 }
 
-/// Applies `ops` in order in one transaction, after a deferred purge that `snapshot`
-/// now covers. A purge it does not cover yet becomes (or replaces) the deferred one.
+/// Applies `ops` in order in one transaction, then the latest purge (from `ops` or
+/// held back earlier) if `snapshot` covers it; otherwise that purge stays held back.
 fn commit_batch(
     db: &Database,
     ops: &[LogOp],
@@ -680,10 +680,6 @@ fn commit_batch(
     {
         let mut log = txn.open_table(LOG)?;
         let mut meta = txn.open_table(META)?;
-        if let Some(purge) = deferred_purge.take_if(|purge| snapshot.covers(purge.upto)) {
-            meta.insert(KEY_LAST_PURGED, purge.record.as_slice())?;
-            log.retain_in::<u64, _>(..=purge.upto, |_, _| false)?;
-        }
         for op in ops {
             match op {
                 LogOp::Append { rows, .. } => {
@@ -694,16 +690,10 @@ fn commit_batch(
                 LogOp::Truncate { from } => {
                     log.retain_in::<u64, _>(*from.., |_, _| false)?;
                 }
-                LogOp::Purge { upto, record } if snapshot.covers(*upto) => {
-                    meta.insert(KEY_LAST_PURGED, record.as_slice())?;
-                    log.retain_in::<u64, _>(..=*upto, |_, _| false)?;
-                }
+                // Done after the other operations: none of them touches an index
+                // at or below a purge (openraft never appends or truncates there).
+                // Purges only grow, so a later one includes an earlier one.
                 LogOp::Purge { upto, record } => {
-                    tracing::debug!(
-                        upto,
-                        "purge held back until the snapshot covering it is durable"
-                    );
-                    // Purges only grow: a later one includes an earlier one.
                     *deferred_purge = Some(DeferredPurge {
                         upto: *upto,
                         record: record.clone(),
@@ -717,6 +707,20 @@ fn commit_batch(
                 }
                 #[cfg(test)]
                 LogOp::Hold { .. } => {}
+            }
+        }
+        match deferred_purge.take_if(|purge| snapshot.covers(purge.upto)) {
+            Some(purge) => {
+                meta.insert(KEY_LAST_PURGED, purge.record.as_slice())?;
+                log.retain_in::<u64, _>(..=purge.upto, |_, _| false)?;
+            }
+            None => {
+                if let Some(purge) = deferred_purge {
+                    tracing::debug!(
+                        upto = purge.upto,
+                        "purge held back until the snapshot covering it is durable"
+                    );
+                }
             }
         }
     }
