@@ -5,7 +5,10 @@
 //! task's node forwarding TCP to the container (when `haproxy` is
 //! installed; a thread per CPU, as the daemon's runtime has). Two daemons
 //! on 127.0.0.1 (manager, runs the tasks) and 127.0.0.2 (worker), on the
-//! real Docker engine.
+//! real Docker engine. Then, with `--mesh-forward kernel` (needs root and
+//! nftables), (a) and (b) again on a one-node cluster listening on the
+//! machine's end of a veth link: the node's share goes by NAT in the
+//! kernel.
 //!
 //! Two backends, each a service of one task: busybox httpd, which closes
 //! every connection after one answer (so every request is a new connection:
@@ -23,6 +26,7 @@
 //! Knobs: `BENCH_BACKENDS` (`busybox,nginx`), `BENCH_CONNS` (comma list
 //! of concurrencies; `1,4,16`), `BENCH_SECS` (3 per run), `BENCH_ROUNDS`
 //! (5: each round runs the targets in turn; medians are reported),
+//! `BENCH_FORWARD` (`proxy,kernel`: which phases run),
 //! `SHOAL_TEST_IMAGE` (shoal-test:latest), `SHOAL_BENCH_NGINX_IMAGE`
 //! (shoal-bench:nginx).
 
@@ -388,11 +392,33 @@ fn main() {
     }
     // The daemon's runtime has a worker thread per CPU; HAProxy gets as many.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let forwards = env_str("BENCH_FORWARD", "proxy,kernel");
+    let knobs = Knobs {
+        secs,
+        rounds,
+        concurrencies,
+        threads,
+    };
+    for forward in forwards.split(',').map(str::trim) {
+        match forward {
+            "proxy" => bench_proxy(&mut backends, &knobs),
+            "kernel" => bench_kernel(&mut backends, &knobs),
+            other => panic!("BENCH_FORWARD names {other:?}; allowed: proxy, kernel"),
+        }
+    }
+}
 
-    let env = [("SHOAL_DNS_ADDR", "none")];
-    let mut c = Cluster::new();
-    c.init_with_env("node-a", "127.0.0.1", &env);
-    c.join_with_env("node-b", "127.0.0.2", "worker", &env);
+/// What every phase runs with.
+struct Knobs {
+    secs: u64,
+    rounds: usize,
+    concurrencies: Vec<usize>,
+    threads: usize,
+}
+
+/// Deploys each backend as a service of one task on node-a (node 0 of
+/// `c`) and records its container's address.
+fn deploy(c: &Cluster, backends: &mut [Backend]) {
     for b in backends.iter_mut() {
         b.port = free_tcp_port();
         let publish = format!("{}:80", b.port);
@@ -412,13 +438,23 @@ fn main() {
         ];
         args.extend_from_slice(b.command);
         c.nodes[0].ok(&args);
-        wait_running(&c, b.service, 1, Duration::from_secs(60));
-        let container = docker_running(&c, b.service)[0].clone();
+        wait_running(c, b.service, 1, Duration::from_secs(60));
+        let container = docker_running(c, b.service)[0].clone();
         b.direct = Some(format!("{}:80", container_ip(&container)).parse().unwrap());
     }
-    let _haproxy = start_haproxy(&mut backends, threads);
+}
 
-    for b in &backends {
+/// The mesh's proxy (the default `--mesh-forward proxy`): (a), (b), (c),
+/// and (d) when HAProxy is installed.
+fn bench_proxy(backends: &mut [Backend], knobs: &Knobs) {
+    let env = [("SHOAL_DNS_ADDR", "none")];
+    let mut c = Cluster::new();
+    c.init_with_env("node-a", "127.0.0.1", &env);
+    c.join_with_env("node-b", "127.0.0.2", "worker", &env);
+    deploy(&c, backends);
+    let _haproxy = start_haproxy(backends, knobs.threads);
+
+    for b in backends.iter() {
         let mut targets = vec![
             ("(a) container directly", b.direct.unwrap()),
             (
@@ -437,17 +473,59 @@ fn main() {
             wait_answers(*addr, &c);
         }
         println!(
-            "\nmesh bench: {}; {rounds} rounds of {secs} s per target; task on node-a \
-             (127.0.0.1), node-b on 127.0.0.2; {threads} threads each for the daemons' runtimes and HAProxy",
-            b.name
+            "\nmesh bench, --mesh-forward proxy: {}; {} rounds of {} s per target; task on node-a \
+             (127.0.0.1), node-b on 127.0.0.2; {} threads each for the daemons' runtimes and HAProxy",
+            b.name, knobs.rounds, knobs.secs, knobs.threads
         );
-        println!(
-            "{:<44} {:>5} {:>10} {:>9} {:>9} {:>6}",
-            "target", "conns", "req/s", "p50 ms", "p99 ms", "errors"
-        );
-        for &conns in &concurrencies {
-            run_concurrency(&targets, conns, rounds, secs);
+        run_targets(&targets, knobs);
+    }
+}
+
+/// `--mesh-forward kernel`: (a) and (b) with the node's share forwarded
+/// by nftables. node-a listens on the machine's end of a veth link (an
+/// address of the machine other than loopback, which kernel forwarding
+/// needs); the load comes from the machine itself, as for (a).
+fn bench_kernel(backends: &mut [Backend], knobs: &Knobs) {
+    if let Some(why) = common::netns::unavailable() {
+        println!("\n--mesh-forward kernel skipped: {why}");
+        return;
+    }
+    let link = common::netns::Client::create().expect("a veth link for node-a's address");
+    let ip = link.machine_ip.to_string();
+    let mut c = Cluster::new();
+    c.init_with_env(
+        "node-a",
+        &ip,
+        &[("SHOAL_DNS_ADDR", "none"), ("SHOAL_MESH_FORWARD", "kernel")],
+    );
+    deploy(&c, backends);
+    for b in backends.iter() {
+        let targets = vec![
+            ("(a) container directly", b.direct.unwrap()),
+            (
+                "(b) mesh on the task's node, kernel fwd",
+                format!("{ip}:{}", b.port).parse().unwrap(),
+            ),
+        ];
+        for (_, addr) in &targets {
+            wait_answers(*addr, &c);
         }
+        println!(
+            "\nmesh bench, --mesh-forward kernel: {}; {} rounds of {} s per target; task on node-a ({ip})",
+            b.name, knobs.rounds, knobs.secs
+        );
+        run_targets(&targets, knobs);
+    }
+}
+
+/// The table of one backend: every concurrency, every target.
+fn run_targets(targets: &[(&str, SocketAddr)], knobs: &Knobs) {
+    println!(
+        "{:<48} {:>5} {:>10} {:>9} {:>9} {:>6}",
+        "target", "conns", "req/s", "p50 ms", "p99 ms", "errors"
+    );
+    for &conns in &knobs.concurrencies {
+        run_concurrency(targets, conns, knobs.rounds, knobs.secs);
     }
 }
 
@@ -461,7 +539,7 @@ fn run_concurrency(targets: &[(&str, SocketAddr)], conns: usize, rounds: usize, 
         for (t, (name, addr)) in targets.iter().enumerate() {
             let f = load(*addr, conns, secs);
             println!(
-                "  round {} {:<38} {:>5} {:>10.0} {:>9.3} {:>9.3} {:>6}",
+                "  round {} {:<42} {:>5} {:>10.0} {:>9.3} {:>9.3} {:>6}",
                 round + 1,
                 name,
                 conns,
@@ -476,7 +554,7 @@ fn run_concurrency(targets: &[(&str, SocketAddr)], conns: usize, rounds: usize, 
     let row: Vec<Figures> = runs.iter().map(|r| median(r)).collect();
     for ((name, addr), f) in targets.iter().zip(&row) {
         println!(
-            "{:<44} {:>5} {:>10.0} {:>9.3} {:>9.3} {:>6}",
+            "{:<48} {:>5} {:>10.0} {:>9.3} {:>9.3} {:>6}",
             format!("{name} {addr}"),
             conns,
             f.rps,
@@ -485,22 +563,20 @@ fn run_concurrency(targets: &[(&str, SocketAddr)], conns: usize, rounds: usize, 
             f.errors
         );
     }
-    let (a, b, cc) = (row[0], row[1], row[2]);
-    let mut summary = format!(
-        "  {conns} conns (medians of {rounds}): (b)/(a) throughput {:.0} % (target >= 80 %), \
-         added p50 {:.3} ms (target < 0.2 ms); (c)/(a) throughput {:.0} %, added p50 {:.3} ms",
-        100.0 * b.rps / a.rps,
-        (b.p50_us - a.p50_us) / 1000.0,
-        100.0 * cc.rps / a.rps,
-        (cc.p50_us - a.p50_us) / 1000.0,
-    );
-    if let Some(d) = row.get(3) {
+    // Every target against (a), and the mesh against HAProxy.
+    let a = row[0];
+    let mut summary = format!("  {conns} conns (medians of {rounds}):");
+    for ((name, _), f) in targets.iter().zip(&row).skip(1) {
+        let label = name.split(' ').next().unwrap_or(name);
         summary += &format!(
-            "; (d)/(a) throughput {:.0} %, added p50 {:.3} ms; (b)/(d) throughput {:.0} %",
-            100.0 * d.rps / a.rps,
-            (d.p50_us - a.p50_us) / 1000.0,
-            100.0 * b.rps / d.rps,
+            " {label}/(a) throughput {:.0} %, added p50 {:.3} ms;",
+            100.0 * f.rps / a.rps,
+            (f.p50_us - a.p50_us) / 1000.0,
         );
     }
+    if let (Some(b), Some(d)) = (row.get(1), row.get(3)) {
+        summary += &format!(" (b)/(d) throughput {:.0} %;", 100.0 * b.rps / d.rps);
+    }
+    summary += " target for (b): >= 80 % and < 0.2 ms";
     println!("{summary}");
 }

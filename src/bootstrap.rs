@@ -33,6 +33,8 @@ pub struct StartOptions {
     pub timing: Timing,
     /// `--dns-addr`: `IP:PORT`s or `none`; empty means the default.
     pub dns: Vec<String>,
+    /// `--mesh-forward`.
+    pub forward: crate::mesh::Forward,
 }
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:4500";
@@ -42,6 +44,7 @@ pub async fn init(opts: StartOptions) -> Result<()> {
     let dd = DataDir::open(&opts.data_dir)?;
     dd.ensure_fresh()?;
     let (listen, advertise) = addresses(&opts, None)?;
+    check_forward(&opts, listen).await?;
     let name = opts.name.clone().unwrap_or_else(hostname);
     crate::ops::validate_name("--name", &name).map_err(|e| anyhow!(e.message))?;
 
@@ -67,7 +70,7 @@ pub async fn init(opts: StartOptions) -> Result<()> {
         advertise.clone(),
         vec![(node_id, advertise.clone())],
     );
-    let node = start(dd, meta.clone(), endpoint, opts.timing.clone(), &opts.dns).await?;
+    let node = start(dd, meta.clone(), endpoint, &opts).await?;
 
     let members = [(
         node_id,
@@ -138,6 +141,7 @@ pub async fn join(opts: StartOptions, server: String, token_text: String) -> Res
     dd.ensure_fresh()?;
     let token = token::parse(&token_text).map_err(|e| anyhow!("--token: {e}"))?;
     let (listen, advertise) = addresses(&opts, None)?;
+    check_forward(&opts, listen).await?;
     let name = opts.name.clone().unwrap_or_else(hostname);
     crate::ops::validate_name("--name", &name).map_err(|e| anyhow!(e.message))?;
     // Fail on a taken port before the cluster registers this node.
@@ -189,7 +193,7 @@ pub async fn join(opts: StartOptions, server: String, token_text: String) -> Res
         accepted.node_id,
         role_str(accepted.role)
     );
-    let node = start(dd, meta, endpoint, opts.timing.clone(), &opts.dns).await?;
+    let node = start(dd, meta, endpoint, &opts).await?;
     serve_until_signal(node).await
 }
 
@@ -238,6 +242,7 @@ pub async fn run(opts: StartOptions, force_new_cluster: bool) -> Result<()> {
         );
     }
     let (listen, advertise) = addresses(&opts, Some(&meta))?;
+    check_forward(&opts, listen).await?;
     if listen.to_string() != meta.listen || advertise != meta.advertise {
         meta.listen = listen.to_string();
         meta.advertise = advertise;
@@ -245,7 +250,7 @@ pub async fn run(opts: StartOptions, force_new_cluster: bool) -> Result<()> {
     }
     let endpoint = Endpoint::bind(listen, &identity)?;
     if !force_new_cluster {
-        let node = start(dd, meta, endpoint, opts.timing.clone(), &opts.dns).await?;
+        let node = start(dd, meta, endpoint, &opts).await?;
         return serve_until_signal(node).await;
     }
     let stores = open_stores(&dd).await?;
@@ -253,7 +258,7 @@ pub async fn run(opts: StartOptions, force_new_cluster: bool) -> Result<()> {
     meta.managers = vec![(meta.node_id, meta.advertise.clone())];
     dd.save_meta(&meta)?;
     let id = meta.node_id;
-    let node = start_on(dd, meta, endpoint, opts.timing.clone(), &opts.dns, stores).await?;
+    let node = start_on(dd, meta, endpoint, &opts, stores).await?;
     // Leading, with an entry of its own term applied: the recovery is in the state.
     let leads = move |m: &shoal_raft::types::RaftMetrics| {
         m.current_leader == Some(id)
@@ -360,11 +365,10 @@ async fn start(
     dd: DataDir,
     meta: NodeMeta,
     endpoint: Endpoint,
-    timing: Timing,
-    dns: &[String],
+    opts: &StartOptions,
 ) -> Result<Arc<Node>> {
     let stores = open_stores(&dd).await?;
-    start_on(dd, meta, endpoint, timing, dns, stores).await
+    start_on(dd, meta, endpoint, opts, stores).await
 }
 
 /// [`start`] on stores already open.
@@ -372,11 +376,11 @@ async fn start_on(
     dd: DataDir,
     meta: NodeMeta,
     endpoint: Endpoint,
-    timing: Timing,
-    dns: &[String],
+    opts: &StartOptions,
     (log_store, sm_store): Stores,
 ) -> Result<Arc<Node>> {
-    let mesh_config = crate::mesh::config(endpoint.local_addr().ip(), dns);
+    let timing = opts.timing.clone();
+    let mesh_config = crate::mesh::config(endpoint.local_addr().ip(), &opts.dns, opts.forward);
     let state = sm_store.state();
     let config = Arc::new(timing.raft_config(&meta.cluster_id)?);
     let network = Network {
@@ -489,9 +493,23 @@ async fn serve_until_signal(node: Arc<Node>) -> Result<()> {
         _ = int.recv() => {}
     }
     tracing::info!("shutting down");
+    if node.mesh.config.forward == crate::mesh::Forward::Kernel {
+        crate::mesh::nat::clear(node.id, &crate::mesh::nat::Nft).await;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(5), node.raft.shutdown()).await;
     node.endpoint.close();
     let _ = std::fs::remove_file(node.data_dir.socket_path());
+    Ok(())
+}
+
+/// Refuses `--mesh-forward kernel` where it cannot work, before anything
+/// is written.
+async fn check_forward(opts: &StartOptions, listen: SocketAddr) -> Result<()> {
+    if opts.forward == crate::mesh::Forward::Kernel {
+        crate::mesh::nat::check(listen.ip(), &crate::mesh::nat::Nft)
+            .await
+            .map_err(|e| anyhow!(e))?;
+    }
     Ok(())
 }
 

@@ -115,6 +115,7 @@ async fn run_daemon(cli: Cli) -> anyhow::Result<()> {
                 timing: Timing::with_heartbeat_timeout(a.node.heartbeat_timeout)
                     .with_election_timeout(a.node.election_timeout),
                 dns: a.node.dns_addr,
+                forward: forward(a.node.mesh_forward),
             })
             .await
         }
@@ -128,6 +129,7 @@ async fn run_daemon(cli: Cli) -> anyhow::Result<()> {
                     timing: Timing::with_heartbeat_timeout(a.node.heartbeat_timeout)
                         .with_election_timeout(a.node.election_timeout),
                     dns: a.node.dns_addr,
+                    forward: forward(a.node.mesh_forward),
                 },
                 a.addr.to_string(),
                 a.token,
@@ -144,12 +146,20 @@ async fn run_daemon(cli: Cli) -> anyhow::Result<()> {
                     timing: Timing::with_heartbeat_timeout(a.heartbeat_timeout)
                         .with_election_timeout(a.election_timeout),
                     dns: a.dns_addr,
+                    forward: forward(a.mesh_forward),
                 },
                 a.force_new_cluster,
             )
             .await
         }
         _ => unreachable!("client subcommands are handled by shoal_cli::run"),
+    }
+}
+
+fn forward(flag: shoal_cli::args::MeshForward) -> mesh::Forward {
+    match flag {
+        shoal_cli::args::MeshForward::Proxy => mesh::Forward::Proxy,
+        shoal_cli::args::MeshForward::Kernel => mesh::Forward::Kernel,
     }
 }
 

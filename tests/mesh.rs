@@ -460,3 +460,189 @@ fn udp_ingress_port_forwards_datagrams_from_every_node() {
         assert_eq!(got.len(), 5 + big.len(), "through {addr}");
     }
 }
+
+/// One `GET path` over a new connection from wherever the calling thread
+/// runs; the body on a 200.
+fn http_get_path(addr: SocketAddr, path: &str) -> Result<String, String> {
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    // A CGI script's own header lines end in a bare newline.
+    let normal = out.replace("\r\n", "\n");
+    match normal.split_once("\n\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.") && head.contains(" 200") => {
+            Ok(body.trim().to_string())
+        }
+        _ => Err(format!("answer: {out:?}")),
+    }
+}
+
+/// The node's nftables table, or `None` when it has none.
+fn nft_table(node_id: u64) -> Option<String> {
+    let out = Command::new("nft")
+        .args(["list", "table", "ip", &format!("shoal_mesh_{node_id}")])
+        .output()
+        .expect("nft is installed");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `--mesh-forward kernel`: a client outside the machine (a namespace
+/// routed through it) reaches node-a's address; node-a's own task gets its
+/// round-robin share by DNAT and sees the client's own address, the rest
+/// goes through the mesh to node-b's task; the rules follow the task when
+/// it is killed and go when the daemon stops.
+#[test]
+fn kernel_forwarding_sends_the_node_share_by_nat_and_keeps_the_client_address() {
+    if !docker_tests() {
+        return;
+    }
+    if let Some(why) = common::netns::unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let client = common::netns::Client::create().expect("a client namespace");
+    let a_ip = client.machine_ip.to_string();
+    let mut c = Cluster::new();
+    c.init_with_env(
+        "node-a",
+        &a_ip,
+        &[("SHOAL_DNS_ADDR", "none"), ("SHOAL_MESH_FORWARD", "kernel")],
+    );
+    c.join_with_env(
+        "node-b",
+        "127.0.0.2",
+        "worker",
+        &[("SHOAL_DNS_ADDR", "none")],
+    );
+    let port = free_port();
+    let publish = format!("{port}:80");
+    let who = "mkdir -p /www/cgi-bin && { echo '#!/bin/sh'; echo 'echo Content-Type: text/plain'; \
+               echo echo; echo 'echo $REMOTE_ADDR $(hostname)'; } > /www/cgi-bin/who \
+               && chmod +x /www/cgi-bin/who && exec httpd -f -p 80 -h /www";
+    c.nodes[0].ok(&[
+        "deploy",
+        "who",
+        "--image",
+        IMAGE,
+        "--replicas",
+        "2",
+        "--max-per-node",
+        "1",
+        "-p",
+        &publish,
+        "--restart-delay",
+        "0s",
+        "--detach",
+        "--",
+        "sh",
+        "-c",
+        who,
+    ]);
+    wait_running(&c, "who", 2, Duration::from_secs(60));
+    let per_node = running_per_node(&c, "who");
+    assert_eq!(per_node.len(), 2, "{per_node:?}");
+
+    // node-a's rules name its task's container.
+    let rules = wait_for(Duration::from_secs(10), || {
+        nft_table(1).filter(|t| t.contains("dnat to"))
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "node-a wrote no rules: {:?}\n{}",
+            nft_table(1),
+            c.nodes[0].log_text()
+        )
+    });
+    println!("{rules}");
+
+    // From outside: every answer comes, both tasks answer, and node-a's
+    // task (the one the rules name) sees the client's own address.
+    let addr: SocketAddr = format!("{a_ip}:{port}").parse().unwrap();
+    let answers = client.run(move || {
+        wait_for(Duration::from_secs(15), || {
+            http_get_path(addr, "/cgi-bin/who").ok()
+        })
+        .ok_or_else(|| {
+            let last = http_get_path(addr, "/cgi-bin/who");
+            format!("{addr} never answered the client: {last:?}")
+        })?;
+        (0..100)
+            .map(|i| http_get_path(addr, "/cgi-bin/who").map_err(|e| format!("request {i}: {e}")))
+            .collect::<Result<Vec<String>, String>>()
+    });
+    let answers = answers.unwrap_or_else(|e| panic!("{e}\n{}", c.nodes[0].log_text()));
+    let mut per_task: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for a in &answers {
+        let (remote, host) = a.rsplit_once(' ').unwrap_or_else(|| panic!("answer {a:?}"));
+        per_task
+            .entry(host.to_string())
+            .or_default()
+            .push(remote.to_string());
+    }
+    let seen: BTreeMap<&String, (usize, BTreeSet<&String>)> = per_task
+        .iter()
+        .map(|(host, seen)| (host, (seen.len(), seen.iter().collect())))
+        .collect();
+    println!("answers and client addresses seen per task: {seen:?}");
+    assert_eq!(per_task.len(), 2, "{seen:?}");
+    let client_ip = client.ip.to_string();
+    let direct: Vec<&String> = per_task
+        .iter()
+        .filter(|(_, seen)| seen.iter().all(|r| r.contains(&client_ip)))
+        .map(|(host, _)| host)
+        .collect();
+    assert_eq!(
+        direct.len(),
+        1,
+        "one task (node-a's) sees the client's address: {per_task:?}"
+    );
+
+    // From the machine itself (the output path), too.
+    http_get_path(addr, "/cgi-bin/who").unwrap_or_else(|e| panic!("from the machine: {e}"));
+
+    // Kill node-a's task: after 1 s, 100 consecutive requests succeed.
+    let table = nft_table(1).unwrap();
+    let victim = docker_running(&c, "who")
+        .into_iter()
+        .find(|id| {
+            let out = Command::new("docker")
+                .args([
+                    "inspect",
+                    "-f",
+                    "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                    id,
+                ])
+                .output()
+                .unwrap();
+            let ip = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            !ip.is_empty() && table.contains(&format!("dnat to {ip}:80"))
+        })
+        .expect("a running container the rules name");
+    assert!(Command::new("docker")
+        .args(["kill", &victim])
+        .output()
+        .unwrap()
+        .status
+        .success());
+    std::thread::sleep(Duration::from_secs(1));
+    let after = client.run(move || {
+        (0..100)
+            .map(|i| http_get_path(addr, "/cgi-bin/who").map_err(|e| format!("request {i}: {e}")))
+            .collect::<Result<Vec<String>, String>>()
+    });
+    if let Err(e) = after {
+        panic!(
+            "after node-a's task was killed: {e}\nrules: {:?}",
+            nft_table(1)
+        );
+    }
+
+    // A daemon that stops removes its rules.
+    c.nodes[0].terminate();
+    assert_eq!(nft_table(1), None, "node-a's rules outlived it");
+}

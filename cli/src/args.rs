@@ -100,6 +100,13 @@ pub fn socket_url(path: &Path) -> String {
     format!("unix://{}", path.display())
 }
 
+/// `--mesh-forward`.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MeshForward {
+    Proxy,
+    Kernel,
+}
+
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -215,6 +222,10 @@ pub struct NewNodeArgs {
     /// Address to answer DNS for `*.shoal` on (repeatable; `none` disables) [default: the listen IP, or 127.0.0.1, port 53; port 5354 where 53 is taken]
     #[arg(long = "dns-addr", value_name = "ADDR:PORT|none", env = "SHOAL_DNS_ADDR", value_delimiter = ',', value_parser = parse_dns_addr)]
     pub dns_addr: Vec<String>,
+
+    /// How connections to published ports reach this node's own tasks: `proxy` (through the daemon: least-connections, caps, idle timeout, retry, PROXY header) or `kernel` (nftables DNAT for the node's round-robin share: kernel speed, the client's own address; needs root, nftables and a listen address other than loopback)
+    #[arg(long = "mesh-forward", value_name = "MODE", env = "SHOAL_MESH_FORWARD", value_enum, default_value_t = MeshForward::Proxy)]
+    pub mesh_forward: MeshForward,
 }
 
 #[derive(Args, Debug, Clone, PartialEq)]
@@ -258,6 +269,10 @@ pub struct RunArgs {
     /// Address to answer DNS for `*.shoal` on (repeatable; `none` disables) [default: the listen IP, or 127.0.0.1, port 53; port 5354 where 53 is taken]
     #[arg(long = "dns-addr", value_name = "ADDR:PORT|none", env = "SHOAL_DNS_ADDR", value_delimiter = ',', value_parser = parse_dns_addr)]
     pub dns_addr: Vec<String>,
+
+    /// How connections to published ports reach this node's own tasks: `proxy` (through the daemon: least-connections, caps, idle timeout, retry, PROXY header) or `kernel` (nftables DNAT for the node's round-robin share: kernel speed, the client's own address; needs root, nftables and a listen address other than loopback)
+    #[arg(long = "mesh-forward", value_name = "MODE", env = "SHOAL_MESH_FORWARD", value_enum, default_value_t = MeshForward::Proxy)]
+    pub mesh_forward: MeshForward,
 
     /// After losing a majority of the managers for good: make this manager the only one, keeping the cluster state in its data directory (refused while another manager answers)
     #[arg(long)]
@@ -1400,7 +1415,7 @@ mod tests {
             _ => false,
         });
         check_ok(
-            "init --listen 127.0.0.2:4600 --advertise-addr 127.0.0.2:4600 --name n2 --heartbeat-timeout 500ms --election-timeout 1s",
+            "init --listen 127.0.0.2:4600 --advertise-addr 127.0.0.2:4600 --name n2 --heartbeat-timeout 500ms --election-timeout 1s --mesh-forward kernel",
             |cli| {
                 cli.command
                     == Command::Init(InitArgs {
@@ -1411,6 +1426,7 @@ mod tests {
                             heartbeat_timeout: Duration::from_millis(500),
                             election_timeout: Duration::from_secs(1),
                             dns_addr: Vec::new(),
+                            mesh_forward: MeshForward::Kernel,
                         },
                     })
             },
@@ -1439,6 +1455,7 @@ mod tests {
                     heartbeat_timeout: Duration::from_secs(2),
                     election_timeout: Duration::from_millis(150),
                     dns_addr: Vec::new(),
+                    mesh_forward: MeshForward::Proxy,
                     force_new_cluster: false,
                 })
         });

@@ -183,6 +183,7 @@ async fn handle_tcp(
         suspect: mesh.suspects(),
         max_per_backend: MAX_CONNS_PER_BACKEND,
     };
+    let kernel_share = mesh.kernel_forwards(published, local.ip());
     // The first choice, and one retry on another task.
     for _ in 0..2 {
         let candidates: Vec<Candidate> = backends
@@ -192,7 +193,20 @@ async fn handle_tcp(
                 active: mesh.active(&b.task_id),
             })
             .collect();
-        let Some(i) = choose(port.policy, mesh.me, &candidates, &avoid, mesh.next_turn()) else {
+        let turn = mesh.next_turn();
+        // Where the kernel forwards this node's share, what reaches the
+        // listener is the other nodes' share: their tasks first.
+        let remote_first = kernel_share.then(|| {
+            let mut remote = avoid.clone();
+            remote
+                .tried
+                .extend((0..backends.len()).filter(|i| backends[*i].node_id == mesh.me));
+            remote
+        });
+        let Some(i) = remote_first
+            .and_then(|remote| choose(port.policy, mesh.me, &candidates, &remote, turn))
+            .or_else(|| choose(port.policy, mesh.me, &candidates, &avoid, turn))
+        else {
             break;
         };
         avoid.tried.insert(i);

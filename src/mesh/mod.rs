@@ -16,6 +16,7 @@ pub mod balance;
 pub mod dns;
 pub mod feed;
 pub mod ingress;
+pub mod nat;
 pub mod proxy;
 pub mod table;
 pub mod udp;
@@ -51,11 +52,23 @@ pub struct MeshConfig {
     /// The DNS addresses are the default ones: where port 53 is taken, a
     /// high port ([`dns::FALLBACK_PORT`]) serves instead.
     pub dns_fallback: bool,
+    /// How connections reach this node's own tasks.
+    pub forward: Forward,
+}
+
+/// How the mesh hands a connection to a task on its own node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Forward {
+    /// Through the daemon, which balances, caps and retries each connection.
+    #[default]
+    Proxy,
+    /// By destination NAT in the kernel for the node's share ([`nat`]).
+    Kernel,
 }
 
 /// The mesh's configuration from the listen IP and `--dns-addr` values
 /// (already checked to be `IP:PORT` or `none`).
-pub fn config(listen_ip: IpAddr, dns: &[String]) -> MeshConfig {
+pub fn config(listen_ip: IpAddr, dns: &[String], forward: Forward) -> MeshConfig {
     let default_ip = if listen_ip.is_unspecified() {
         IpAddr::from([127, 0, 0, 1])
     } else {
@@ -72,6 +85,7 @@ pub fn config(listen_ip: IpAddr, dns: &[String]) -> MeshConfig {
         bind_ip: listen_ip,
         dns,
         dns_fallback,
+        forward,
     }
 }
 
@@ -102,6 +116,9 @@ pub struct Mesh {
     /// The sections DNS asked for (at most [`MAX_INTEREST`]); the endpoint
     /// stream is opened again when one is added.
     wanted: watch::Sender<BTreeSet<String>>,
+    /// Ports whose connections to this node's own tasks the kernel
+    /// forwards ([`nat`]): what reaches the listener is for other nodes.
+    kernel_ports: Mutex<BTreeSet<u16>>,
 }
 
 /// Most services whose sections a node asks for: past that, DNS answers
@@ -133,6 +150,7 @@ impl Mesh {
             followed: Mutex::new(None),
             holds: Mutex::new(Interest::default()),
             wanted: watch::Sender::new(BTreeSet::new()),
+            kernel_ports: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -223,6 +241,18 @@ impl Mesh {
             *current = table;
             true
         });
+    }
+
+    /// Records the ports the kernel's rules now forward.
+    pub fn set_kernel_ports(&self, ports: BTreeSet<u16>) {
+        *self.kernel_ports.lock().unwrap() = ports;
+    }
+
+    /// Whether the kernel forwards this node's share of connections to
+    /// `published` on `local` (the address the client reached): the
+    /// connections the listener sees there are the other nodes' share.
+    fn kernel_forwards(&self, published: u16, local: IpAddr) -> bool {
+        !local.is_loopback() && self.kernel_ports.lock().unwrap().contains(&published)
     }
 
     fn next_turn(&self) -> u64 {
@@ -328,6 +358,9 @@ pub fn start(node: Arc<Node>) {
     tokio::spawn(feed::publish(node.clone()));
     tokio::spawn(feed::follow(node.clone()));
     tokio::spawn(ingress::run_listeners(node.clone()));
+    if node.mesh.config.forward == Forward::Kernel {
+        tokio::spawn(nat::run(node.clone(), Arc::new(nat::Nft)));
+    }
     if !node.mesh.config.dns.is_empty() {
         tokio::spawn(dns::run(node));
     }

@@ -91,6 +91,23 @@ impl Daemon {
         }
     }
 
+    /// Stops the daemon as an operator would (SIGTERM), waiting up to 15 s
+    /// for it to exit.
+    pub fn terminate(&mut self) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .output();
+        let exited = wait_for(Duration::from_secs(15), || c.try_wait().ok().flatten());
+        if exited.is_none() {
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!("{} did not exit within 15 s of SIGTERM", self.name);
+        }
+    }
+
     /// `shoal run` from the existing data dir.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "{} is still running", self.name);

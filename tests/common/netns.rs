@@ -405,6 +405,89 @@ impl Drop for Net {
     }
 }
 
+/// A client host outside the machine, for what must come in from the
+/// network (forwarded, not local traffic): a namespace joined to the
+/// machine's own namespace by a veth pair, the machine's end
+/// `10.232.<k>.1/24` and the client `10.232.<k>.2`, its default route via
+/// the machine. Removed when dropped.
+pub struct Client {
+    netns: String,
+    /// The machine's address on the link (a local address of the machine).
+    pub machine_ip: Ipv4Addr,
+    pub ip: Ipv4Addr,
+}
+
+impl Client {
+    pub fn create() -> Result<Client, String> {
+        clean_leftovers();
+        let n = NEXT_NET.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        // A subnet per run and client, so parallel runs rarely share one.
+        let k = ((pid as u64 * 7 + n) % 250) as u8;
+        let client = Client {
+            netns: format!("{PREFIX}{pid}-{n}-client"),
+            machine_ip: Ipv4Addr::new(10, 232, k, 1),
+            ip: Ipv4Addr::new(10, 232, k, 2),
+        };
+        // Interface names are at most 15 bytes.
+        let link = format!("shc{}", (pid as u64 * 100 + n) % 100_000_000_000);
+        ip(&["netns", "add", &client.netns])?;
+        ip(&[
+            "link",
+            "add",
+            &link,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &client.netns,
+        ])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", client.machine_ip),
+            "dev",
+            &link,
+        ])?;
+        ip(&["link", "set", &link, "up"])?;
+        let ns = client.netns.as_str();
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{}/24", client.ip),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        let via = client.machine_ip.to_string();
+        ip(&["-n", ns, "route", "add", "default", "via", &via])?;
+        Ok(client)
+    }
+
+    /// Runs `f` on a thread inside the client's namespace.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let netns = self.netns.clone();
+        std::thread::spawn(move || {
+            enter(&netns).unwrap_or_else(|e| panic!("{e}"));
+            f()
+        })
+        .join()
+        .expect("the client thread")
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes the veth pair with it.
+        delete_namespace(&self.netns);
+    }
+}
+
 // --- the delay queue: NFQUEUE over netlink -------------------------------
 
 const AF_NETLINK: i32 = 16;
