@@ -36,8 +36,11 @@ pub const CONN_MARK: u32 = 0x1000_0000;
 /// Longest wait for `nft` or `iptables`.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the rules are written again while a task's address is not
-/// known yet (its container is still starting).
+/// known yet (its container is still starting) or `nft` failed.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// How often the rules are written again with no change to the table: a
+/// firewall reload or an engine restart may have removed them.
+const RESYNC_EVERY: Duration = Duration::from_secs(30);
 
 /// The kernel's share of one published port on this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -258,7 +261,8 @@ pub async fn check(bind: IpAddr, filter: &dyn PacketFilter) -> Result<(), String
 }
 
 /// Keeps the kernel's rules equal to the endpoint table until the node
-/// stops; removes them when the table empties.
+/// stops (written again every [`RESYNC_EVERY`] in case something removed
+/// them); removes them when the table empties.
 pub async fn run(node: Arc<Node>, filter: Arc<dyn PacketFilter>) {
     let mesh = node.mesh.clone();
     let IpAddr::V4(bind) = mesh.config.bind_ip else {
@@ -303,15 +307,12 @@ pub async fn run(node: Arc<Node>, filter: Arc<dyn PacketFilter>) {
                 }
             }
         }
-        let changed = if retry {
-            tokio::time::timeout(RETRY_EVERY, tables.changed())
-                .await
-                .unwrap_or(Ok(()))
-        } else {
-            tables.changed().await
-        };
-        if changed.is_err() {
-            return;
+        let wait = if retry { RETRY_EVERY } else { RESYNC_EVERY };
+        match tokio::time::timeout(wait, tables.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) if retry => {}
+            Err(_) => written = None,
         }
     }
 }
@@ -382,6 +383,64 @@ mod tests {
             "c-t2" => Some(Ipv4Addr::new(172, 17, 0, 3)),
             _ => None,
         }
+    }
+
+    /// Records scripts; refuses them all when `refuse` is set.
+    struct FakeFilter {
+        refuse: bool,
+        applied: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl PacketFilter for FakeFilter {
+        fn apply<'a>(&'a self, script: &'a str) -> BoxFuture<'a, Result<(), String>> {
+            self.applied.lock().unwrap().push(script.to_string());
+            let refuse = self.refuse;
+            Box::pin(async move {
+                if refuse {
+                    Err("nft refused the rules: Operation not permitted".into())
+                } else {
+                    Ok(())
+                }
+            })
+        }
+        fn allow_marked<'a>(&'a self) -> BoxFuture<'a, Result<(), String>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn start_check_refuses_loopback_ipv6_and_a_host_without_nftables() {
+        let ok = FakeFilter {
+            refuse: false,
+            applied: Default::default(),
+        };
+        for bad in ["127.0.0.1", "::1", "2001:db8::1"] {
+            let err = check(bad.parse().unwrap(), &ok).await.unwrap_err();
+            assert!(
+                err.contains("IPv4 listen address other than loopback"),
+                "{err}"
+            );
+            assert!(err.contains("--mesh-forward proxy"), "{err}");
+        }
+        assert!(ok.applied.lock().unwrap().is_empty());
+        check("10.0.0.1".parse().unwrap(), &ok).await.unwrap();
+        check("0.0.0.0".parse().unwrap(), &ok).await.unwrap();
+        // The probe touches only a table no node uses.
+        assert!(ok
+            .applied
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|s| s == "table ip shoal_mesh_0\ndelete table ip shoal_mesh_0\n"));
+        let refusing = FakeFilter {
+            refuse: true,
+            applied: Default::default(),
+        };
+        let err = check("10.0.0.1".parse().unwrap(), &refusing)
+            .await
+            .unwrap_err();
+        assert!(err.contains("needs nftables and root"), "{err}");
+        assert!(err.contains("Operation not permitted"), "{err}");
     }
 
     #[test]
