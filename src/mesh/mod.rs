@@ -9,8 +9,10 @@
 //!
 //! Decisions are pure: [`table`] (the endpoint table from the state),
 //! [`balance`] (which task), [`proxy`] (the PROXY v2 header), [`dns`]'s
-//! answers. [`feed`] carries the table to every node, [`ingress`] and
-//! [`dns`] do the I/O.
+//! answers, [`nat`]'s kernel rules. [`feed`] carries the table to every
+//! node, [`ingress`] and [`dns`] do the I/O; with `--mesh-forward kernel`
+//! [`nat`] also keeps nftables rules that hand the node's own tasks their
+//! share of new connections in the kernel.
 
 pub mod balance;
 pub mod dns;
