@@ -210,16 +210,7 @@ fn free_tcp_port() -> u16 {
 }
 
 fn container_ip(id: &str) -> String {
-    let out = Command::new("docker")
-        .args([
-            "inspect",
-            "-f",
-            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-            id,
-        ])
-        .output()
-        .expect("docker inspect");
-    let ip = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let ip = common::services::container_ip(id);
     assert!(!ip.is_empty(), "container {id} has no bridge address");
     ip
 }

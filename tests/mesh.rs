@@ -15,7 +15,9 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::services::{docker_running, running_per_node, wait_running, IMAGE};
+use common::services::{
+    container_ip, docker_kill, docker_running, running_per_node, wait_running, IMAGE,
+};
 use common::{wait_for, Cluster};
 use hickory_server::proto::op::{Message, Query};
 use hickory_server::proto::rr::{Name, RData, RecordType};
@@ -255,12 +257,7 @@ fn ingress_port_answers_on_every_node_balances_and_survives_failures() {
     // Kill one task's container: after 1 s, 200 consecutive requests
     // through every node all succeed.
     let victim = docker_running(&c, "web")[0].clone();
-    assert!(Command::new("docker")
-        .args(["kill", &victim])
-        .output()
-        .unwrap()
-        .status
-        .success());
+    docker_kill(&victim);
     std::thread::sleep(Duration::from_secs(1));
     for addr in &addrs {
         for i in 0..200 {
@@ -610,25 +607,11 @@ fn kernel_forwarding_sends_the_node_share_by_nat_and_keeps_the_client_address() 
     let victim = docker_running(&c, "who")
         .into_iter()
         .find(|id| {
-            let out = Command::new("docker")
-                .args([
-                    "inspect",
-                    "-f",
-                    "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-                    id,
-                ])
-                .output()
-                .unwrap();
-            let ip = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            let ip = container_ip(id);
             !ip.is_empty() && table.contains(&format!("dnat to {ip}:80"))
         })
         .expect("a running container the rules name");
-    assert!(Command::new("docker")
-        .args(["kill", &victim])
-        .output()
-        .unwrap()
-        .status
-        .success());
+    docker_kill(&victim);
     std::thread::sleep(Duration::from_secs(1));
     let after = client.run(move || {
         (0..100)

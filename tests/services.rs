@@ -5,12 +5,11 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::services::{
-    deploy, docker_running, running_count, running_per_node, tasks, three_nodes, wait_running,
-    IMAGE,
+    deploy, docker_kill, docker_running, running_count, running_per_node, tasks, three_nodes,
+    wait_running, IMAGE,
 };
 use common::{wait_for, Cluster};
 
@@ -41,12 +40,7 @@ fn replicas_spread_evenly_and_a_killed_container_is_replaced() {
     // docker kill one container: it is replaced.
     let victim = docker_running(&c, "web")[0].clone();
     let killed = Instant::now();
-    assert!(Command::new("docker")
-        .args(["kill", &victim])
-        .output()
-        .unwrap()
-        .status
-        .success());
+    docker_kill(&victim);
     wait_for(Duration::from_secs(30), || {
         let now = docker_running(&c, "web");
         (now.len() == 6 && !now.contains(&victim)).then_some(())

@@ -113,3 +113,31 @@ pub fn wait_running(c: &Cluster, service: &str, n: usize, within: Duration) {
         )
     });
 }
+
+/// A container's address on its Docker network (the default bridge first
+/// when it has several, as `docker inspect` lists them).
+pub fn container_ip(id: &str) -> String {
+    let out = Command::new("docker")
+        .args([
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            id,
+        ])
+        .output()
+        .expect("docker inspect");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `docker kill` of one container, which must succeed.
+pub fn docker_kill(id: &str) {
+    let out = Command::new("docker")
+        .args(["kill", id])
+        .output()
+        .expect("docker kill");
+    assert!(
+        out.status.success(),
+        "docker kill {id}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
